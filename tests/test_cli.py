@@ -1,0 +1,83 @@
+"""The installed ``srsweep`` console script, run as a user would (real subprocess)."""
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SRSWEEP = str(Path(sys.executable).with_name("srsweep"))
+
+
+def run(*args, **kw):
+    return subprocess.run([SRSWEEP, *map(str, args)], capture_output=True, text=True, timeout=300, **kw)
+
+
+def _mean_row(stdout: str) -> tuple[float, float]:
+    m = re.search(r"^mean\s+([\d.]+)\s+([\d.]+)", stdout, re.M)
+    assert m, stdout
+    return float(m.group(1)), float(m.group(2))
+
+
+@pytest.mark.parametrize("name, psnr, ssim, psnr_tol, ssim_tol", [
+    ("Set5", 28.42, 0.8104, 0.02, 0.0010),      # published MATLAB bicubic x4
+    ("Set14", 26.045, 0.7034, 0.05, 0.0010),    # papers report 26.00-26.09 / 0.7027-0.704
+])
+def test_eval_reproduces_published_bicubic(shared_data, name, psnr, ssim, psnr_tol, ssim_tol):
+    res = run("eval", shared_data / name, "--lpips", "none")
+    assert res.returncode == 0, res.stderr
+    p, s = _mean_row(res.stdout)
+    assert abs(p - psnr) <= psnr_tol and abs(s - ssim) <= ssim_tol, res.stdout
+    assert len(re.findall(r"^img_\d+", res.stdout, re.M)) == (5 if name == "Set5" else 14)
+
+
+def test_eval_embedded_with_random_lpips_says_so():
+    res = run("eval", "embedded", "--lpips", "random")
+    assert res.returncode == 0, res.stderr
+    assert "LPIPS" in res.stdout and "random-init" in res.stderr
+    assert re.search(r"^mean\s+[\d.]+\s+[\d.]+\s+[\d.]+$", res.stdout, re.M), res.stdout
+
+
+def test_eval_auto_lpips_without_weights_is_skipped_with_a_note(tmp_path):
+    res = run("eval", "embedded", "--weights-dir", tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "LPIPS skipped" in res.stderr and str(tmp_path) in res.stderr
+    assert "LPIPS" not in res.stdout
+
+
+def test_eval_pretrained_lpips_missing_weights_is_one_error_line(tmp_path):
+    res = run("eval", "embedded", "--lpips", "pretrained", "--weights-dir", tmp_path)
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("srsweep: error: AlexNet ImageNet weights not found")
+    assert "alexnet-owt-7be5be79.pth" in lines[0] and "srsweep weights fetch" in lines[0]
+
+
+@pytest.mark.parametrize("make, expect", [
+    (lambda d: d / "nope", "no such folder"),
+    (lambda d: d, "no images found"),
+])
+def test_eval_bad_dataset_is_one_error_line(tmp_path, make, expect):
+    res = run("eval", make(tmp_path))
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and expect in lines[0] and str(tmp_path) in lines[0], res.stderr
+
+
+def test_weights_verify_reports_missing_files(tmp_path):
+    res = run("weights", "verify", tmp_path)
+    assert res.returncode == 1
+    assert res.stdout.count("missing") == 3 and "vgg19-dcbb9e9d.pth" in res.stdout
+    assert "srsweep weights fetch" in res.stderr
+
+
+def test_config_prints_defaults_and_rejects_bad_keys(tmp_path):
+    good = tmp_path / "good.yaml"
+    good.write_text("loss:\n  dp: {mu: 0.5, resnet_stage: 2}\n")
+    res = run("config", good)
+    assert res.returncode == 0 and "resnet_stage: 2" in res.stdout and "patch_size: 128" in res.stdout
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("loss:\n  dp: {resnet_stage: 5}\n")
+    res = run("config", bad)
+    assert res.returncode == 2
+    assert res.stderr.strip() == f"srsweep: error: {bad}: loss.dp.resnet_stage: 5 is not one of 1, 2, 3, 4"

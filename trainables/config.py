@@ -1,0 +1,249 @@
+"""Typed experiment configuration: YAML in, validated objects out, checked once.
+
+Every later stage (data, models, losses, training, sweeps) reads these objects and
+trusts them. Bad input fails here with one line per problem that names the key path
+and what is allowed, e.g. ``loss.dp.resnet_stage: 5 is not one of 1, 2, 3, 4``.
+"""
+from __future__ import annotations
+
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A configuration problem, one line per offending key."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# ----------------------------------------------------------------------------- data
+class Augment(Strict):
+    hflip: bool = True
+    vflip: bool = True
+    rot90: bool = True
+
+
+class DataConfig(Strict):
+    # "embedded" (images shipped with scikit-image) or a folder: BasicSR layout
+    # HR/ + LR_bicubic/X{scale}/, or HR images only (LR made with MATLAB bicubic).
+    train: str = "embedded"
+    val: str = "embedded"
+    patch_size: int = Field(128, ge=8, le=1024, description="HR patch side")
+    batch_size: int = Field(16, ge=1)
+    num_workers: int = Field(2, ge=0)
+    augment: Augment = Augment()
+    cache: bool = True  # keep decoded HR/LR images in memory (small data sets)
+
+
+# ---------------------------------------------------------------------------- models
+class GeneratorConfig(Strict):
+    arch: Literal["srresnet", "rrdbnet"] = "rrdbnet"
+    num_feat: int = Field(64, ge=1)
+    num_blocks: int = Field(23, ge=1)
+    grow_ch: int = Field(32, ge=1)  # RRDB dense-block growth channels
+
+
+class DiscriminatorConfig(Strict):
+    arch: Literal["vgg", "srgan"] = "vgg"
+    num_feat: int = Field(64, ge=1)
+
+
+class ModelConfig(Strict):
+    generator: GeneratorConfig = GeneratorConfig()
+    discriminator: DiscriminatorConfig = DiscriminatorConfig()
+
+
+class BackbonesConfig(Strict):
+    # pretrained: ImageNet weights from weights_dir / $SRSWEEP_WEIGHTS_DIR / torch hub
+    # cache (never downloaded). random: seeded init, runs are tagged random-init.
+    weights: Literal["pretrained", "random"] = "pretrained"
+    weights_dir: Optional[str] = None
+
+
+# ---------------------------------------------------------------------------- losses
+Criterion = Literal["l1", "charbonnier", "huber", "l2"]
+
+
+class LocalVariance(Strict):
+    window: int = Field(5, ge=3, le=31)
+    delta: float = Field(0.01, gt=0)
+
+    @model_validator(mode="after")
+    def _odd(self):
+        if self.window % 2 == 0:
+            raise ValueError(f"window: {self.window} must be odd")
+        return self
+
+
+class Canny(Strict):
+    low: float = Field(100, ge=0, le=255)
+    high: float = Field(200, ge=0, le=255)
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low}) must be <= high ({self.high})")
+        return self
+
+
+class SAConfig(Strict):
+    edge: Literal["lv", "canny"] = "lv"
+    channels: Literal["gray", "rgb"] = "gray"
+    lv: LocalVariance = LocalVariance()
+    canny: Canny = Canny()
+    # Exactly one: a fixed beta2, or a target SA share that calibrates beta2.
+    beta2: Optional[float] = Field(None, ge=0)
+    sa_share: Optional[float] = Field(None, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _one_mode(self):
+        if (self.beta2 is None) == (self.sa_share is None):
+            raise ValueError("give exactly one of beta2 (fixed) or sa_share (calibrated target)")
+        return self
+
+
+class PixelLoss(Strict):
+    criterion: Criterion = "l1"
+    beta1: float = Field(0.01, ge=0)
+    sa: Optional[SAConfig] = None
+
+
+class PerceptualLoss(Strict):
+    layer: str = "conv5_4"  # VGG19 layer name, checked against the backbone's names
+    criterion: Criterion = "l1"
+    weight: float = Field(1.0, ge=0)
+
+
+class DPLoss(Strict):
+    mu: float = Field(0.5, gt=0)  # .inf means VGG only
+    resnet_stage: Literal[1, 2, 3, 4] = 3
+
+
+class FMLoss(Strict):
+    blocks: list[int] = Field(default_factory=lambda: [0, 1, 2, 3])
+    weight: float = Field(1.0, ge=0)
+
+
+class AdvLoss(Strict):
+    kind: Literal["vanilla", "ragan"] = "ragan"
+    weight: float = Field(0.005, ge=0)
+
+
+class LossConfig(Strict):
+    pixel: PixelLoss = PixelLoss()
+    perceptual: Optional[PerceptualLoss] = PerceptualLoss()
+    dp: Optional[DPLoss] = None
+    fm: Optional[FMLoss] = None
+    adv: AdvLoss = AdvLoss()
+
+
+# -------------------------------------------------------------------------- training
+class TrainConfig(Strict):
+    pretrain_steps: int = Field(1000, ge=0)
+    steps: int = Field(5000, ge=1)
+    lr: float = Field(1e-4, gt=0)
+    milestones: list[int] = Field(default_factory=list)
+    lr_gamma: float = Field(0.5, gt=0, le=1)
+    val_every: int = Field(500, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class ExperimentConfig(Strict):
+    name: str = "srsweep"
+    seed: int = 0
+    scale: Literal[2, 3, 4] = 4
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    backbones: BackbonesConfig = BackbonesConfig()
+    loss: LossConfig = LossConfig()
+    train: TrainConfig = TrainConfig()
+
+    @model_validator(mode="after")
+    def _patch_multiple_of_scale(self):
+        if self.data.patch_size % self.scale:
+            raise ValueError(f"data.patch_size: {self.data.patch_size} is not a multiple of scale {self.scale}")
+        return self
+
+
+# ------------------------------------------------------------------ error reporting
+def _unwrap(tp: Any) -> Any:
+    """Optional[Model] / Union[...] -> the first BaseModel class inside, if any."""
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        return tp
+    if typing.get_origin(tp) in (Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            if (m := _unwrap(arg)) is not None:
+                return m
+    return None
+
+
+def _model_at(root: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
+    model = root
+    for part in loc:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        if field is None or (model := _unwrap(field.annotation)) is None:
+            return None
+    return model
+
+
+def _format(root: type[BaseModel], err: dict) -> str:
+    loc = tuple(err["loc"])
+    path = ".".join(str(p) for p in loc) or "<top level>"
+    kind, value, ctx = err["type"], err.get("input"), err.get("ctx") or {}
+    if kind == "extra_forbidden":
+        parent = _model_at(root, loc[:-1])
+        allowed = ", ".join(parent.model_fields) if parent else "?"
+        return f"{path}: unknown key (allowed: {allowed})"
+    if kind == "literal_error":
+        expected = str(ctx.get("expected", "")).replace(" or ", ", ")
+        return f"{path}: {value!r} is not one of {expected}"
+    if kind == "missing":
+        return f"{path}: required key is missing"
+    if kind == "value_error":  # our validators; "field: ..." names a key inside loc
+        msg = str(ctx.get("error", err["msg"]))
+        head, sep, rest = msg.partition(": ")
+        if sep and " " not in head:
+            return f"{'.'.join([*map(str, loc), head])}: {rest}"
+        return f"{path}: {msg}"
+    return f"{path}: {err['msg'][0].lower() + err['msg'][1:]} (got {value!r})"
+
+
+def validate(data: dict, model: type[BaseModel] = ExperimentConfig, source: str = "config"):
+    """dict -> typed config, or ConfigError with one line per problem."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        lines = [f"{source}: {_format(model, e)}" for e in exc.errors()]
+        raise ConfigError("\n".join(lines)) from None
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{path}:{where} invalid YAML ({getattr(exc, 'problem', exc)})") from None
+    return {} if data is None else data
+
+
+def load_config(path: str | Path) -> ExperimentConfig:
+    return validate(read_yaml(path), ExperimentConfig, source=str(path))
+
+
+def to_dict(cfg: BaseModel) -> dict:
+    """Plain dict (YAML-safe: inf stays a float) for logging and rewriting config files."""
+    return cfg.model_dump(mode="python")
+

@@ -1,0 +1,76 @@
+"""Score an upscaler on full validation images with the paper metrics.
+
+Used by ``srsweep eval`` (bicubic baseline, later checkpoints) and by training-time
+validation, so both report numbers computed the same way.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Iterable, Optional
+
+import torch
+
+from trainables.imresize import imresize_uint8
+from trainables.metrics import LPIPSMetric, psnr, quantize, ssim
+
+Upscaler = Callable[[torch.Tensor], torch.Tensor]  # (1,3,h,w) in [0,1] -> (1,3,H,W)
+
+
+@dataclass(frozen=True)
+class ImageScore:
+    name: str
+    psnr: float
+    ssim: float
+    lpips: Optional[float] = None
+
+
+def bicubic(scale: int) -> Upscaler:
+    """MATLAB ``imresize(lr_uint8, scale, 'bicubic')``: the published baseline."""
+
+    def up(lr: torch.Tensor) -> torch.Tensor:
+        return imresize_uint8(quantize(lr) * 255, scale).float() / 255
+
+    return up
+
+
+@torch.no_grad()
+def evaluate(upscale: Upscaler, items: Iterable[dict], scale: int,
+             lpips: Optional[LPIPSMetric] = None, device: str | torch.device = "cpu") -> list[ImageScore]:
+    """items: dicts with name, lr (3,h,w) and hr (3,H,W) float tensors in [0, 1].
+
+    The SR output is rounded to 8 bits first, as a saved image would be; PSNR/SSIM on
+    Y with ``scale`` pixels shaved, LPIPS on RGB over the whole image.
+    """
+    rows = []
+    for item in items:
+        lr = item["lr"].unsqueeze(0).to(device)
+        hr = item["hr"].unsqueeze(0).to(device)
+        sr = quantize(upscale(lr))
+        if sr.shape != hr.shape:
+            raise ValueError(f"{item['name']}: upscaler returned {tuple(sr.shape[-2:])}, HR is {tuple(hr.shape[-2:])}")
+        lp = float(lpips(sr, hr)[0]) if lpips is not None else None
+        rows.append(ImageScore(item["name"], float(psnr(sr, hr, scale)[0]), float(ssim(sr, hr, scale)[0]), lp))
+    return rows
+
+
+def mean_score(rows: list[ImageScore]) -> ImageScore:
+    if not rows:
+        raise ValueError("no images were evaluated")
+    n = len(rows)
+    lp = None if rows[0].lpips is None else sum(r.lpips for r in rows) / n
+    return ImageScore("mean", sum(r.psnr for r in rows) / n, sum(r.ssim for r in rows) / n, lp)
+
+
+def format_table(rows: list[ImageScore], title: str) -> str:
+    has_lpips = bool(rows) and rows[0].lpips is not None
+    width = max([len(r.name) for r in rows] + [5])
+    head = f"{'image':<{width}}  {'PSNR-Y':>7}  {'SSIM-Y':>7}" + (f"  {'LPIPS':>7}" if has_lpips else "")
+
+    def line(r: ImageScore) -> str:
+        p = "inf" if math.isinf(r.psnr) else f"{r.psnr:.2f}"
+        s = f"{r.name:<{width}}  {p:>7}  {r.ssim:>7.4f}"
+        return s + (f"  {r.lpips:>7.4f}" if has_lpips else "")
+
+    rule = "-" * len(head)
+    return "\n".join([title, head, rule, *map(line, rows), rule, line(mean_score(rows))])
