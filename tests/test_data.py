@@ -17,6 +17,7 @@ from trainables.data import (
     embedded, folder_hr, folder_pairs, list_images, load_image, make_lr, mod_crop,
     open_dataset,
 )
+from trainables.edges import CannySpec, canny
 
 
 
@@ -351,6 +352,50 @@ def test_dataloader_workers_match(pairs):
     assert len(batches[0]) == 6
     for (l0, h0), (l1, h1) in zip(*batches):
         assert torch.equal(l0, l1) and torch.equal(h0, h1)
+
+
+def hr_uint8(hr: torch.Tensor) -> np.ndarray:
+    """The HR patch back as the uint8 HxWx3 array it was made from (exact: it is x/255)."""
+    return hr.mul(255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+
+
+@pytest.mark.parametrize("channels,c", [("gray", 1), ("rgb", 3)])
+def test_patches_canny_edge(pairs, channels, c):
+    spec = CannySpec(60, 120, channels)
+    plain = TrainPatches(pairs, patch=8, length=40, seed=7)
+    tp = TrainPatches(pairs, patch=8, length=40, seed=7, edge=spec)
+    assert "edge" not in plain[0]  # only when configured
+    augmented, total = 0, 0.0
+    for k in range(40):
+        it = tp[k]
+        # The edge map does not change the random stream: same crops and flips.
+        assert torch.equal(it["hr"], plain[k]["hr"]) and torch.equal(it["lr"], plain[k]["lr"])
+        e = it["edge"]
+        assert e.shape == (c, 8, 8) and e.dtype == torch.float32 and e.is_contiguous()
+        assert ((e == 0) | (e == 1)).all()
+        # Canny of exactly the returned (augmented) HR patch, so it lines up with "hr".
+        want = canny(hr_uint8(it["hr"]), 60, 120, channels)
+        assert np.array_equal(e.permute(1, 2, 0).numpy(), want)
+        augmented += any(tp.crop_params(k)[3])
+        total += float(e.sum())
+    assert augmented > 20 and total > 0  # flips were exercised, edges were found
+
+
+def test_patches_edge_must_be_spec(pairs):
+    with pytest.raises(TypeError, match="CannySpec"):
+        TrainPatches(pairs, patch=8, length=4, edge=(60, 120, "gray"))
+
+
+def test_dataloader_workers_carry_edge(pairs):
+    tp = TrainPatches(pairs, patch=8, length=8, seed=2, edge=CannySpec(60, 120, "rgb"))
+    assert pickle.loads(pickle.dumps(tp)).edge == tp.edge
+    runs = []
+    for workers in (0, 2):
+        dl = DataLoader(tp, batch_size=4, shuffle=False, num_workers=workers)
+        runs.append([b["edge"] for b in dl])
+    assert runs[0][0].shape == (4, 3, 8, 8)
+    for e0, e1 in zip(*runs):
+        assert torch.equal(e0, e1)
 
 
 def test_preload_fills_cache(pairs):

@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from trainables.edges import CannySpec
 from trainables.imresize import imresize_uint8
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -277,16 +278,25 @@ class TrainPatches(Dataset):
     indices and gets the same patches, whatever the worker count. ``length`` is a virtual
     epoch. All random draws happen whether or not an augmentation is enabled, so
     switching one off does not change the crops or the other flips.
+
+    With ``edge`` (a :class:`~trainables.edges.CannySpec`) each item also carries
+    ``"edge"``: the Canny map of the returned HR patch, float (1 or 3, H, W) in {0, 1}.
+    It is made here, in the workers, because OpenCV has no place in the GPU step; it is
+    taken from the final augmented patch so it lines up with ``"hr"`` exactly.
     """
 
     def __init__(self, images: ImageSet, patch: int, length: int, seed: int = 0,
-                 hflip: bool = True, vflip: bool = True, rot90: bool = True):
+                 hflip: bool = True, vflip: bool = True, rot90: bool = True,
+                 edge: CannySpec | None = None):
         if patch <= 0 or patch % images.scale:
             raise ValueError(f"HR patch {patch} must be a positive multiple of the scale {images.scale}")
         if length < 1:
             raise ValueError(f"length must be >= 1, got {length}")
         self.images, self.patch, self.length, self.seed = images, int(patch), int(length), int(seed)
         self.hflip, self.vflip, self.rot90 = hflip, vflip, rot90
+        if edge is not None and not isinstance(edge, CannySpec):
+            raise TypeError(f"edge must be a CannySpec or None, got {type(edge).__name__}")
+        self.edge = edge
 
     def __len__(self) -> int:
         return self.length
@@ -323,9 +333,11 @@ class TrainPatches(Dataset):
         i, y, x, aug, hr, lr = self._sample(k)
         s, lp = self.images.scale, self.patch // self.images.scale
         lr_p = lr[y:y + lp, x:x + lp]
-        hr_p = hr[y * s:(y + lp) * s, x * s:(x + lp) * s]
-        return {"lr": to_tensor(self.augment(lr_p, *aug)),
-                "hr": to_tensor(self.augment(hr_p, *aug))}
+        hr_p = self.augment(hr[y * s:(y + lp) * s, x * s:(x + lp) * s], *aug)
+        item = {"lr": to_tensor(self.augment(lr_p, *aug)), "hr": to_tensor(hr_p)}
+        if self.edge is not None:
+            item["edge"] = torch.from_numpy(self.edge(hr_p)).permute(2, 0, 1).contiguous()
+        return item
 
 
 # ----------------------------------------------------------------------------- Arrow cache
