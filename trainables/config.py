@@ -48,6 +48,7 @@ class GeneratorConfig(Strict):
     num_feat: int = Field(64, ge=1)
     num_blocks: int = Field(23, ge=1)
     grow_ch: int = Field(32, ge=1)  # RRDB dense-block growth channels
+    bicubic_skip: bool = False  # add bicubic(lr) to the output (global residual; not in papers)
 
 
 class DiscriminatorConfig(Strict):
@@ -101,6 +102,7 @@ class SAConfig(Strict):
     # Exactly one: a fixed beta2, or a target SA share that calibrates beta2.
     beta2: Optional[float] = Field(None, ge=0)
     sa_share: Optional[float] = Field(None, gt=0, lt=1)
+    calibration_batches: int = Field(4, ge=1)  # batches that solve beta2 for sa_share
 
     @model_validator(mode="after")
     def _one_mode(self):
@@ -118,6 +120,14 @@ class PixelLoss(Strict):
 class PerceptualLoss(Strict):
     layer: str = "conv5_4"  # VGG19 layer name, checked against the backbone's names
     criterion: Criterion = "l1"
+    weight: float = Field(1.0, ge=0)
+
+
+class SAFeatureLoss(Strict):
+    # VSR poster: rho_w(VGG(hr), VGG(sr), alpha3 + beta3 * VGG(W(hr))) at perceptual.layer
+    alpha3: float = Field(1.0, ge=0)
+    beta3: float = Field(1.0, ge=0)
+    criterion: Criterion = "charbonnier"
     weight: float = Field(1.0, ge=0)
 
 
@@ -139,9 +149,19 @@ class AdvLoss(Strict):
 class LossConfig(Strict):
     pixel: PixelLoss = PixelLoss()
     perceptual: Optional[PerceptualLoss] = PerceptualLoss()
-    dp: Optional[DPLoss] = None
+    dp: Optional[DPLoss] = None  # replaces the VGG term by l_vgg + zeta/mu * l_res
+    sa_feature: Optional[SAFeatureLoss] = None
     fm: Optional[FMLoss] = None
     adv: AdvLoss = AdvLoss()
+
+    @model_validator(mode="after")
+    def _needs_vgg(self):
+        for name in ("dp", "sa_feature"):
+            if getattr(self, name) is not None and self.perceptual is None:
+                raise ValueError(f"{name}: needs a perceptual section (it uses the VGG layer and weight)")
+        if self.sa_feature is not None and self.pixel.sa is None:
+            raise ValueError("sa_feature: needs pixel.sa (it weights features by VGG(W(hr)))")
+        return self
 
 
 # -------------------------------------------------------------------------- training
@@ -149,9 +169,16 @@ class TrainConfig(Strict):
     pretrain_steps: int = Field(1000, ge=0)
     steps: int = Field(5000, ge=1)
     lr: float = Field(1e-4, gt=0)
-    milestones: list[int] = Field(default_factory=list)
+    milestones: list[int] = Field(default_factory=list)  # GAN-stage steps where lr *= gamma
     lr_gamma: float = Field(0.5, gt=0, le=1)
+    betas: tuple[float, float] = (0.9, 0.99)
+    # A stage-1 generator checkpoint to start from (sweeps share one pretraining run).
+    pretrained_g: Optional[str] = None
     val_every: int = Field(500, ge=1)
+    val_images: int = Field(0, ge=0)       # 0: every validation image
+    val_crop: int = Field(0, ge=0)         # >0: centre HR crop of this side (fast CPU checks)
+    log_every: int = Field(10, ge=1)
+    checkpoint_every: int = Field(500, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
@@ -239,8 +266,70 @@ def read_yaml(path: str | Path) -> dict:
     return {} if data is None else data
 
 
-def load_config(path: str | Path) -> ExperimentConfig:
-    return validate(read_yaml(path), ExperimentConfig, source=str(path))
+PRESETS_DIR = Path(__file__).resolve().parents[1] / "search_spaces" / "presets"
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    """``over`` wins; nested mappings merge key by key, anything else is replaced."""
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def resolve_bases(data: dict, origin: Path, _seen: tuple = ()) -> dict:
+    """Expand ``base: name | [names]``: presets by name (search_spaces/presets/NAME.yaml) or
+    YAML paths relative to the including file, merged in order, then this file's keys."""
+    bases = data.pop("base", None) if isinstance(data, dict) else None
+    if bases is None:
+        return data
+    merged: dict = {}
+    for name in [bases] if isinstance(bases, str) else list(bases):
+        cand = [origin / name, PRESETS_DIR / f"{name}.yaml"]
+        path = next((p for p in cand if p.is_file()), None)
+        if path is None:
+            known = ", ".join(sorted(p.stem for p in PRESETS_DIR.glob("*.yaml")))
+            raise ConfigError(f"base: {name!r} is neither a file next to the config nor a preset ({known})")
+        if path.resolve() in _seen:
+            raise ConfigError(f"base: {path} includes itself")
+        sub = resolve_bases(read_yaml(path), path.parent, _seen + (path.resolve(),))
+        merged = deep_merge(merged, sub)
+    return deep_merge(merged, data)
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """``["train.steps=100", "loss.dp.mu=.inf"]`` -> nested dict (values parsed as YAML)."""
+    out: dict = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected KEY.PATH=VALUE")
+        node = out
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(raw)
+    return out
+
+
+def config_path(name_or_path: str | Path) -> Path:
+    """A YAML path, or the name of a preset in search_spaces/presets."""
+    path = Path(name_or_path)
+    preset = PRESETS_DIR / f"{name_or_path}.yaml"
+    return preset if not path.exists() and preset.is_file() else path
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None,
+                overlays: list[str] | None = None) -> ExperimentConfig:
+    """YAML file (or preset name) -> validated config; ``overlays`` are presets merged on
+    top (e.g. ``tiny_cpu``), then ``overrides`` (``KEY.PATH=VALUE``)."""
+    path = config_path(path)
+    data = resolve_bases(read_yaml(path), path.parent, (path.resolve(),))
+    if overlays:
+        data = deep_merge(data, resolve_bases({"base": list(overlays)}, path.parent))
+    if overrides:
+        data = deep_merge(data, parse_overrides(overrides))
+    return validate(data, ExperimentConfig, source=str(path))
 
 
 def to_dict(cfg: BaseModel) -> dict:
