@@ -67,12 +67,67 @@ def _cmd_weights_verify(args: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    import time
+    from pathlib import Path
+
+    from mlflow import MlflowClient
+
+    from sweeper.tracking import MLflowReporter, default_tracking_uri, flatten, get_experiment, log_params
+    from trainables.config import config_path, load_config, to_dict
+    from trainables.train import PrintReporter, Reporters, Trainer, TrainingDiverged
+
+    cfg = load_config(args.config, args.set, ["tiny_cpu"] if args.tiny else None)
+    out = Path(args.out or f"runs/{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
+    ckpt, run_file = out / "last.pt", out / "mlflow_run_id"
+    # Build everything that can fail on bad input (data, weights) before touching MLflow.
+    trainer = Trainer(cfg, out)
+    client = MlflowClient(args.tracking_uri or default_tracking_uri())
+    if args.resume and ckpt.is_file() and run_file.is_file():
+        trainer.resume(ckpt)
+        run_id = run_file.read_text().strip()
+        client.update_run(run_id, "RUNNING")
+        print(f"resuming {out} at step {trainer.step} (MLflow run {run_id})")
+    else:
+        if ckpt.exists() and not args.resume:
+            raise SystemExit(f"srsweep: error: {out} already holds a run; use --resume or another --out")
+        run = client.create_run(get_experiment(client, args.experiment), run_name=cfg.name,
+                                tags={**trainer.info, "config_file": str(config_path(args.config)),
+                                      "out_dir": str(out)})
+        run_id = run.info.run_id
+        out.mkdir(parents=True, exist_ok=True)
+        run_file.write_text(run_id)
+        log_params(client, run_id, flatten(to_dict(cfg)))
+        client.log_dict(run_id, to_dict(cfg), "config.yaml")
+    if trainer.info["backbones"] == "random-init":
+        print("note: backbones are random-init (weights: random): perceptual numbers are plumbing checks")
+    trainer.reporter = Reporters(PrintReporter(), MLflowReporter(client, run_id))
+    try:
+        trainer.run()
+    except (TrainingDiverged, KeyboardInterrupt) as exc:
+        client.set_terminated(run_id, "FAILED" if isinstance(exc, TrainingDiverged) else "KILLED")
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        print(f"srsweep: error: {exc}", file=sys.stderr)
+        return 1
+    client.set_terminated(run_id, "FINISHED")
+    print(f"done: {out} (MLflow run {run_id} in {client.tracking_uri})")
+    return 0
+
+
 def _cmd_config(args: argparse.Namespace) -> int:
     from trainables.config import load_config, to_dict
 
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, args.set, ["tiny_cpu"] if args.tiny else None)
     print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
     return 0
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="experiment YAML, or a preset name (esrgan, sa_esrgan_lv, fm_pcsva, ...)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
+                   help="override a config value (repeatable), e.g. --set train.steps=200")
+    p.add_argument("--tiny", action="store_true", help="apply the tiny_cpu overlay (CPU-test sizes)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -99,8 +154,16 @@ def build_parser() -> argparse.ArgumentParser:
                     help="default: $SRSWEEP_WEIGHTS_DIR or the torch hub cache")
     wv.set_defaults(func=_cmd_weights_verify)
 
+    t = sub.add_parser("train", help="one training run (PSNR pretraining, then GAN) logged to MLflow")
+    _config_args(t)
+    t.add_argument("--out", help="run folder (checkpoints); default runs/NAME-TIMESTAMP")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    t.add_argument("--tracking-uri", help="MLflow URI; default $MLFLOW_TRACKING_URI or sqlite:///$PWD/mlflow.db")
+    t.add_argument("--experiment", default="srsweep-train", help="MLflow experiment name")
+    t.set_defaults(func=_cmd_train)
+
     c = sub.add_parser("config", help="validate a config file and print it with all defaults filled in")
-    c.add_argument("config")
+    _config_args(c)
     c.set_defaults(func=_cmd_config)
     return p
 
@@ -113,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.func(args)
-    except (ConfigError, DataError, WeightsNotFoundError) as exc:
+    except (ConfigError, DataError, WeightsNotFoundError, ValueError) as exc:
         for line in str(exc).splitlines():
             print(f"srsweep: error: {line}", file=sys.stderr)
         return 2

@@ -81,3 +81,49 @@ def test_config_prints_defaults_and_rejects_bad_keys(tmp_path):
     res = run("config", bad)
     assert res.returncode == 2
     assert res.stderr.strip() == f"srsweep: error: {bad}: loss.dp.resnet_stage: 5 is not one of 1, 2, 3, 4"
+
+
+def _tiny_config(tmp_path, shared_data, **extra):
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(
+        "base: [sa_esrgan_lv, tiny_cpu]\n"
+        "name: tiny-sa\n"
+        f"data: {{train: {shared_data / 'DIV2K256'}, val: {shared_data / 'Set5'}}}\n"
+        "train: {pretrain_steps: 4, steps: 4, val_every: 4, val_images: 1, val_crop: 64, log_every: 2}\n")
+    return cfg
+
+
+def test_train_logs_a_complete_run_to_mlflow(tmp_path, shared_data):
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    res = run("train", _tiny_config(tmp_path, shared_data), "--out", tmp_path / "run", "--tracking-uri", uri,
+              "--experiment", "t", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "random-init" in res.stdout and "step      8" in res.stdout
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("t")
+    (r,) = client.search_runs([exp.experiment_id])
+    assert r.info.status == "FINISHED" and r.data.tags["backbones"] == "random-init"
+    assert r.data.params["loss.pixel.sa.beta2"] == "20.0" and r.data.params["model.generator.num_feat"] == "16"
+    hist = client.get_metric_history(r.info.run_id, "val/psnr")
+    assert [m.step for m in hist] == [4, 8] and all(m.value > 10 for m in hist)
+    shares = client.get_metric_history(r.info.run_id, "sa_share")
+    assert shares and all(0 < m.value < 1 for m in shares)
+    arts = {a.path for a in client.list_artifacts(r.info.run_id)}
+    assert "config.yaml" in arts and "images" in arts
+    assert Path(r.data.tags["checkpoint.last"]).is_file()
+    # The run folder can be resumed (already finished: nothing to do, same MLflow run).
+    res = run("train", _tiny_config(tmp_path, shared_data), "--out", tmp_path / "run", "--tracking-uri", uri,
+              "--experiment", "t", "--resume", cwd=tmp_path)
+    assert res.returncode == 0 and "resuming" in res.stdout, res.stderr[-2000:]
+    assert len(client.search_runs([exp.experiment_id])) == 1
+
+
+def test_train_bad_data_fails_before_any_mlflow_run(tmp_path, shared_data):
+    cfg = _tiny_config(tmp_path, shared_data)
+    res = run("train", cfg, "--set", f"data.train={tmp_path / 'nope'}", "--out", tmp_path / "run", cwd=tmp_path)
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "no such folder" in lines[-1], res.stderr
+    assert not (tmp_path / "mlflow.db").exists()

@@ -9,7 +9,9 @@ import math
 from dataclasses import dataclass
 from typing import Callable, Iterable, Optional
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 
 from trainables.imresize import imresize_uint8
 from trainables.metrics import LPIPSMetric, psnr, quantize, ssim
@@ -74,3 +76,27 @@ def format_table(rows: list[ImageScore], title: str) -> str:
 
     rule = "-" * len(head)
     return "\n".join([title, head, rule, *map(line, rows), rule, line(mean_score(rows))])
+
+
+def center_crop(item: dict, size: int, scale: int) -> dict:
+    """Centre HR crop of ``size`` (rounded down to the scale) and the matching LR; 0 = none."""
+    if not size:
+        return item
+    lr, hr = item["lr"], item["hr"]
+    s = size // scale
+    y, x = max(0, (lr.shape[1] - s) // 2), max(0, (lr.shape[2] - s) // 2)
+    return {**item, "lr": lr[:, y:y + s, x:x + s],
+            "hr": hr[:, y * scale:(y + s) * scale, x * scale:(x + s) * scale]}
+
+
+def sample_grid(lr: torch.Tensor, sr: torch.Tensor, hr: torch.Tensor, scale: int, max_side: int = 256) -> np.ndarray:
+    """LR (nearest) | bicubic | SR | HR side by side, uint8 HxWx3, for visual checks."""
+    crop = {"name": "", "lr": lr, "hr": hr}
+    if max(hr.shape[-2:]) > max_side:
+        crop = center_crop(crop, max_side, scale)
+        sr = center_crop({"lr": lr, "hr": sr}, max_side, scale)["hr"]
+    lr_c, hr_c = crop["lr"], crop["hr"]
+    panels = [F.interpolate(lr_c[None], scale_factor=scale, mode="nearest")[0],
+              bicubic(scale)(lr_c[None])[0], sr.clamp(0, 1), hr_c]
+    grid = torch.cat([p.cpu().float() for p in panels], dim=2)
+    return (grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)

@@ -1,0 +1,80 @@
+"""MLflow in one place: tracking URI, experiments, runs, and the training Reporter.
+
+Everything goes through an explicit ``MlflowClient`` and run id (no global active run),
+so the driver can log several runs at once (the sweep's parent and its children).
+Default store: ``sqlite:///<cwd>/mlflow.db`` with artifacts in ``<cwd>/mlartifacts``,
+absolute so Ray trials (whose working directory is their trial folder) hit the same
+files.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+from mlflow import MlflowClient  # noqa: E402
+from mlflow.entities import Metric, Param, RunTag  # noqa: E402
+
+MAX_PARAM_LEN = 6000  # MLflow's limit on a param value
+
+
+def default_tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
+
+
+def _artifact_root(uri: str) -> Optional[str]:
+    """Artifacts beside a SQLite file; a server or database URI decides for itself."""
+    if uri.startswith("sqlite:///"):
+        return str(Path(uri[len("sqlite:///"):]).resolve().parent / "mlartifacts")
+    return None
+
+
+def get_experiment(client: MlflowClient, name: str) -> str:
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    root = _artifact_root(client.tracking_uri)
+    return client.create_experiment(name, artifact_location=f"{root}/{name}" if root else None)
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, str]:
+    """Nested config -> ``{"loss.dp.mu": "0.5", ...}`` (readable, sortable params)."""
+    out: dict[str, str] = {}
+    for key, value in d.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = str(value)[:MAX_PARAM_LEN]
+    return out
+
+
+def log_params(client: MlflowClient, run_id: str, params: dict[str, Any]) -> None:
+    items = [Param(k, str(v)) for k, v in params.items()]
+    for i in range(0, len(items), 100):  # MLflow caps a batch at 100 params
+        client.log_batch(run_id, params=items[i:i + 100])
+
+
+class MLflowReporter:
+    """The trainer's :class:`~trainables.train.Reporter`, writing to one MLflow run."""
+
+    def __init__(self, client: MlflowClient, run_id: str):
+        self.client, self.run_id = client, run_id
+
+    def metrics(self, step: int, values: dict[str, float]) -> None:
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step) for k, v in values.items() if v is not None and math.isfinite(v)]
+        if batch:
+            self.client.log_batch(self.run_id, metrics=batch)
+
+    def image(self, step: int, name: str, image: np.ndarray) -> None:
+        self.client.log_image(self.run_id, image, key=name, step=step)
+
+    def checkpoint(self, step: int, path: Path) -> None:
+        self.client.log_batch(self.run_id, tags=[RunTag(f"checkpoint.{path.stem}", str(path.resolve()))])

@@ -1,0 +1,287 @@
+"""One training run: stage 1 PSNR pretraining of G, stage 2 alternating D/G updates.
+
+The loop knows nothing of MLflow or Ray: it calls a :class:`Reporter` (metrics, sample
+images, checkpoints), so ``srsweep train`` and the Ray trainable share it unchanged.
+Steps are global: ``[0, stage1)`` pretraining, ``[stage1, stage1 + steps)`` GAN.
+Patch ``k`` of the stream depends only on ``(seed, k)`` and batch ``s`` holds patches
+``[s*B, (s+1)*B)``, so a resumed run sees exactly the batches it would have seen.
+"""
+from __future__ import annotations
+
+import math
+import os
+import random
+from pathlib import Path
+from typing import Iterator, Optional, Protocol
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from trainables.backbones import build_info
+from trainables.config import ExperimentConfig, to_dict, validate
+from trainables.data import PairedImages, TrainPatches, open_dataset
+from trainables.edges import CannySpec
+from trainables.evaluate import ImageScore, center_crop, evaluate, mean_score, sample_grid
+from trainables.losses import weighted_distance
+from trainables.metrics import LPIPSMetric
+from trainables.models import build_discriminator, build_generator
+from trainables.objective import GeneratorObjective, d_forward, d_loss
+
+STREAM_LENGTH = 2**40  # virtual length of the patch stream (never exhausted)
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss became NaN/inf; the message names the step and the offending terms."""
+
+
+class Reporter(Protocol):
+    def metrics(self, step: int, values: dict[str, float]) -> None: ...
+    def image(self, step: int, name: str, image: np.ndarray) -> None: ...
+    def checkpoint(self, step: int, path: Path) -> None: ...
+
+
+class PrintReporter:
+    """Default reporter: one progress line per report."""
+
+    def metrics(self, step: int, values: dict[str, float]) -> None:
+        keys = [k for k in ("loss/pretrain_pixel", "loss/g_total", "loss/pixel", "sa_share", "beta2",
+                            "val/psnr", "val/ssim", "val/lpips") if k in values]
+        print(f"step {step:>6}  " + "  ".join(f"{k}={values[k]:.4g}" for k in keys), flush=True)
+
+    def image(self, step: int, name: str, image: np.ndarray) -> None:
+        pass
+
+    def checkpoint(self, step: int, path: Path) -> None:
+        pass
+
+
+class Reporters:
+    """Fan one report out to several reporters (console + MLflow, say)."""
+
+    def __init__(self, *reporters: Reporter):
+        self.reporters = reporters
+
+    def metrics(self, step: int, values: dict[str, float]) -> None:
+        for r in self.reporters:
+            r.metrics(step, values)
+
+    def image(self, step: int, name: str, image: np.ndarray) -> None:
+        for r in self.reporters:
+            r.image(step, name, image)
+
+    def checkpoint(self, step: int, path: Path) -> None:
+        for r in self.reporters:
+            r.checkpoint(step, path)
+
+
+class _StreamSampler(Sampler[int]):
+    def __init__(self, start: int):
+        self.start = start
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.start, STREAM_LENGTH))
+
+    def __len__(self) -> int:
+        return STREAM_LENGTH - self.start
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device is 'cuda' but no CUDA device is visible")
+    return torch.device("cuda" if name == "auto" and torch.cuda.is_available() else
+                        ("cpu" if name == "auto" else name))
+
+
+class Trainer:
+    def __init__(self, cfg: ExperimentConfig, out_dir: str | Path, reporter: Optional[Reporter] = None):
+        self.cfg, self.out = cfg, Path(out_dir)
+        self.reporter = reporter or PrintReporter()
+        self.device = resolve_device(cfg.train.device)
+        self.info = build_info(cfg.backbones.weights)
+        torch.manual_seed(cfg.seed)  # model init is the only random draw outside the data
+        self.G = build_generator(cfg.model.generator, cfg.scale).to(self.device)
+        self.D = build_discriminator(cfg.model.discriminator, cfg.data.patch_size).to(self.device)
+        self.objective = GeneratorObjective(cfg).to(self.device)
+        self.lpips = LPIPSMetric(cfg.backbones.weights, cfg.backbones.weights_dir, seed=cfg.seed).to(self.device)
+        t = cfg.train
+        self.opt_pre = torch.optim.Adam(self.G.parameters(), lr=t.lr, betas=t.betas)
+        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=t.lr, betas=t.betas)
+        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=t.lr, betas=t.betas)
+        self.sched_g = torch.optim.lr_scheduler.MultiStepLR(self.opt_g, t.milestones, t.lr_gamma)
+        self.sched_d = torch.optim.lr_scheduler.MultiStepLR(self.opt_d, t.milestones, t.lr_gamma)
+        self.stage1 = 0 if t.pretrained_g else t.pretrain_steps
+        self.total_steps = self.stage1 + t.steps
+        self.step = 0
+        if t.pretrained_g:
+            self.G.load_state_dict(torch.load(t.pretrained_g, map_location=self.device, weights_only=True)["G"])
+        self._build_data()
+
+    # ------------------------------------------------------------------ data
+    def _build_data(self) -> None:
+        d, sa = self.cfg.data, self.cfg.loss.pixel.sa
+        train = open_dataset(d.train, self.cfg.scale, "train", cache=d.cache)
+        train.validate(d.patch_size)
+        canny = CannySpec(sa.canny.low, sa.canny.high, sa.channels) if sa is not None and sa.edge == "canny" else None
+        self.patches = TrainPatches(train, d.patch_size, STREAM_LENGTH, seed=self.cfg.seed, hflip=d.augment.hflip,
+                                    vflip=d.augment.vflip, rot90=d.augment.rot90, edge=canny)
+        t = self.cfg.train
+        val = open_dataset(d.val, self.cfg.scale, "val", cache=d.cache)
+        val.validate(t.val_crop)
+        n = min(len(val), t.val_images or len(val))
+        items = PairedImages(val)
+        # Decoded once: validation reuses the same few images every time.
+        self.val_items = [center_crop(items[i], t.val_crop, self.cfg.scale) for i in range(n)]
+
+    def batches(self, start_step: int) -> Iterator[dict]:
+        bs, workers = self.cfg.data.batch_size, self.cfg.data.num_workers
+        loader = DataLoader(self.patches, batch_size=bs, sampler=_StreamSampler(start_step * bs),
+                            num_workers=workers, drop_last=True, persistent_workers=False,
+                            pin_memory=self.device.type == "cuda")
+        for batch in loader:
+            yield {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+
+    # ----------------------------------------------------------------- steps
+    def pretrain_step(self, batch: dict) -> dict[str, float]:
+        sr = self.G(batch["lr"])
+        loss = weighted_distance(sr, batch["hr"], None, self.cfg.loss.pixel.criterion)
+        self._check_finite(loss, {"pretrain_pixel": loss})
+        self.opt_pre.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt_pre.step()
+        return {"loss/pretrain_pixel": loss.item()}
+
+    def gan_step(self, batch: dict) -> dict[str, float]:
+        lr, hr, edge = batch["lr"], batch["hr"], batch.get("edge")
+        sr = self.G(lr)
+        # G step: D frozen (no parameter grads), one D pass on [sr; hr].
+        self.D.requires_grad_(False)
+        logits, feats = d_forward(self.D, sr, hr)
+        terms = self.objective(sr, hr, logits, feats, edge)
+        self._check_finite(terms.total, terms.parts)
+        self.opt_g.zero_grad(set_to_none=True)
+        terms.total.backward()
+        self.opt_g.step()
+        # D step on the detached SR batch.
+        self.D.requires_grad_(True)
+        l_d = d_loss(self.D, sr, hr, self.cfg.loss.adv.kind)
+        self._check_finite(l_d, {"d": l_d})
+        self.opt_d.zero_grad(set_to_none=True)
+        l_d.backward()
+        self.opt_d.step()
+        self.sched_g.step()
+        self.sched_d.step()
+        out = terms.scalars()
+        out["loss/d"] = l_d.item()
+        out["beta2"] = float(self.objective.beta2)
+        out["lr"] = self.opt_g.param_groups[0]["lr"]
+        return out
+
+    def _check_finite(self, loss: torch.Tensor, parts: dict) -> None:
+        if not torch.isfinite(loss):
+            bad = [k for k, v in parts.items() if not math.isfinite(float(v))]
+            raise TrainingDiverged(f"step {self.step}: loss is {float(loss)} (non-finite terms: "
+                                   f"{', '.join(bad) or 'none; the sum overflowed'}); lower the lr or the "
+                                   f"loss weights")
+
+    def calibrate(self) -> None:
+        """Stage-2 start: freeze the FM rescale, then solve beta2 for the SA share
+        target, on the first stage-2 batches (forward only, no update)."""
+        n = self.cfg.loss.pixel.sa.calibration_batches if self.cfg.loss.pixel.sa else 4
+        it = self.batches(self.step)
+        calib = [next(it) for _ in range(n)]
+        del it
+        for fn in (self.objective.calibrate_fm, self.objective.calibrate_beta2):
+            with torch.no_grad():
+                terms = []
+                for b in calib:
+                    sr = self.G(b["lr"])
+                    logits, feats = d_forward(self.D, sr, b["hr"])
+                    terms.append(self.objective(sr, b["hr"], logits, feats, b.get("edge")))
+            fn(terms)
+        print(f"calibrated: beta2={float(self.objective.beta2):.4g}, fm_scale={self.objective.fm_scale.tolist()}",
+              flush=True)
+
+    # ------------------------------------------------------------ validation
+    @torch.no_grad()
+    def validate(self) -> tuple[dict[str, float], list[ImageScore]]:
+        self.G.eval()
+        rows = evaluate(lambda lr: self.G(lr).clamp(0, 1), self.val_items, self.cfg.scale,
+                        lpips=self.lpips, device=self.device)
+        first = self.val_items[0]
+        sr = self.G(first["lr"][None].to(self.device)).clamp(0, 1)[0].cpu()
+        self.G.train()
+        self.reporter.image(self.step, "val_sample", sample_grid(first["lr"], sr, first["hr"], self.cfg.scale))
+        m = mean_score(rows)
+        return {"val/psnr": m.psnr, "val/ssim": m.ssim, "val/lpips": m.lpips}, rows
+
+    # ------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict:
+        return {
+            "step": self.step, "config": to_dict(self.cfg),
+            "G": self.G.state_dict(), "D": self.D.state_dict(), "objective": self.objective.state_dict(),
+            "opt_pre": self.opt_pre.state_dict(), "opt_g": self.opt_g.state_dict(),
+            "opt_d": self.opt_d.state_dict(), "sched_g": self.sched_g.state_dict(),
+            "sched_d": self.sched_d.state_dict(),
+            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if validate(state["config"]) != self.cfg:
+            raise ValueError("checkpoint was written by a different config; refusing to resume it")
+        self.step = state["step"]
+        for name in ("G", "D", "objective", "opt_pre", "opt_g", "opt_d", "sched_g", "sched_d"):
+            getattr(self, name).load_state_dict(state[name])
+        torch.set_rng_state(state["rng"]["torch"])
+        np.random.set_state(state["rng"]["numpy"])
+        random.setstate(state["rng"]["python"])
+        if state["rng"]["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+
+    def save(self, path: Path) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save(self.state_dict(), tmp)
+        os.replace(tmp, path)  # atomic: a kill mid-write never leaves a torn checkpoint
+        return path
+
+    def save_generator(self, path: Path) -> Path:
+        """G alone (what ``train.pretrained_g`` and ``srsweep eval --model`` read)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"G": self.G.state_dict(), "config": to_dict(self.cfg), "step": self.step}, path)
+        return path
+
+    def resume(self, path: str | Path) -> None:
+        self.load_state_dict(torch.load(path, map_location=self.device, weights_only=False))
+
+    # ------------------------------------------------------------------- run
+    def run(self, until: Optional[int] = None) -> dict[str, float]:
+        """Train up to global step ``until`` (default: the end); returns the last metrics."""
+        until = self.total_steps if until is None else min(until, self.total_steps)
+        t, last = self.cfg.train, {}
+        self.G.train()
+        self.D.train()
+        while self.step < until:
+            stage2 = self.step >= self.stage1
+            if stage2 and self.objective.needs_calibration:
+                self.calibrate()
+            end = until if stage2 else min(until, self.stage1)
+            for batch in self.batches(self.step):
+                values = self.gan_step(batch) if stage2 else self.pretrain_step(batch)
+                self.step += 1
+                done = self.step in (self.stage1, self.total_steps)
+                if self.step % t.val_every == 0 or done:
+                    val, _ = self.validate()
+                    values.update(val)
+                if self.step % t.log_every == 0 or "val/psnr" in values or self.step == until:
+                    values["stage"] = 2.0 if stage2 else 1.0
+                    self.reporter.metrics(self.step, values)
+                last = values
+                if self.step == self.stage1 and self.stage1 > 0:
+                    self.reporter.checkpoint(self.step, self.save_generator(self.out / "pretrain_g.pt"))
+                if self.step % t.checkpoint_every == 0 or self.step == until:
+                    self.reporter.checkpoint(self.step, self.save(self.out / "last.pt"))
+                if self.step >= end:
+                    break
+        return last
