@@ -75,18 +75,37 @@ def test_total_is_the_weighted_sum_of_the_paper_terms(disc):
     assert p["fm"] == pytest.approx(float(loss), rel=1e-6)
 
 
-def test_each_network_runs_once_per_step(disc):
+@pytest.mark.parametrize("concat", [False, True])
+def test_each_image_goes_through_each_network_once(disc, concat):
     obj = GeneratorObjective(cfg_with(FULL))
     obj.fm_scale.fill_(1.0)
-    calls = {"vgg": 0, "resnet": 0, "D": 0}
-    hooks = [m.register_forward_hook(lambda *_, k=k: calls.__setitem__(k, calls[k] + 1))
-             for k, m in (("vgg", obj.vgg), ("resnet", obj.resnet), ("D", disc))]
+    obj.concat_backbones = concat
+    seen = {"vgg": 0, "resnet": 0, "D": 0}  # images per network in one step
+
+    def count(key):
+        return lambda module, inputs, output: seen.__setitem__(key, seen[key] + inputs[0].shape[0])
+
+    hooks = [m.register_forward_hook(count(k)) for k, m in (("vgg", obj.vgg), ("resnet", obj.resnet), ("D", disc))]
     sr, hr = _batch()
     _run(obj, disc, sr, hr).total.backward()
     for h in hooks:
         h.remove()
-    assert calls == {"vgg": 1, "resnet": 1, "D": 1}
+    assert seen == {"vgg": 2 * 3, "resnet": 2 * 2, "D": 2 * 2}  # sr, hr, W(hr) | sr, hr | sr, hr
     assert sr.grad is not None and torch.isfinite(sr.grad).all()
+
+
+def test_both_backbone_strategies_give_the_same_loss_and_gradient(disc):
+    results = []
+    for concat in (False, True):
+        obj = GeneratorObjective(cfg_with(FULL))
+        obj.fm_scale.fill_(1.0)
+        obj.concat_backbones = concat
+        sr, hr = _batch()
+        t = _run(obj, disc, sr, hr)
+        t.total.backward()
+        results.append((t.total.item(), sr.grad.clone()))
+    assert results[0][0] == pytest.approx(results[1][0], rel=1e-5)
+    torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-4, atol=1e-7)
 
 
 def test_mu_inf_builds_no_resnet_and_is_vgg_only(disc):

@@ -1,9 +1,8 @@
 """The generator and discriminator objectives composed from a loss config.
 
-One forward pass of each network per step: VGG19 runs once on ``[sr; hr; W(hr)]``
-(the W part only when the SA feature loss needs it), ResNet50 once on ``[sr; hr]``,
-D once on ``[sr; hr]``; every term reads its slice. The hr slices are detached
-targets. The local-variance map is computed on the device from hr; Canny maps arrive
+Each image goes through each network once per step, shared by every term that uses
+it: VGG19 sees sr, hr and W(hr) (the W part only for the SA feature loss), ResNet50 sr
+and hr, D ``[sr; hr]`` in one batch; targets (hr, W) are detached. The local-variance map is computed on the device from hr; Canny maps arrive
 with the batch (made in the data workers).
 
 State that must survive a resume (the calibrated beta2, the FM rescale) lives in
@@ -40,8 +39,27 @@ class GTerms:
         return out
 
 
+# Measured with `srsweep bench` (README "Performance"): which backbone_pass strategy wins.
+CONCAT_BACKBONES = False
+
+
 def _split(t: torch.Tensor, n: int) -> list[torch.Tensor]:
     return list(t.chunk(n, dim=0))
+
+
+def backbone_pass(net: nn.Module, sr: torch.Tensor, targets: list[torch.Tensor], concat: bool) -> list[torch.Tensor]:
+    """Features of ``sr`` (on the graph) and of the detached targets, each image once.
+
+    concat: one call on ``[sr; targets]``: fewer launches, but the backward pass also
+    runs over the target rows. Otherwise sr with grad plus one call on the targets under
+    no_grad (no saved activations, backward over sr only). ``srsweep bench`` measures both.
+    """
+    if concat:
+        out = net(torch.cat([sr, *targets]))
+        return [o.detach() if i else o for i, o in enumerate(_split(out, 1 + len(targets)))]
+    with torch.no_grad():
+        tgt = net(torch.cat(targets))
+    return [net(sr), *_split(tgt, len(targets))]
 
 
 class GeneratorObjective(nn.Module):
@@ -60,6 +78,7 @@ class GeneratorObjective(nn.Module):
         self.register_buffer("beta2", torch.tensor(beta2 if sa is not None else 0.0, dtype=torch.float64))
         n_fm = len(lc.fm.blocks) if lc.fm is not None else 0
         self.register_buffer("fm_scale", torch.full((n_fm,), math.nan))
+        self.concat_backbones = CONCAT_BACKBONES
 
     # ------------------------------------------------------------------ pieces
     def edge_map(self, hr: torch.Tensor, batch_edge: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
@@ -91,15 +110,15 @@ class GeneratorObjective(nn.Module):
 
         if self.vgg is not None:
             with_w = lc.sa_feature is not None
-            batch = [sr, hr] + ([w.expand(-1, 3, -1, -1)] if with_w else [])
-            f = _split(self.vgg(torch.cat(batch))[lc.perceptual.layer], len(batch))
+            targets = [hr] + ([w.expand(-1, 3, -1, -1)] if with_w else [])
+            f = backbone_pass(lambda x: self.vgg(x)[lc.perceptual.layer], sr, targets, self.concat_backbones)
             l_vgg = L.perceptual(f[0], f[1], lc.perceptual.criterion)
             parts["vgg"] = l_vgg
             percep = l_vgg
             if lc.dp is not None:
                 l_res = None
                 if self.resnet is not None:
-                    r_sr, r_hr = _split(self.resnet(torch.cat([sr, hr])), 2)
+                    r_sr, r_hr = backbone_pass(self.resnet, sr, [hr], self.concat_backbones)
                     l_res = L.perceptual(r_sr, r_hr, "l1")
                     parts["resnet"] = l_res
                 percep, zeta = L.dual_perceptual(l_vgg, l_res, lc.dp.mu)
