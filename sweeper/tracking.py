@@ -76,5 +76,9 @@ class MLflowReporter:
     def image(self, step: int, name: str, image: np.ndarray) -> None:
         self.client.log_image(self.run_id, image, key=name, step=step)
 
+    def scores(self, step: int, rows: list) -> None:
+        per_image = {r.name: {"psnr": r.psnr, "ssim": r.ssim, "lpips": r.lpips} for r in rows}
+        self.client.log_dict(self.run_id, per_image, f"val_scores/step_{step:07d}.json")
+
     def checkpoint(self, step: int, path: Path) -> None:
         self.client.log_batch(self.run_id, tags=[RunTag(f"checkpoint.{path.stem}", str(path.resolve()))])

@@ -20,22 +20,11 @@ class ListReporter:
     def image(self, step, name, image):
         self.images.append((step, name, image))
 
+    def scores(self, step, rows):
+        self.scores_at = (step, rows)
+
     def checkpoint(self, step, path):
         self.checkpoints.append((step, Path(path).name))
-
-
-@pytest.fixture(scope="module")
-def tiny_data(shared_data, tmp_path_factory):
-    """4 DIV2K crops for training, 2 Set5 pairs for validation (copied: real files)."""
-    root = tmp_path_factory.mktemp("data")
-    (root / "train").mkdir()
-    for p in sorted((shared_data / "DIV2K256" / "HR").glob("*.png"))[:4]:
-        shutil.copy(p, root / "train" / p.name)
-    for sub in ("HR", "LR_bicubic/X4"):
-        (root / "val" / sub).mkdir(parents=True)
-        for name in ("img_002.png", "img_003.png"):
-            shutil.copy(shared_data / "Set5" / sub / name, root / "val" / sub / name)
-    return root
 
 
 def _cfg(tiny_data, **train):
@@ -98,6 +87,9 @@ def test_validation_reports_metrics_and_a_sample_grid(tiny_data, tmp_path):
     step, name, grid = rep.images[0]
     assert name == "val_sample" and grid.dtype == np.uint8 and grid.shape == (64, 4 * 64, 3)
     assert ("pretrain_g.pt" in {n for _, n in rep.checkpoints})
+    step, rows = rep.scores_at  # per-image scores of the last validation (for the bootstrap)
+    assert step == 4 and [r.name for r in rows] == ["img_002", "img_003"]
+    assert np.mean([r.lpips for r in rows]) == pytest.approx(vals[4]["val/lpips"])
 
 
 def test_nan_loss_stops_with_a_clear_reason(tiny_data, tmp_path):

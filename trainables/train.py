@@ -38,6 +38,7 @@ class TrainingDiverged(RuntimeError):
 class Reporter(Protocol):
     def metrics(self, step: int, values: dict[str, float]) -> None: ...
     def image(self, step: int, name: str, image: np.ndarray) -> None: ...
+    def scores(self, step: int, rows: list[ImageScore]) -> None: ...  # per-image validation
     def checkpoint(self, step: int, path: Path) -> None: ...
 
 
@@ -50,6 +51,9 @@ class PrintReporter:
         print(f"step {step:>6}  " + "  ".join(f"{k}={values[k]:.4g}" for k in keys), flush=True)
 
     def image(self, step: int, name: str, image: np.ndarray) -> None:
+        pass
+
+    def scores(self, step: int, rows: list[ImageScore]) -> None:
         pass
 
     def checkpoint(self, step: int, path: Path) -> None:
@@ -70,6 +74,10 @@ class Reporters:
         for r in self.reporters:
             r.image(step, name, image)
 
+    def scores(self, step: int, rows: list[ImageScore]) -> None:
+        for r in self.reporters:
+            r.scores(step, rows)
+
     def checkpoint(self, step: int, path: Path) -> None:
         for r in self.reporters:
             r.checkpoint(step, path)
@@ -84,6 +92,17 @@ class _StreamSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return STREAM_LENGTH - self.start
+
+
+def load_val_items(cfg: ExperimentConfig) -> list[dict]:
+    """The validation images as the trainer scores them (``val_images``, ``val_crop``),
+    decoded once: validation reuses the same few images every time."""
+    t = cfg.train
+    val = open_dataset(cfg.data.val, cfg.scale, "val", cache=cfg.data.cache)
+    val.validate(t.val_crop)
+    items = PairedImages(val)
+    n = min(len(val), t.val_images or len(val))
+    return [center_crop(items[i], t.val_crop, cfg.scale) for i in range(n)]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -125,13 +144,7 @@ class Trainer:
         canny = CannySpec(sa.canny.low, sa.canny.high, sa.channels) if sa is not None and sa.edge == "canny" else None
         self.patches = TrainPatches(train, d.patch_size, STREAM_LENGTH, seed=self.cfg.seed, hflip=d.augment.hflip,
                                     vflip=d.augment.vflip, rot90=d.augment.rot90, edge=canny)
-        t = self.cfg.train
-        val = open_dataset(d.val, self.cfg.scale, "val", cache=d.cache)
-        val.validate(t.val_crop)
-        n = min(len(val), t.val_images or len(val))
-        items = PairedImages(val)
-        # Decoded once: validation reuses the same few images every time.
-        self.val_items = [center_crop(items[i], t.val_crop, self.cfg.scale) for i in range(n)]
+        self.val_items = load_val_items(self.cfg)
 
     def batches(self, start_step: int) -> Iterator[dict]:
         bs, workers = self.cfg.data.batch_size, self.cfg.data.num_workers
@@ -212,6 +225,7 @@ class Trainer:
         sr = self.G(first["lr"][None].to(self.device)).clamp(0, 1)[0].cpu()
         self.G.train()
         self.reporter.image(self.step, "val_sample", sample_grid(first["lr"], sr, first["hr"], self.cfg.scale))
+        self.reporter.scores(self.step, rows)
         m = mean_score(rows)
         return {"val/psnr": m.psnr, "val/ssim": m.ssim, "val/lpips": m.lpips}, rows
 
