@@ -115,6 +115,34 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_run(args: argparse.Namespace) -> int:
+    from sweeper.sweep import run_sweep
+
+    run_sweep(args.sweep, storage=args.storage, tracking_uri=args.tracking_uri, address=args.address)
+    return 0
+
+
+def _cmd_resume(args: argparse.Namespace) -> int:
+    from sweeper.sweep import resume_sweep
+
+    resume_sweep(args.sweep_dir)
+    return 0
+
+
+def _cmd_best(args: argparse.Namespace) -> int:
+    from sweeper.best import choose_winner, find_sweep_dir
+
+    choose_winner(find_sweep_dir(args.target, args.tracking_uri), n_boot=args.bootstrap)
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from trainables.bench import run
+
+    run(args)
+    return 0
+
+
 def _cmd_config(args: argparse.Namespace) -> int:
     from trainables.config import load_config, to_dict
 
@@ -131,7 +159,8 @@ def _config_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="srsweep", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="srsweep", description="Hyperparameter sweeps for GAN super-resolution "
+                                "losses (SA pixel, dual perceptual, feature matching). See README.md.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     e = sub.add_parser("eval", help="score bicubic upscaling on a data set (PSNR/SSIM on Y, LPIPS)")
@@ -154,6 +183,23 @@ def build_parser() -> argparse.ArgumentParser:
                     help="default: $SRSWEEP_WEIGHTS_DIR or the torch hub cache")
     wv.set_defaults(func=_cmd_weights_verify)
 
+    r = sub.add_parser("run", help="run a sweep: Ray Tune trials, Optuna search, ASHA, MLflow, automatic winner")
+    r.add_argument("sweep", help="sweep YAML, e.g. search_spaces/demo.yaml")
+    r.add_argument("--address", help="existing Ray cluster ('auto' or ray://host:10001); default: local Ray")
+    r.add_argument("--storage", default="ray_results", help="where sweep folders go (shared storage on clusters)")
+    r.add_argument("--tracking-uri", help="MLflow URI; default $MLFLOW_TRACKING_URI or sqlite:///$PWD/mlflow.db")
+    r.set_defaults(func=_cmd_run)
+
+    rs = sub.add_parser("resume", help="continue an interrupted sweep from its folder")
+    rs.add_argument("sweep_dir")
+    rs.set_defaults(func=_cmd_resume)
+
+    be = sub.add_parser("best", help="rank a sweep's trials, write the winner config, tag its MLflow run")
+    be.add_argument("target", help="sweep folder, or the MLflow experiment name of a sweep")
+    be.add_argument("--tracking-uri", help="MLflow URI (when TARGET is an experiment name)")
+    be.add_argument("--bootstrap", type=int, default=10000, help="bootstrap resamples for the significance test")
+    be.set_defaults(func=_cmd_best)
+
     t = sub.add_parser("train", help="one training run (PSNR pretraining, then GAN) logged to MLflow")
     _config_args(t)
     t.add_argument("--out", help="run folder (checkpoints); default runs/NAME-TIMESTAMP")
@@ -161,6 +207,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--tracking-uri", help="MLflow URI; default $MLFLOW_TRACKING_URI or sqlite:///$PWD/mlflow.db")
     t.add_argument("--experiment", default="srsweep-train", help="MLflow experiment name")
     t.set_defaults(func=_cmd_train)
+
+    b = sub.add_parser("bench", help="time one generator step: plain ESRGAN vs SA+DP+FM vs a naive composition")
+    b.add_argument("--batch", type=int, default=4)
+    b.add_argument("--patch", type=int, default=64, help="HR patch side (multiple of 32)")
+    b.add_argument("--feat", type=int, default=32, help="generator / discriminator width")
+    b.add_argument("--blocks", type=int, default=2, help="RRDB blocks")
+    b.add_argument("--rounds", type=int, default=10)
+    b.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    b.set_defaults(func=_cmd_bench)
 
     c = sub.add_parser("config", help="validate a config file and print it with all defaults filled in")
     _config_args(c)
@@ -172,11 +227,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from trainables.backbones import WeightsNotFoundError
     from trainables.config import ConfigError
+    from sweeper.select import NoWinnerError
     from trainables.data import DataError
 
     try:
         return args.func(args)
-    except (ConfigError, DataError, WeightsNotFoundError, ValueError) as exc:
+    except (ConfigError, DataError, WeightsNotFoundError, ValueError, FileNotFoundError, NoWinnerError) as exc:
         for line in str(exc).splitlines():
             print(f"srsweep: error: {line}", file=sys.stderr)
         return 2

@@ -1,0 +1,239 @@
+"""Sweep driver: ``srsweep run`` / ``srsweep resume`` on Ray Tune + Optuna + MLflow.
+
+Flow: sweep YAML -> experiment dict (validated) -> checks that fail before any trial
+(data, weights) -> one shared PSNR pretraining (a Ray task) -> bicubic baseline on the
+validation images -> MLflow parent run -> Tuner (OptunaSearch + ASHA) -> results table
+(Parquet), plots and the automatic winner (``sweeper.best``).
+
+The sweep folder is the Ray experiment folder; ``sweep.json`` in it records what
+``resume`` and ``best`` need (absolute paths, MLflow ids, the bicubic PSNR).
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Optional
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+STATE_FILE = "sweep.json"
+
+
+def _git_commit(path: Path) -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=path, capture_output=True, text=True,
+                              timeout=10).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def init_ray(address: Optional[str]) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    if address:  # an existing cluster: "auto" or ray://host:port
+        ray.init(address=address, log_to_driver=False)
+    else:  # embedded local Ray sized for this machine (STACK-NOTES)
+        ray.init(object_store_memory=2 * 2**30, include_dashboard=False, log_to_driver=False)
+
+
+def _pretrain(experiment: dict, out_dir: str) -> str:
+    """Stage 1 once per sweep (a Ray task); every trial starts from its generator."""
+    from trainables.config import validate
+    from trainables.train import Trainer
+
+    cfg = validate(experiment, source="sweep experiment")
+    trainer = Trainer(cfg, out_dir)
+    trainer.run(until=trainer.stage1)
+    return str(Path(out_dir) / "pretrain_g.pt")
+
+
+def _bicubic_psnr(cfg) -> float:
+    from trainables.evaluate import bicubic, evaluate, mean_score
+    from trainables.train import load_val_items
+
+    return mean_score(evaluate(bicubic(cfg.scale), load_val_items(cfg), cfg.scale)).psnr
+
+
+def prepare(sweep_path: Path, storage: Path, tracking_uri: str, address: Optional[str]) -> dict:
+    """Everything before the Tuner; returns the sweep state (also written to sweep.json)."""
+    import ray
+    from mlflow import MlflowClient
+
+    from sweeper.space import compile_space  # noqa: F401  (fails early on a bad space)
+    from sweeper.sweep_config import experiment_dict, load_sweep
+    from sweeper.tracking import flatten, get_experiment, log_params
+    from trainables.backbones import build_info
+    from trainables.config import deep_merge, to_dict, validate
+    from trainables.train import Trainer
+
+    sweep = load_sweep(sweep_path)
+    raw = experiment_dict(sweep, sweep_path)
+    # Trials report once per validation, each with a checkpoint.
+    raw = deep_merge(raw, {"train": {"checkpoint_every": raw.get("train", {}).get("val_every", 500)}})
+    cfg = validate(raw, source=str(sweep_path))
+    sweep_dir = storage / f"{sweep.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    sweep_dir.mkdir(parents=True)
+    Trainer(cfg, sweep_dir / "pretrain")  # bad data / missing weights fail here, before any trial
+
+    init_ray(address)
+    res = sweep.resources
+    if cfg.train.pretrain_steps and not cfg.train.pretrained_g:
+        print(f"pretraining G once for the sweep ({cfg.train.pretrain_steps} steps)...", flush=True)
+        task = ray.remote(num_cpus=res.cpu, num_gpus=res.gpu)(_pretrain)
+        pre = ray.get(task.remote(to_dict(cfg), str(sweep_dir / "pretrain")))
+        raw = deep_merge(raw, {"train": {"pretrained_g": pre}})
+    bicubic_psnr = _bicubic_psnr(cfg)
+
+    client = MlflowClient(tracking_uri)
+    exp_id = get_experiment(client, f"srsweep-{sweep.name}")
+    tags = build_info(cfg.backbones.weights)
+    parent = client.create_run(exp_id, run_name=f"{sweep.name} (sweep)", tags={
+        **tags, "sweep_file": str(sweep_path), "git_commit": _git_commit(sweep_path.parent),
+        "ray_address": address or "local", "sweep_dir": str(sweep_dir), "role": "sweep"})
+    log_params(client, parent.info.run_id, {**flatten(sweep.model_dump(mode="json", exclude={"space"}), "sweep."),
+                                            "bicubic_val_psnr": f"{bicubic_psnr:.4f}"})
+    client.log_artifact(parent.info.run_id, str(sweep_path))
+    client.log_dict(parent.info.run_id, {"space": sweep.model_dump(mode="json")["space"]}, "search_space.yaml")
+    state = {"sweep_file": str(sweep_path), "experiment": raw, "sweep_dir": str(sweep_dir),
+             "tracking_uri": tracking_uri, "experiment_id": exp_id, "parent_run_id": parent.info.run_id,
+             "bicubic_psnr": bicubic_psnr, "total_steps": cfg.train.steps, "address": address,
+             "tags": tags}
+    (sweep_dir / STATE_FILE).write_text(json.dumps(state, indent=1))
+    print(f"sweep folder {sweep_dir}; MLflow parent run {parent.info.run_id} ({tracking_uri}); "
+          f"bicubic val PSNR {bicubic_psnr:.2f} dB", flush=True)
+    return state
+
+
+def _trainable(state: dict, sweep):
+    from ray import tune
+
+    from sweeper.trial import run_trial
+
+    res = sweep.resources
+    fn = tune.with_parameters(run_trial, experiment=state["experiment"], threads=max(1, int(res.cpu)))
+    return tune.with_resources(fn, {"cpu": res.cpu, "gpu": res.gpu})
+
+
+def build_tuner(state: dict):
+    from optuna.samplers import NSGAIISampler, RandomSampler, TPESampler
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    from sweeper.callbacks import MLflowCallback, ProgressCallback
+    from sweeper.space import compile_space, grid_points
+    from sweeper.sweep_config import load_sweep
+
+    sweep = load_sweep(Path(state["sweep_file"]))
+    metrics = [m.name for m in sweep.objective.metrics]
+    modes = [m.mode for m in sweep.objective.metrics]
+    total, val_every = state["total_steps"], state["experiment"]["train"]["val_every"]
+    algo, seed = sweep.search.algorithm, sweep.search.seed
+    param_space, search_alg, num_samples = None, None, sweep.budget.num_samples
+    if algo == "grid":  # paper grids: every point once, no sampler
+        param_space = {"grid_point": tune.grid_search(grid_points(sweep.space))}
+        num_samples = 1
+    else:
+        sampler = {"tpe": lambda: TPESampler(seed=seed), "nsga2": lambda: NSGAIISampler(seed=seed),
+                   "random": lambda: RandomSampler(seed=seed)}[algo]()
+        multi = len(metrics) > 1
+        search_alg = ConcurrencyLimiter(OptunaSearch(
+            space=compile_space(sweep.space), metric=metrics if multi else metrics[0],
+            mode=modes if multi else modes[0], sampler=sampler,
+            points_to_evaluate=sweep.search.points_to_evaluate or None), sweep.budget.max_concurrent)
+    scheduler = None
+    if sweep.scheduler.type == "asha":  # steps as time: grace counted in validation rounds
+        scheduler = ASHAScheduler(time_attr="step", metric=metrics[0], mode=modes[0], max_t=total,
+                                  grace_period=sweep.scheduler.grace_period * val_every,
+                                  reduction_factor=sweep.scheduler.reduction_factor)
+    sweep_dir = Path(state["sweep_dir"])
+    run_config = tune.RunConfig(
+        name=sweep_dir.name, storage_path=str(sweep_dir.parent), verbose=0,
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=metrics[0],
+                                                checkpoint_score_order=modes[0]),
+        failure_config=tune.FailureConfig(max_failures=sweep.failure.max_failures),
+        callbacks=[MLflowCallback(state["tracking_uri"], state["experiment_id"], state["parent_run_id"],
+                                  state["experiment"], total, state["tags"]),
+                   ProgressCallback(metrics[0], modes[0], num_samples if algo != "grid" else
+                                    len(grid_points(sweep.space)), total)])
+    tune_config = tune.TuneConfig(search_alg=search_alg, scheduler=scheduler, num_samples=num_samples,
+                                  max_concurrent_trials=sweep.budget.max_concurrent if algo == "grid" else None,
+                                  time_budget_s=sweep.budget.time_budget_s)
+    return tune.Tuner(_trainable(state, sweep), param_space=param_space, tune_config=tune_config,
+                      run_config=run_config)
+
+
+def run_sweep(sweep_path: str | Path, storage: str | Path = "ray_results", tracking_uri: Optional[str] = None,
+              address: Optional[str] = None) -> Path:
+    from sweeper.tracking import default_tracking_uri
+
+    state = prepare(Path(sweep_path).resolve(), Path(storage).resolve(), tracking_uri or default_tracking_uri(),
+                    address)
+    build_tuner(state).fit()
+    return finish(Path(state["sweep_dir"]))
+
+
+def resume_sweep(sweep_dir: str | Path) -> Path:
+    """Continue an interrupted sweep: finished trials stay, unfinished ones resume from
+    their checkpoints, errored ones are retried, the Optuna study continues."""
+    from ray import tune
+
+    from sweeper.sweep_config import load_sweep
+
+    sweep_dir = Path(sweep_dir).resolve()
+    state_file = sweep_dir / STATE_FILE
+    if not state_file.is_file() or not tune.Tuner.can_restore(str(sweep_dir)):
+        raise FileNotFoundError(f"{sweep_dir}: not a resumable sweep folder (no {STATE_FILE} or Tune state)")
+    state = json.loads(state_file.read_text())
+    init_ray(state["address"])
+    sweep = load_sweep(Path(state["sweep_file"]))
+    print(f"resuming {sweep_dir}", flush=True)
+    tuner = tune.Tuner.restore(str(sweep_dir), _trainable(state, sweep), resume_unfinished=True,
+                               resume_errored=True)
+    tuner.fit()
+    return finish(sweep_dir)
+
+
+def finish(sweep_dir: Path) -> Path:
+    """Results table, winner, plots, MLflow parent artifacts; the parent run is closed."""
+    from mlflow import MlflowClient
+
+    from sweeper.best import choose_winner
+    from sweeper.export import plot_parallel, plot_pareto, write_parquet
+    from sweeper.results import results_table
+
+    from sweeper.callbacks import child_runs
+
+    state = json.loads((sweep_dir / STATE_FILE).read_text())
+    df = results_table(sweep_dir)
+    client = MlflowClient(state["tracking_uri"])
+    parent = state["parent_run_id"]
+    # A driver killed between starting a trial and saving Tune's state loses that trial
+    # (Tune re-suggests it under a new id). Its partial MLflow run is closed and
+    # soft-deleted (`mlflow gc` purges, the UI can restore), so runs == trials.
+    for run in child_runs(client, state["experiment_id"], parent):
+        if run.data.tags.get("ray_trial_id") not in set(df["trial_id"]):
+            client.set_tag(run.info.run_id, "ray_status", "LOST_ON_RESTORE")
+            client.set_terminated(run.info.run_id, "KILLED")
+            client.delete_run(run.info.run_id)
+            print(f"note: MLflow run {run.info.run_id} of trial {run.data.tags.get('ray_trial_id')} was lost by the "
+                  "interrupted driver (Tune re-ran that configuration); it is now deleted", flush=True)
+    table = write_parquet(df, sweep_dir / "results.parquet")
+    client.log_artifact(parent, str(table))
+    ranked, floor = df, None
+    try:
+        sel = choose_winner(sweep_dir, df)
+        ranked, floor = sel.ranked, sel.rule.psnr_floor
+    finally:  # plots and the closed parent run even when no trial qualifies
+        for path in (plot_pareto(ranked, sweep_dir / "pareto.png", psnr_floor=floor),
+                     plot_parallel(ranked, sweep_dir / "parallel.png")):
+            client.log_artifact(parent, str(path))
+        client.set_terminated(parent, "FINISHED")
+    return sweep_dir

@@ -1,0 +1,137 @@
+"""End to end with real components: local Ray, Optuna, a SQLite MLflow store, real images.
+
+Runs the installed ``srsweep`` as a user does. Slow-ish (Ray start-up, several tiny
+trials), so marked ``slow``; CI runs it.
+"""
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+SRSWEEP = str(Path(sys.executable).with_name("srsweep"))
+pytestmark = pytest.mark.slow
+
+
+def write_sweep(tmp_path: Path, tiny_data: Path, num_samples: int, concurrent: int, steps: int = 6) -> Path:
+    sweep = {
+        "name": "e2e",
+        "base": ["sa_esrgan_lv", "tiny_cpu"],
+        "set": {
+            "data": {"train": str(tiny_data / "train"), "val": str(tiny_data / "val"),
+                     "patch_size": 32, "batch_size": 2},
+            "loss": {"pixel": {"sa": {"beta2": None, "sa_share": 0.15, "calibration_batches": 1}},
+                     "dp": {"mu": 0.5, "resnet_stage": 1},
+                     "fm": {"blocks": [0, 1], "weight": 1.0}},
+            "train": {"pretrain_steps": 4, "steps": steps, "val_every": 2, "val_images": 2, "val_crop": 64,
+                      "log_every": 2},
+        },
+        "space": [
+            {"path": "loss.pixel.sa.sa_share", "float": [0.05, 0.3]},
+            {"path": "loss.dp.mu", "float": [0.2, 20], "log": True, "or": [float("inf")]},
+            {"path": "loss.dp.resnet_stage", "choices": [1, 2]},
+        ],
+        "objective": {"metrics": [{"name": "val_lpips", "mode": "min"}]},
+        "search": {"algorithm": "tpe", "seed": 0},
+        "budget": {"num_samples": num_samples, "max_concurrent": concurrent},
+        "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2},
+        "resources": {"cpu": 1, "gpu": 0},
+        "selection": {"psnr_margin": -10.0},
+    }
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    return path
+
+
+def srsweep(*args, cwd, timeout=900, **kw):
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    return subprocess.run([SRSWEEP, *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          env=env, **kw)
+
+
+def _sweep_dir(tmp_path: Path) -> Path:
+    (d,) = [p for p in (tmp_path / "ray_results").iterdir() if (p / "sweep.json").is_file()]
+    return d
+
+
+def _children(uri: str, parent: str):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("srsweep-e2e")
+    runs = client.search_runs([exp.experiment_id])
+    return client, [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent]
+
+
+def test_sweep_end_to_end_then_rerun_the_winner(tmp_path, tiny_data):
+    sweep = write_sweep(tmp_path, tiny_data, num_samples=4, concurrent=2)
+    res = srsweep("run", sweep, cwd=tmp_path)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "best val_lpips" in res.stdout and "winner: trial" in res.stdout
+    d = _sweep_dir(tmp_path)
+    state = json.loads((d / "sweep.json").read_text())
+    df = pd.read_parquet(d / "results.parquet")
+    assert len(df) == 4 and set(df["status"]) <= {"TERMINATED", "STOPPED"}
+    assert ((df["status"] == "TERMINATED") == (df["steps"] == 6)).all()
+    assert df["final_val_lpips"].notna().all() and (df["sa_share"] > 0).all()
+    for p in ("pareto.png", "parallel.png", "winner.yaml"):
+        assert (d / p).is_file(), p
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client, children = _children(uri, state["parent_run_id"])
+    assert len(children) == 4
+    assert {r.data.tags["ray_trial_id"] for r in children} == set(df["trial_id"])
+    assert all(r.info.status == "FINISHED" and r.data.tags["backbones"] == "random-init" for r in children)
+    winners = [r for r in children if r.data.tags.get("winner") == "true"]
+    assert len(winners) == 1
+    hist = client.get_metric_history(winners[0].info.run_id, "val_lpips")
+    assert len(hist) >= 1 and all(m.value >= 0 for m in hist)
+    parent = client.get_run(state["parent_run_id"])
+    assert parent.data.tags["winner_run_id"] == winners[0].info.run_id
+    assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"results.parquet", "pareto.png",
+                                                                         "winner.yaml", "sweep.yaml"}
+    # The winner file is a complete config that `srsweep train` reruns unchanged.
+    res = srsweep("train", d / "winner.yaml", "--out", tmp_path / "rerun", "--set", "train.steps=2", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    # `best` can be asked again, by experiment name, and tags the same winner.
+    res = srsweep("best", "e2e", "--tracking-uri", uri, "--bootstrap", "200", cwd=tmp_path)
+    assert res.returncode == 0 and winners[0].data.tags["ray_trial_id"] in res.stdout, res.stderr[-2000:]
+
+
+def test_killed_driver_resumes_without_duplicates(tmp_path, tiny_data):
+    sweep = write_sweep(tmp_path, tiny_data, num_samples=4, concurrent=1, steps=8)
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    proc = subprocess.Popen([SRSWEEP, "run", str(sweep)], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
+    # Kill the whole driver session (driver + its local Ray) once a second trial reports.
+    deadline = time.monotonic() + 600
+    seen, trials = [], set()
+    for line in proc.stdout:
+        seen.append(line)
+        m = re.match(r"\[\s*[\d.]+ min\] (\w+) step (\d+):", line)
+        if m:
+            trials.add(m.group(1))
+        if len(trials) >= 2:
+            break
+        assert time.monotonic() < deadline, "".join(seen[-50:])
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    d = _sweep_dir(tmp_path)
+    assert not (d / "results.parquet").exists()  # it really was interrupted
+
+    res = srsweep("resume", d, cwd=tmp_path)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    df = pd.read_parquet(d / "results.parquet")
+    assert len(df) == 4 and df["trial_id"].is_unique
+    assert set(df["status"]) <= {"TERMINATED", "STOPPED"}
+    state = json.loads((d / "sweep.json").read_text())
+    _, children = _children(f"sqlite:///{tmp_path / 'mlflow.db'}", state["parent_run_id"])
+    assert len(children) == 4  # no duplicated MLflow runs
+    assert all(r.info.status == "FINISHED" for r in children)
