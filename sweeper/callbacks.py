@@ -132,7 +132,7 @@ class ProgressCallback(Callback):
         elapsed = time.monotonic() - self.start
         frac = done_steps / max(1, self.n * self.total)
         eta = f"{elapsed * (1 - frac) / frac / 60:.1f} min" if frac > 0.02 else "?"
-        best = f"{self.best[0]:.4f} ({self.best[1]})" if self.best else "-"
+        best = f"{self.best[0]:.5g} ({self.best[1]})" if self.best else "-"
         counts = ", ".join(f"{k.lower()} {c}" for k, c in sorted(status.items()))
         print(f"[{elapsed / 60:5.1f} min] {trial.trial_id} step {result.get('step')}: {self.metric} {v:.4f}"
               f" | trials {len(trials)}/{self.n} ({counts}) | best {self.metric} {best} | ETA {eta}",

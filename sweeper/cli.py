@@ -136,6 +136,24 @@ def _cmd_best(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_ui(args: argparse.Namespace) -> int:
+    import os
+    import subprocess
+
+    from sweeper.tracking import default_tracking_uri, server_command
+
+    cmd, env = server_command(args.tracking_uri or default_tracking_uri(), args.host, args.port)
+    print(f"MLflow dashboard on http://{args.host}:{args.port} (Ctrl-C stops it)\n  {' '.join(cmd)}", flush=True)
+    if args.dry_run:
+        return 0
+    if args.background:
+        proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+        print(f"started (pid {proc.pid}); stop it with: kill -- -{proc.pid}")
+        return 0
+    os.execvpe(cmd[0], cmd, env)  # the server replaces this process: Ctrl-C reaches it directly
+    return 0
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from trainables.bench import run
 
@@ -199,6 +217,14 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--tracking-uri", help="MLflow URI (when TARGET is an experiment name)")
     be.add_argument("--bootstrap", type=int, default=10000, help="bootstrap resamples for the significance test")
     be.set_defaults(func=_cmd_best)
+
+    u = sub.add_parser("ui", help="start the MLflow dashboard (mlflow server on 127.0.0.1) over the sweep store")
+    u.add_argument("--tracking-uri", help="default $MLFLOW_TRACKING_URI or sqlite:///$PWD/mlflow.db")
+    u.add_argument("--host", default="127.0.0.1", help="bind address (keep 127.0.0.1 unless behind auth)")
+    u.add_argument("--port", type=int, default=5000)
+    u.add_argument("--background", action="store_true", help="start it and return")
+    u.add_argument("--dry-run", action="store_true", help="print the command only")
+    u.set_defaults(func=_cmd_ui)
 
     t = sub.add_parser("train", help="one training run (PSNR pretraining, then GAN) logged to MLflow")
     _config_args(t)

@@ -223,7 +223,7 @@ def short_param_names(columns: Iterable[str], reserved: Iterable[str] = ()) -> d
 
 
 _HEADERS = {"trial_id": "trial", "final_val_lpips": "LPIPS", "final_val_psnr": "PSNR", "final_val_ssim": "SSIM"}
-_DIGITS = {"final_val_lpips": 4, "final_val_psnr": 2, "final_val_ssim": 4, "sa_share": 3}
+_DIGITS = {"final_val_lpips": 5, "final_val_psnr": 2, "final_val_ssim": 4, "sa_share": 3}
 
 
 def _cell(col: str, v: Any) -> str:
@@ -265,7 +265,7 @@ def significance_line(sel: Selection) -> str:
     r = sel.bootstrap
     p = f"p < {1 / r.n_boot:.2g}" if r.p_value == 0 else f"p = {r.p_value:.3g}"
     s = (f"winner vs runner-up ({sel.winner['trial_id']} vs {sel.runner_up['trial_id']}): "
-         f"mean LPIPS difference {r.mean_diff:.4f} (95% CI {r.ci_low:.4f} .. {r.ci_high:.4f}, {p}, "
+         f"mean LPIPS difference {r.mean_diff:.3g} (95% CI {r.ci_low:.3g} .. {r.ci_high:.3g}, {p}, "
          f"{r.n_images} image{'s' * (r.n_images != 1)}): {'significant' if r.significant else 'not significant'}")
     return s + (" (one image: the CI is a single point, not evidence)" if r.n_images < 2 else "")
 

@@ -43,6 +43,24 @@ def get_experiment(client: MlflowClient, name: str) -> str:
     return client.create_experiment(name, artifact_location=f"{root}/{name}" if root else None)
 
 
+def server_command(tracking_uri: str, host: str = "127.0.0.1", port: int = 5000) -> tuple[list[str], dict]:
+    """``mlflow server`` over a SQLite store (the dashboard), and its environment.
+
+    Job execution is off: it makes the server take ~2.4 GiB instead of ~0.5 GiB."""
+    import shutil
+    import sys
+
+    if not tracking_uri.startswith(("sqlite:///", "postgresql", "mysql")):
+        raise ValueError(f"{tracking_uri}: srsweep ui serves a database store (sqlite:///..., postgresql://...)")
+    exe = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
+    cmd = [exe, "server", "--backend-store-uri", tracking_uri, "--host", host, "--port", str(port)]
+    root = _artifact_root(tracking_uri)
+    if root:
+        cmd += ["--artifacts-destination", root]
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    return cmd, env
+
+
 def flatten(d: dict, prefix: str = "") -> dict[str, str]:
     """Nested config -> ``{"loss.dp.mu": "0.5", ...}`` (readable, sortable params)."""
     out: dict[str, str] = {}

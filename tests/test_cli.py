@@ -127,3 +127,46 @@ def test_train_bad_data_fails_before_any_mlflow_run(tmp_path, shared_data):
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and "no such folder" in lines[-1], res.stderr
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_ui_serves_the_store_over_http(tmp_path):
+    """A real `mlflow server` process started by `srsweep ui`, queried over its REST API."""
+    import json
+    import os
+    import signal
+    import socket
+    import time
+    import urllib.request
+
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("ui-check")
+    run = client.create_run(exp, tags={"backbones": "random-init"})
+    client.log_metric(run.info.run_id, "val_lpips", 0.25, step=3)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([SRSWEEP, "ui", "--tracking-uri", uri, "--port", str(port)], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read().decode()[-2000:]
+            time.sleep(1)
+        req = urllib.request.Request(f"{base}/api/2.0/mlflow/runs/get?run_id={run.info.run_id}")
+        with urllib.request.urlopen(req, timeout=10) as r:
+            data = json.load(r)["run"]
+        assert data["data"]["metrics"][0]["key"] == "val_lpips" and data["data"]["metrics"][0]["value"] == 0.25
+        assert {"key": "backbones", "value": "random-init"} in data["data"]["tags"]
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
