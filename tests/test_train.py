@@ -1,10 +1,8 @@
 """The training loop on real images: resume equals uninterrupted, divergence, presets."""
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from trainables.config import PRESETS_DIR, load_config, validate
 from trainables.train import Trainer, TrainingDiverged

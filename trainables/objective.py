@@ -2,8 +2,9 @@
 
 Each image goes through each network once per step, shared by every term that uses
 it: VGG19 sees sr, hr and W(hr) (the W part only for the SA feature loss), ResNet50 sr
-and hr, D ``[sr; hr]`` in one batch; targets (hr, W) are detached. The local-variance map is computed on the device from hr; Canny maps arrive
-with the batch (made in the data workers).
+and hr, D ``[sr; hr]`` in one batch; targets (hr, W) are detached. The local-variance
+map is computed on the device from hr; Canny maps arrive with the batch (made in the
+data workers).
 
 State that must survive a resume (the calibrated beta2, the FM rescale) lives in
 ``state_dict`` through registered buffers.
