@@ -35,12 +35,20 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if lpips is not None and args.lpips == "random":
         print("note: LPIPS uses a random-init AlexNet trunk: a plumbing check, not a perceptual score",
               file=sys.stderr)
-    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device.replace("auto", "cpu")
+    from trainables.train import load_generator, resolve_device
+
+    device = resolve_device(args.device)
     if lpips is not None:
         lpips = lpips.to(device)
-    rows = evaluate(bicubic(args.scale), items, args.scale, lpips=lpips, device=device)
-    print(format_table(rows, f"{args.dataset} x{args.scale}, bicubic (MATLAB imresize); Y channel, "
-                             f"{args.scale}px border shaved"))
+    upscale, what = bicubic(args.scale), "bicubic (MATLAB imresize)"
+    if args.model:
+        g, cfg = load_generator(args.model, device)
+        if cfg.scale != args.scale:
+            raise ValueError(f"{args.model}: generator is x{cfg.scale}, --scale is {args.scale}")
+        upscale, what = (lambda lr: g(lr).clamp(0, 1)), f"generator {args.model}"
+    with torch.no_grad():
+        rows = evaluate(upscale, items, args.scale, lpips=lpips, device=device)
+    print(format_table(rows, f"{args.dataset} x{args.scale}, {what}; Y channel, {args.scale}px border shaved"))
     return 0
 
 
@@ -181,9 +189,10 @@ def build_parser() -> argparse.ArgumentParser:
                                 "losses (SA pixel, dual perceptual, feature matching). See README.md.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    e = sub.add_parser("eval", help="score bicubic upscaling on a data set (PSNR/SSIM on Y, LPIPS)")
+    e = sub.add_parser("eval", help="score bicubic or a trained generator on a data set (PSNR/SSIM on Y, LPIPS)")
     e.add_argument("dataset", help="folder (HR/ + LR_bicubic/X{scale}/, or HR images only) or 'embedded'")
     e.add_argument("--scale", type=int, default=4, choices=(2, 3, 4))
+    e.add_argument("--model", help="a checkpoint from srsweep train / a sweep (last.pt, pretrain_g.pt); default bicubic")
     e.add_argument("--lpips", choices=("auto", "pretrained", "random", "none"), default="auto",
                    help="auto: pretrained AlexNet if its weights are present, else skipped (default)")
     e.add_argument("--weights-dir", default=None, help="folder holding torchvision weight files")

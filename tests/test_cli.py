@@ -113,6 +113,10 @@ def test_train_logs_a_complete_run_to_mlflow(tmp_path, shared_data):
     arts = {a.path for a in client.list_artifacts(r.info.run_id)}
     assert "config.yaml" in arts and "images" in arts
     assert Path(r.data.tags["checkpoint.last"]).is_file()
+    # The trained generator can be scored like bicubic.
+    res = run("eval", shared_data / "Set5", "--model", tmp_path / "run" / "last.pt", "--lpips", "none")
+    assert res.returncode == 0 and "generator" in res.stdout, res.stderr[-2000:]
+    assert 20 < _mean_row(res.stdout)[0] < 40
     # The run folder can be resumed (already finished: nothing to do, same MLflow run).
     res = run("train", _tiny_config(tmp_path, shared_data), "--out", tmp_path / "run", "--tracking-uri", uri,
               "--experiment", "t", "--resume", cwd=tmp_path)

@@ -105,6 +105,18 @@ def load_val_items(cfg: ExperimentConfig) -> list[dict]:
     return [center_crop(items[i], t.val_crop, cfg.scale) for i in range(n)]
 
 
+def load_generator(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, ExperimentConfig]:
+    """G (eval mode) and its config from a ``last.pt`` or ``pretrain_g.pt`` checkpoint."""
+    try:
+        state = torch.load(path, map_location=device, weights_only=False)
+        cfg = validate(state["config"], source=f"{path} config")
+    except (OSError, KeyError, RuntimeError) as exc:
+        raise ValueError(f"{path}: not an srsweep checkpoint ({type(exc).__name__}: {exc})") from None
+    g = build_generator(cfg.model.generator, cfg.scale).to(device)
+    g.load_state_dict(state["G"])
+    return g.eval(), cfg
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("train.device is 'cuda' but no CUDA device is visible")
