@@ -78,8 +78,8 @@ def prepare(sweep_path: Path, storage: Path, tracking_uri: str, address: Optiona
     raw = deep_merge(raw, {"train": {"checkpoint_every": raw.get("train", {}).get("val_every", 500)}})
     cfg = validate(raw, source=str(sweep_path))
     sweep_dir = storage / f"{sweep.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    Trainer(cfg, sweep_dir / "pretrain")  # bad data / missing weights fail here, before anything is written
     sweep_dir.mkdir(parents=True)
-    Trainer(cfg, sweep_dir / "pretrain")  # bad data / missing weights fail here, before any trial
 
     init_ray(address)
     res = sweep.resources

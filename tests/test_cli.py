@@ -174,3 +174,19 @@ def test_ui_serves_the_store_over_http(tmp_path):
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
+
+
+def test_run_without_weights_fails_before_anything_starts(tmp_path, shared_data):
+    """weights: pretrained with an empty weights folder: one line, no Ray, no sweep folder, no MLflow store."""
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text(
+        "name: noweights\nbase: [sa_esrgan_lv, tiny_cpu]\n"
+        f"set: {{data: {{train: {shared_data / 'DIV2K256'}, val: {shared_data / 'Set5'}}},\n"
+        f"      backbones: {{weights: pretrained, weights_dir: {tmp_path / 'w'}}}}}\n"
+        "space: [{path: loss.pixel.sa.beta2, float: [1, 40]}]\n"
+        "objective: {metrics: [{name: val_lpips, mode: min}]}\nscheduler: {type: none}\n")
+    res = run("run", sweep, "--storage", tmp_path / "rr", cwd=tmp_path)
+    assert res.returncode == 2, res.stderr[-2000:]
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "VGG19 ImageNet weights not found" in lines[0] and str(tmp_path / "w") in lines[0]
+    assert not (tmp_path / "rr").exists() and not (tmp_path / "mlflow.db").exists()
