@@ -445,3 +445,11 @@ def test_embedded_split_offline(monkeypatch):
         ds.validate(128)
     with pytest.raises(ValueError):
         embedded("test")
+
+
+def test_arrow_cache_refuses_edge_maps(pairs, tmp_path):
+    from trainables.edges import CannySpec
+
+    ds = TrainPatches(pairs, patch=8, length=4, seed=0, edge=CannySpec())
+    with pytest.raises(ValueError, match="edge maps are not cached"):
+        cache_patches_arrow(ds, tmp_path / "p.arrow", 2)

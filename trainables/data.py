@@ -346,6 +346,9 @@ def cache_patches_arrow(dataset: Dataset, path: str | os.PathLike, n: int,
     """Write items 0..n-1 of a patch dataset to an Arrow IPC file (uint8 bytes + shapes)."""
     import pyarrow as pa
 
+    if getattr(dataset, "edge", None) is not None:  # the file holds lr/hr only
+        raise ValueError("cache_patches_arrow: Canny edge maps are not cached; build the dataset without edge=")
+
     path = Path(path)
     schema = pa.schema([("lr", pa.binary()), ("hr", pa.binary()),
                         ("lr_shape", pa.list_(pa.int32())), ("hr_shape", pa.list_(pa.int32()))])
