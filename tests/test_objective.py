@@ -67,7 +67,7 @@ def test_total_is_the_weighted_sum_of_the_paper_terms(disc):
     expected = p["pixel"] + 0.7 * p["dp"] + 0.3 * p["sa_feature"] + 0.9 * p["fm"] + 0.005 * p["adv"]
     assert float(t.total) == pytest.approx(expected, rel=1e-5)
     s = t.scalars()
-    assert s["sa_share"] == pytest.approx(p["sa_pixel"] / float(t.total), rel=1e-6)
+    assert float(s["sa_share"]) == pytest.approx(p["sa_pixel"] / float(t.total), rel=1e-6)
     assert sum(p[f"fm_w{b}"] for b in (0, 2, 5)) == pytest.approx(1.0)
     # FM with the frozen scale 2: softmax over 2 * L_i of the raw block losses.
     raw = t.fm_blocks

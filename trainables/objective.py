@@ -32,11 +32,12 @@ class GTerms:
     parts: dict[str, torch.Tensor] = field(default_factory=dict)
     fm_blocks: Optional[torch.Tensor] = None  # raw per-block FM losses (for the rescale)
 
-    def scalars(self) -> dict[str, float]:
-        out = {f"loss/{k}": v.item() for k, v in self.parts.items()}
-        total = self.total.item()
+    def scalars(self) -> dict[str, torch.Tensor]:
+        """Detached 0-d tensors: no device sync here; callers convert when they report."""
+        out = {f"loss/{k}": v.detach() for k, v in self.parts.items()}
+        total = self.total.detach()
         out["loss/g_total"] = total
-        out["sa_share"] = self.sa_part.item() / total if total else 0.0
+        out["sa_share"] = torch.where(total != 0, self.sa_part.detach() / total, torch.zeros_like(total))
         return out
 
 

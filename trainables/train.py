@@ -174,7 +174,7 @@ class Trainer:
         self.opt_pre.zero_grad(set_to_none=True)
         loss.backward()
         self.opt_pre.step()
-        return {"loss/pretrain_pixel": loss.item()}
+        return {"loss/pretrain_pixel": loss.detach()}
 
     def gan_step(self, batch: dict) -> dict[str, float]:
         lr, hr, edge = batch["lr"], batch["hr"], batch.get("edge")
@@ -196,9 +196,9 @@ class Trainer:
         self.opt_d.step()
         self.sched_g.step()
         self.sched_d.step()
-        out = terms.scalars()
-        out["loss/d"] = l_d.item()
-        out["beta2"] = float(self.objective.beta2)
+        out = terms.scalars()  # tensors: converted (one sync) only on steps that report
+        out["loss/d"] = l_d.detach()
+        out["beta2"] = self.objective.beta2.clone()
         out["lr"] = self.opt_g.param_groups[0]["lr"]
         return out
 
@@ -302,6 +302,7 @@ class Trainer:
                     values.update(val)
                 if self.step % t.log_every == 0 or "val/psnr" in values or self.step == until:
                     values["stage"] = 2.0 if stage2 else 1.0
+                    values = {k: float(v) for k, v in values.items()}
                     self.reporter.metrics(self.step, values)
                 last = values
                 if self.step == self.stage1 and self.stage1 > 0:
@@ -310,4 +311,4 @@ class Trainer:
                     self.reporter.checkpoint(self.step, self.save(self.out / "last.pt"))
                 if self.step >= end:
                     break
-        return last
+        return {k: float(v) for k, v in last.items()}
