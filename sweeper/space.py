@@ -18,7 +18,7 @@ from typing import Any, Callable, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from trainables.config import ConfigError, ExperimentConfig, _format, _unwrap
+from trainables.config import ConfigError, ExperimentConfig, format_error, unwrap_model
 
 # The PSNR pretraining is run once per sweep and shared by every trial, so whatever it
 # depends on is fixed for the sweep: only loss and GAN-stage training knobs may vary.
@@ -35,7 +35,7 @@ def config_leaf(path: str) -> Any:
         if model is None or part not in model.model_fields:
             raise ValueError(f"{path} is not a config key")
         ann = model.model_fields[part].annotation
-        model = _unwrap(ann)  # Optional[Section] -> Section; leaves -> None
+        model = unwrap_model(ann)  # Optional[Section] -> Section; leaves -> None
     if model is not None:
         raise ValueError(f"{path} is a config section, not a key")
     return ann
@@ -197,7 +197,7 @@ def format_errors(exc: ValidationError, root: type[BaseModel], source: str) -> C
                 if isinstance(tp, type) and issubclass(tp, BaseModel) else "?"
             line = f"{loc_str(loc)}: unknown key (allowed: {allowed})"
         else:
-            line, dotted = _format(root, err), ".".join(map(str, loc))
+            line, dotted = format_error(root, err), ".".join(map(str, loc))
             if loc and line.startswith(dotted):
                 line = loc_str(loc) + line[len(dotted):]
         lines.append(f"{source}: {line}")

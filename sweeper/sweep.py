@@ -91,7 +91,7 @@ def prepare(sweep_path: Path, storage: Path, tracking_uri: str, address: Optiona
     bicubic_psnr = _bicubic_psnr(cfg)
 
     client = MlflowClient(tracking_uri)
-    exp_id = get_experiment(client, f"srsweep-{sweep.name}")
+    exp_id = get_experiment(client, sweep.experiment_name)
     tags = build_info(cfg.backbones.weights)
     parent = client.create_run(exp_id, run_name=f"{sweep.name} (sweep)", tags={
         **tags, "sweep_file": str(sweep_path), "git_commit": _git_commit(sweep_path.parent),

@@ -12,9 +12,9 @@ from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from sweeper.space import (Param, SpaceFn, check_unique, format_errors, grid_points, label,
+from sweeper.space import (Param, check_unique, format_errors, grid_points, label,
                            suggest_all, to_overrides)
-from trainables.config import (ConfigError, ExperimentConfig, _unwrap, deep_merge, read_yaml,
+from trainables.config import (ConfigError, ExperimentConfig, unwrap_model, deep_merge, read_yaml,
                                resolve_bases, validate)
 
 
@@ -95,9 +95,6 @@ class SweepConfig(Strict):
     @property
     def experiment_name(self) -> str:  # the MLflow experiment of every sweep with this name
         return f"srsweep-{self.name}"
-
-    def compiled_space(self) -> SpaceFn:
-        return SpaceFn(self.space)
 
     def experiment_dict(self, sweep_path: str | Path) -> dict:
         return experiment_dict(self, sweep_path)
@@ -248,7 +245,7 @@ def missing_section(exp: dict, path: str) -> Optional[str]:
         node = node[part] if present else None
         if node is None and (present or field.default is None):
             return ".".join(parts[: i + 1])
-        model = _unwrap(field.annotation)
+        model = unwrap_model(field.annotation)
     return None
 
 

@@ -200,13 +200,13 @@ class ExperimentConfig(Strict):
 
 
 # ------------------------------------------------------------------ error reporting
-def _unwrap(tp: Any) -> Any:
+def unwrap_model(tp: Any) -> Any:
     """Optional[Model] / Union[...] -> the first BaseModel class inside, if any."""
     if isinstance(tp, type) and issubclass(tp, BaseModel):
         return tp
     if typing.get_origin(tp) in (Union, types.UnionType):
         for arg in typing.get_args(tp):
-            if (m := _unwrap(arg)) is not None:
+            if (m := unwrap_model(arg)) is not None:
                 return m
     return None
 
@@ -215,12 +215,12 @@ def _model_at(root: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
     model = root
     for part in loc:
         field = model.model_fields.get(part) if isinstance(part, str) else None
-        if field is None or (model := _unwrap(field.annotation)) is None:
+        if field is None or (model := unwrap_model(field.annotation)) is None:
             return None
     return model
 
 
-def _format(root: type[BaseModel], err: dict) -> str:
+def format_error(root: type[BaseModel], err: dict) -> str:
     loc = tuple(err["loc"])
     path = ".".join(str(p) for p in loc) or "<top level>"
     kind, value, ctx = err["type"], err.get("input"), err.get("ctx") or {}
@@ -249,7 +249,7 @@ def validate(data: dict, model: type[BaseModel] = ExperimentConfig, source: str 
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        lines = [f"{source}: {_format(model, e)}" for e in exc.errors()]
+        lines = [f"{source}: {format_error(model, e)}" for e in exc.errors()]
         raise ConfigError("\n".join(lines)) from None
 
 

@@ -102,12 +102,15 @@ class GeneratorObjective(nn.Module):
         """d_logits / d_feats: D's outputs on ``[sr; hr]`` (see :func:`d_forward`)."""
         lc, parts, fm_blocks = self.cfg, {}, None
         w = self.edge_map(hr, edge)
-        beta2 = 0.0 if torch.isnan(self.beta2) else float(self.beta2)
+        beta2 = float(self.beta2)  # one host read per step; NaN until calibrated
+        calibrating = math.isnan(beta2)
+        beta2 = 0.0 if calibrating else beta2
         pixel, sa_part = L.sa_pixel(sr, hr, lc.pixel.beta1, beta2, w, lc.pixel.criterion)
         parts["pixel"], parts["sa_pixel"] = pixel, sa_part
-        # The weighted edge term without beta2, for calibration: share is linear in beta2.
-        parts["sa_raw"] = (L.weighted_distance(sr.detach(), hr, w, lc.pixel.criterion)
-                           if w is not None else sr.new_zeros(()))
+        if w is not None and calibrating:
+            # Only while beta2 awaits calibration: the edge term without beta2 (the share
+            # is linear in beta2), so training steps don't pay for it.
+            parts["sa_raw"] = L.weighted_distance(sr.detach(), hr, w, lc.pixel.criterion)
         total = pixel
 
         if self.vgg is not None:
