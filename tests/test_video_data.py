@@ -102,7 +102,8 @@ def test_train_clips_crops_and_augments_every_frame_alike(tmp_path):
         item = ds[k]
         for j, src in enumerate(window_indices(t, 5)):
             want = TrainPatches.augment(make_lr(frames[src], 4)[y:y + 4, x:x + 4], *aug)
-            assert torch.equal((item["lr"][j] * 255).round().byte(), torch.from_numpy(want.copy()).permute(2, 0, 1))
+            got = (item["lr"][j] * 255).round().byte()
+            assert torch.equal(got, torch.from_numpy(want.copy()).permute(2, 0, 1))
         hr_p = TrainPatches.augment(frames[t][4 * y:4 * y + 16, 4 * x:4 * x + 16], *aug)
         assert torch.equal((item["hr"] * 255).round().byte(), torch.from_numpy(hr_p.copy()).permute(2, 0, 1))
         assert torch.equal(item["edge"], torch.from_numpy(spec(hr_p)).permute(2, 0, 1))

@@ -58,7 +58,8 @@ def test_bicubic_centre_upscales_the_centre_frame():
 
 def test_bicubic_folder_scores_each_centre_frame(vid_folder):
     frames, seqs = eval_bicubic_folder(vid_folder, 4)
-    assert [r.name for r in frames] == [f"pan/{t:03d}" for t in range(5)] + [f"tilt/{t:03d}" for t in range(6)]
+    names = [f"pan/{t:03d}" for t in range(5)] + [f"tilt/{t:03d}" for t in range(6)]
+    assert [r.name for r in frames] == names
     for r in frames:  # each row: the paper metrics of bicubic(LR frame t) against HR frame t
         seq, name = r.name.split("/")
         hr = to_tensor(load_image(vid_folder / "HR" / seq / f"{name}.png"))[None]

@@ -28,7 +28,8 @@ def test_generator_parameter_count_at_paper_size():
     g = build_vsr_generator(VSRResFeatGenConfig(), 4)
     # 5*(3*64*9+64) + (320*64*9+64) + (64*64*9+64) + 15*2*(64*64*9+64) + (64*3*9+3)
     assert count_params(g) == 8960 + 184384 + 36928 + 1107840 + 1731 == 1_339_843
-    assert count_params(VSRResFeatGenerator(3, 8, 2)) == gen_params_by_hand(3, 8, 2) == 672 + 1736 + 584 + 2336 + 219 == 5547
+    tiny = count_params(VSRResFeatGenerator(3, 8, 2))
+    assert tiny == gen_params_by_hand(3, 8, 2) == 672 + 1736 + 584 + 2336 + 219 == 5547
 
 
 def test_generator_output_shape_and_centre_skip():
@@ -45,7 +46,8 @@ def test_generator_output_shape_and_centre_skip():
 def test_generator_sees_every_frame_through_its_own_conv():
     torch.manual_seed(0)
     g = VSRResFeatGenerator(num_frames=3, num_feat=4, num_blocks=1, scale=2)
-    assert len(g.frame_convs) == 3 and g.frame_convs[0].weight.data_ptr() != g.frame_convs[1].weight.data_ptr()
+    assert len(g.frame_convs) == 3
+    assert g.frame_convs[0].weight.data_ptr() != g.frame_convs[1].weight.data_ptr()
     lr = torch.rand(1, 3, 3, 8, 8)
     base = g(lr)
     for t in range(3):
@@ -111,3 +113,48 @@ def test_configs_validate_once_with_one_line_errors():
     with pytest.raises(ConfigError) as e:
         validate({"arch": "vgg"}, VSRDiscConfig, source="model.discriminator")
     assert str(e.value) == "model.discriminator: arch: 'vgg' is not one of 'vsrresfeat'"
+
+
+def test_video_presets_carry_the_paper_values():
+    from trainables.config import PRESETS_DIR, LossConfig, read_yaml, resolve_bases
+
+    want = {"vsrresfeatgan": None, "sa_vsr_lv": ("lv", 5.0), "sa_vsr_canny": ("canny", 1.5)}
+    for name, sa in want.items():
+        d = resolve_bases(read_yaml(PRESETS_DIR / f"{name}.yaml"), PRESETS_DIR)
+        gen = validate(d["model"]["generator"], VSRResFeatGenConfig, name)
+        disc = validate(d["model"]["discriminator"], VSRDiscConfig, name)
+        loss = validate(d["loss"], LossConfig, name)
+        assert (gen.num_frames, gen.num_feat, gen.num_blocks, disc.num_blocks) == (5, 64, 15, 3)
+        assert d["data"]["num_frames"] == gen.num_frames and d["data"]["batch_size"] == 64
+        assert (loss.pixel.criterion, loss.pixel.beta1) == ("charbonnier", 0.001)
+        assert (loss.perceptual.weight, loss.adv.kind, loss.adv.weight) == (0.998, "vanilla", 0.001)
+        assert (None if loss.pixel.sa is None else (loss.pixel.sa.edge, loss.pixel.sa.beta2)) == sa
+        assert d["train"]["lr"] == 1e-4 and d["train"]["max_epochs"] == 40
+
+
+def test_one_gan_step_on_a_batch_of_embedded_clips():
+    from torch.utils.data import DataLoader
+
+    from trainables.edges import local_variance
+    from trainables.losses import gan_d, gan_g, sa_pixel
+    from trainables.video_data import TrainClips, embedded_video
+
+    torch.manual_seed(0)
+    ds = TrainClips(embedded_video("val", 4, n_frames=5, size=64), patch=32, length=4)
+    batch = next(iter(DataLoader(ds, batch_size=4)))
+    g = VSRResFeatGenerator(num_feat=8, num_blocks=1, bicubic_skip=True)
+    d = VSRDiscriminator(num_feat=4, num_blocks=3, patch_size=32)
+    opt_g, opt_d = torch.optim.Adam(g.parameters(), 1e-4), torch.optim.Adam(d.parameters(), 1e-4)
+    sr = g(batch["lr"])
+    pixel, sa = sa_pixel(sr, batch["hr"], 0.001, 5.0, local_variance(batch["hr"]), "charbonnier")
+    loss_g = pixel + 0.001 * gan_g(d(sr)[0], None, "vanilla")
+    opt_g.zero_grad()
+    loss_g.backward()
+    opt_g.step()
+    loss_d = gan_d(d(batch["hr"])[0], d(sr.detach())[0], "vanilla")
+    opt_d.zero_grad()
+    loss_d.backward()
+    opt_d.step()
+    assert torch.isfinite(loss_g) and torch.isfinite(loss_d)
+    assert 0 < float(sa.detach()) < float(pixel.detach())
+    assert all(p.grad is not None for p in g.frame_convs.parameters())

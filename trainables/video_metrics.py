@@ -30,7 +30,8 @@ def bicubic_centre(scale: int) -> ClipUpscaler:
 
 
 def evaluate_video(upscale: ClipUpscaler, videos: VideoSet, num_frames: int = 5,
-                   lpips: Optional[LPIPSMetric] = None, device: str | torch.device = "cpu") -> list[ImageScore]:
+                   lpips: Optional[LPIPSMetric] = None,
+                   device: str | torch.device = "cpu") -> list[ImageScore]:
     """One ImageScore per frame, named ``<seq>/<frame>``, in sequence order."""
     return evaluate(upscale, VideoClips(videos, num_frames), videos.scale, lpips, device)
 

@@ -109,7 +109,8 @@ class VSRDiscriminator(nn.Module):
 
     def forward(self, x: torch.Tensor):
         if tuple(x.shape[-2:]) != (self.patch_size, self.patch_size):
-            raise ValueError(f"VSRDiscriminator built for {self.patch_size}px patches, got {tuple(x.shape[-2:])}")
+            raise ValueError(f"VSRDiscriminator built for {self.patch_size}px patches, "
+                             f"got {tuple(x.shape[-2:])}")
         features = []
         for block in self.blocks:
             pre, x = block(x)
