@@ -236,8 +236,10 @@ def embedded_video(split: str, scale: int = 4, n_frames: int = 7, size: int = 19
 
 def open_video(spec: str | os.PathLike, scale: int, split: str = "train", num_frames: int = 5,
                cache: bool = True, opts: VideoDataConfig | None = None) -> VideoSet:
-    """``"embedded"`` -> :func:`embedded_video`; anything else a Vid4-layout folder."""
+    """``"embedded"`` -> :func:`embedded_video`; anything else a Vid4-layout folder.
+    With ``opts``, its ``num_frames`` wins over the argument."""
     opts = opts or VideoDataConfig(num_frames=num_frames)
+    num_frames = opts.num_frames
     if str(spec) == "embedded":
         if opts.synth_frames < num_frames:
             raise DataError(f"embedded-video:{split}: {opts.synth_frames} frames, fewer than the "
