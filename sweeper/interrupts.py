@@ -34,7 +34,8 @@ class SweepInterrupted(Exception):
 
     def __init__(self, signame: str, sweep_dir: Optional[str | Path]):
         self.signame, self.sweep_dir = signame, sweep_dir
-        where = f"; resume with: {resume_hint(sweep_dir)}" if sweep_dir else " before the sweep folder was written"
+        where = (f"; resume with: {resume_hint(sweep_dir)}" if sweep_dir
+                 else " before the sweep folder was written")
         super().__init__(f"interrupted by {signame}{where}")
 
 

@@ -114,7 +114,8 @@ class Outbox:
         return self._submit({"op": "metrics", "run_id": run_id, "points": pts}) if pts else True
 
     def log_params(self, run_id: str, params: dict[str, Any]) -> bool:
-        return self._submit({"op": "params", "run_id": run_id, "params": {k: str(v) for k, v in params.items()}})
+        strs = {k: str(v) for k, v in params.items()}
+        return self._submit({"op": "params", "run_id": run_id, "params": strs})
 
     def set_tags(self, run_id: str, tags: dict[str, Any]) -> bool:
         return self._submit({"op": "tags", "run_id": run_id, "tags": {k: str(v) for k, v in tags.items()}})
@@ -128,8 +129,10 @@ class Outbox:
     def log_dict(self, run_id: str, obj: Any, artifact_file: str) -> bool:
         return self._submit({"op": "dict", "run_id": run_id, "obj": obj, "artifact_file": artifact_file})
 
-    def log_artifact(self, run_id: str, local_path: str | os.PathLike, artifact_path: Optional[str] = None) -> bool:
-        rec = {"op": "artifact", "run_id": run_id, "local_path": str(local_path), "artifact_path": artifact_path}
+    def log_artifact(self, run_id: str, local_path: str | os.PathLike,
+                     artifact_path: Optional[str] = None) -> bool:
+        rec = {"op": "artifact", "run_id": run_id, "local_path": str(local_path),
+               "artifact_path": artifact_path}
         return self._submit(rec)
 
     # ------------------------------------------------------------------ flushing
@@ -245,7 +248,8 @@ class Outbox:
             if op == "create_run":
                 ids = self._ids()
                 if rec["placeholder"] not in ids:
-                    run = self.client.create_run(rec["experiment_id"], run_name=rec["run_name"], tags=rec["tags"])
+                    run = self.client.create_run(rec["experiment_id"], run_name=rec["run_name"],
+                                                 tags=rec["tags"])
                     ids[rec["placeholder"]] = run.info.run_id
                     tmp = self.ids_file.with_suffix(".tmp")
                     tmp.write_text(json.dumps(ids))

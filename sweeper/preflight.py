@@ -98,7 +98,8 @@ def check_tracking(uri: str, timeout_s: float = 5.0) -> None:
         _check_database(uri, timeout_s)
         return
     if uri.startswith("file:") or "://" not in uri:
-        raise PreflightError(f"tracking URI {uri}: MLflow 3 refuses file stores; use sqlite:///PATH/mlflow.db "
+        raise PreflightError(f"tracking URI {uri}: MLflow 3 refuses file stores; use "
+                             f"sqlite:///PATH/mlflow.db "
                              f"or an http(s) server")
     # databricks, uc and other plugin schemes: checked by MLflow itself.
 
@@ -113,14 +114,16 @@ def _check_http(base: str, timeout_s: float) -> None:
                 last = f"HTTP {r.status}"
         except urllib.error.HTTPError as exc:
             if exc.code in (401, 403):
-                raise PreflightError(f"tracking URI {base}: the server refused the request (HTTP {exc.code}); "
-                                     f"set MLFLOW_TRACKING_USERNAME/PASSWORD or MLFLOW_TRACKING_TOKEN") from None
+                raise PreflightError(f"tracking URI {base}: the server refused the request "
+                                     f"(HTTP {exc.code}); set MLFLOW_TRACKING_USERNAME/PASSWORD "
+                                     f"or MLFLOW_TRACKING_TOKEN") from None
             last = f"HTTP {exc.code}"
         except (urllib.error.URLError, socket.timeout, OSError) as exc:
             reason = getattr(exc, "reason", exc)
             raise PreflightError(f"tracking URI {base}: no MLflow server answers within {timeout_s:g} s "
                                  f"({' '.join(str(reason).split())})") from None
-    raise PreflightError(f"tracking URI {base}: not an MLflow server ({last} on /health and experiments/search)")
+    raise PreflightError(f"tracking URI {base}: not an MLflow server "
+                         f"({last} on /health and experiments/search)")
 
 
 def _check_database(uri: str, timeout_s: float) -> None:

@@ -1,5 +1,4 @@
 """Safe checkpoints: no code runs on load, no torn files, no names that leave their folder."""
-import os
 import pickle
 import random
 import subprocess
@@ -110,12 +109,14 @@ def test_rng_states_round_trip_exactly(tmp_path):
     np.random.standard_normal()  # leaves a cached gaussian in numpy's legacy state
     random.gauss(0, 1)  # and one in Python's
     saved = rng_state()
-    expect = (torch.rand(5), np.random.standard_normal(5), np.random.rand(3), [random.random() for _ in range(3)],
-              random.gauss(0, 1))
+    def draw():
+        return (torch.rand(5), np.random.standard_normal(5), np.random.rand(3),
+                [random.random() for _ in range(3)], random.gauss(0, 1))
+
+    expect = draw()
     state = load_safe(save_atomic({"rng": saved}, tmp_path / "rng.pt"))["rng"]  # weights_only round trip
     set_rng_state(state)
-    got = (torch.rand(5), np.random.standard_normal(5), np.random.rand(3), [random.random() for _ in range(3)],
-           random.gauss(0, 1))
+    got = draw()
     assert torch.equal(expect[0], got[0])
     assert np.array_equal(expect[1], got[1]) and np.array_equal(expect[2], got[2])
     assert expect[3] == got[3] and expect[4] == got[4]

@@ -109,4 +109,5 @@ def test_no_signal_finishes_normally_and_the_hint_is_exact(tmp_path):
     r = _run(tmp_path, 'print("ready", flush=True)\nguard.check()', [])
     assert r.returncode == 0 and r.stdout.splitlines() == ["finished"]
     assert resume_hint(tmp_path / "s") == f"srsweep resume {tmp_path / 's'}"
-    assert str(SweepInterrupted("SIGINT", None)) == "interrupted by SIGINT before the sweep folder was written"
+    msg = "interrupted by SIGINT before the sweep folder was written"
+    assert str(SweepInterrupted("SIGINT", None)) == msg

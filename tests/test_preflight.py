@@ -4,7 +4,6 @@ Tests run as root, which ignores permission bits: "read-only" here is /proc (no 
 created there, even by root) and "not a folder" is a path under a regular file.
 """
 import http.server
-import os
 import shutil
 import socket
 import sqlite3
@@ -122,8 +121,8 @@ def test_images_are_fully_decoded(tmp_path, shared_data):
 
 
 def test_resources_that_no_node_has_are_refused():
-    _refused(check_resources, {"cpu": 64, "gpu": 0}, {"CPU": 2.0, "memory": 1e9}, match="resources.cpu: a trial "
-             "needs 64 CPU but the largest Ray cluster has 2")
+    _refused(check_resources, {"cpu": 64, "gpu": 0}, {"CPU": 2.0, "memory": 1e9},
+             match="resources.cpu: a trial needs 64 CPU but the largest Ray cluster has 2")
     _refused(check_resources, {"cpu": 1, "gpu": 1}, {"CPU": 2.0}, match="resources.gpu: a trial needs 1 GPU")
     _refused(check_resources, {"cpu": 2}, [{"CPU": 1.0}, {"CPU": 1.0}], match="largest node has 1")
     _refused(check_resources, {"cpu": 2, "gpu": 1}, [{"CPU": 2.0}, {"CPU": 1.0, "GPU": 1.0}],
@@ -135,20 +134,22 @@ def test_resources_that_no_node_has_are_refused():
 def test_checkpoint_estimate_bounds_a_real_checkpoint(tiny_data, tmp_path):
     from trainables.train import Trainer
 
-    assert estimate_checkpoint_bytes(1000, 100, copies=2, frozen_bytes=7, overhead=0) == 2 * ((1000 * 5 + 100 * 3) * 4 + 7)
+    est = estimate_checkpoint_bytes(1000, 100, copies=2, frozen_bytes=7, overhead=0)
+    assert est == 2 * ((1000 * 5 + 100 * 3) * 4 + 7)
     cfg = validate({
         "data": {"train": str(tiny_data / "train"), "val": str(tiny_data / "val"), "patch_size": 32,
                  "batch_size": 2, "num_workers": 0},
         "model": {"generator": {"arch": "srresnet", "num_feat": 16, "num_blocks": 2},
                   "discriminator": {"arch": "srgan", "num_feat": 16}},
         "backbones": {"weights": "random"},
-        "train": {"pretrain_steps": 1, "steps": 1, "val_every": 100, "log_every": 100, "checkpoint_every": 100,
-                  "val_crop": 64, "device": "cpu"},
+        "train": {"pretrain_steps": 1, "steps": 1, "val_every": 100, "log_every": 100,
+                  "checkpoint_every": 100, "val_crop": 64, "device": "cpu"},
     })
     t = Trainer(cfg, tmp_path)
     t.run()  # both G optimisers and D's have moments now: the largest a checkpoint gets
     size = (tmp_path / "last.pt").stat().st_size
-    est = estimate_checkpoint_bytes(count_parameters(t.G), count_parameters(t.D), frozen_bytes=state_bytes(t.objective))
+    est = estimate_checkpoint_bytes(count_parameters(t.G), count_parameters(t.D),
+                                    frozen_bytes=state_bytes(t.objective))
     print(f"checkpoint {size} bytes, estimate {est}")
     assert size <= est <= size * 1.5 + 256 * 1024
     assert planned_checkpoint_bytes(cfg, trials=4) >= 12 * size
