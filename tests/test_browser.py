@@ -25,11 +25,15 @@ from sweeper import dashboard, ui
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (apt-get install chromium)")
 
+def _p(mu: float, layer: str) -> dict:
+    return {"loss.dp.mu": mu, "loss.perceptual.layer": layer}
+
+
 # trial -> (val_lpips, val_psnr, val_ssim, steps, status, searched params)
 TRIALS = {
-    "aaaa0001": (0.2871, 23.41, 0.6523, 40, "finished", {"loss.dp.mu": 0.5, "loss.perceptual.layer": "conv5_4"}),
-    "aaaa0002": (0.2345, 24.12, 0.6788, 40, "finished", {"loss.dp.mu": 2.0, "loss.perceptual.layer": "conv4_4"}),
-    "aaaa0003": (0.3456, 22.87, 0.6011, 20, "stopped", {"loss.dp.mu": 9.0, "loss.perceptual.layer": "conv3_4"}),
+    "aaaa0001": (0.2871, 23.41, 0.6523, 40, "finished", _p(0.5, "conv5_4")),
+    "aaaa0002": (0.2345, 24.12, 0.6788, 40, "finished", _p(2.0, "conv4_4")),
+    "aaaa0003": (0.3456, 22.87, 0.6011, 20, "stopped", _p(9.0, "conv3_4")),
 }
 WINNER = "aaaa0002"
 
@@ -74,7 +78,8 @@ def _log_sweep(uri: str) -> tuple[str, str]:
 ROWS_JS = """(() => { const rows = {};
   for (const el of document.querySelectorAll('.ag-row[row-index]')) {
     const row = rows[el.getAttribute('row-index')] ||= {};
-    for (const c of el.querySelectorAll('.ag-cell[col-id]')) row[c.getAttribute('col-id')] = c.innerText.trim();
+    for (const c of el.querySelectorAll('.ag-cell[col-id]'))
+      row[c.getAttribute('col-id')] = c.innerText.trim();
   }
   return JSON.stringify(Object.keys(rows).sort((a, b) => a - b).map(i => rows[i]));
 })()"""
@@ -106,8 +111,8 @@ async def _cdp_page(port: int, url_part: str, wanted: list[str], shot: Path,
             end = time.monotonic() + deadline_s
             text = ""
             while time.monotonic() < end:
-                res = await call("Runtime.evaluate", expression="document.body ? document.body.innerText : ''",
-                                 returnByValue=True)
+                res = await call("Runtime.evaluate", returnByValue=True,
+                                 expression="document.body ? document.body.innerText : ''")
                 text = res["result"].get("value", "")
                 if all(w in text for w in wanted):
                     break
