@@ -1,0 +1,156 @@
+"""What the MLflow dashboard opens on: the sweep's trials, compared, in the runs table.
+
+MLflow 3.17's UI (read from its JS bundle, checked in headless Chromium, see
+tests/test_browser.py) has no URL parameter for columns or expanded rows, but it has
+shared views: an experiment tag ``mlflow.sharedViewState.<key>`` holding JSON (search
+facets + table state) that ``#/experiments/<id>/runs?viewStateShareKey=<key>`` applies.
+The tool writes one such view per sweep (``configure_parent``) and prints its URL
+(``runs_url``). ``workflowType=machine_learning`` keeps the page out of the GenAI
+layout, whichever layout the browser last used.
+
+Child runs are expected to carry, besides today's params and tags: the searched params
+under short distinct names (``child_params``: ``mu``, ``layer``), and the tags ``steps``
+(trained steps so far), ``status`` (``STATUS_WORDS``) and ``winner`` ("true" on the
+winner).
+"""
+from __future__ import annotations
+
+import json
+import math
+from typing import Iterable, Mapping, Optional
+
+import pandas as pd
+
+VIEW_TAG_PREFIX = "mlflow.sharedViewState."  # the UI's shared-view experiment tag
+KIND_TAG = "mlflow.experimentKind"           # the experiment's "type" in the UI
+KIND_TRAINING = "custom_model_development"   # shown as "Machine learning"
+METRICS = ("val_lpips", "val_psnr", "val_ssim")
+STEPS_TAG, STATUS_TAG, WINNER_TAG = "steps", "status", "winner"
+# Run status tag values, from results.py's trial statuses (TERMINATED = ran every step).
+STATUS_WORDS = {"TERMINATED": "finished", "STOPPED": "stopped", "ERROR": "failed", "RUNNING": "running"}
+
+
+def short_names(paths: Iterable[str], reserved: Iterable[str] = ()) -> dict[str, str]:
+    """Searched dotted paths -> the shortest distinct dotted suffixes.
+
+    ``loss.dp.mu`` -> ``mu``; ``a.lv.delta`` and ``b.fm.delta`` -> ``lv.delta``, ``fm.delta``.
+    A suffix in ``reserved`` (names already used) is lengthened like a collision."""
+    paths = list(dict.fromkeys(paths))
+    taken = set(reserved)
+    depth = {p: 1 for p in paths}
+    while True:
+        names = {p: ".".join(p.split(".")[-depth[p]:]) for p in paths}
+        counts: dict[str, int] = {}
+        for n in names.values():
+            counts[n] = counts.get(n, 0) + 1
+        clash = [p for p, n in names.items()
+                 if (counts[n] > 1 or n in taken) and depth[p] < len(p.split("."))]
+        if not clash:
+            return names
+        for p in clash:
+            depth[p] += 1
+
+
+def child_params(searched: Mapping[str, object], reserved: Iterable[str] = ()) -> dict[str, str]:
+    """The short params a child run logs next to its flattened config (``mu`` = "0.5").
+    ``reserved``: the flattened config's keys (a short name must not overwrite one)."""
+    names = short_names(searched, reserved)
+    return {names[path]: str(value) for path, value in searched.items()}
+
+
+def columns(searched: Iterable[str], metrics: Iterable[str] = METRICS,
+            reserved: Iterable[str] = ()) -> list[str]:
+    """The runs-table column keys (the UI's ``type.`name``` form) for a sweep."""
+    names = short_names(searched, reserved)
+    return ([f"metrics.`{m}`" for m in metrics]
+            + [f"params.`{names[p]}`" for p in names]
+            + [f"tags.`{t}`" for t in (WINNER_TAG, STATUS_TAG, STEPS_TAG)])  # winner first: always in view
+
+
+def view_key(parent_run_id: str) -> str:
+    """The shared-view key of a sweep (tag keys allow letters, digits, ``_-. /:``)."""
+    return f"srsweep-{parent_run_id}"
+
+
+def view_state(parent_run_id: str, objective: str, mode: str, cols: list[str]) -> dict:
+    """The shared view: the parent's children, best objective first, ``cols`` shown."""
+    if mode not in ("min", "max"):
+        raise ValueError(f"objective mode: expected 'min' or 'max', got {mode!r}")
+    return {
+        "searchFilter": f"tags.`mlflow.parentRunId` = '{parent_run_id}'",
+        "orderByKey": f"metrics.`{objective}`",
+        "orderByAsc": mode == "min",
+        "startTime": "ALL",
+        "lifecycleFilter": "Active",
+        "selectedColumns": cols,
+        "columnOrder": cols,
+        "runListHidden": False,
+        "viewMaximized": False,
+        "hideEmptyCharts": True,
+    }
+
+
+def configure_experiment(client, experiment_id: str) -> None:
+    """Mark the experiment as model training (the UI labels it "Machine learning")."""
+    client.set_experiment_tag(experiment_id, KIND_TAG, KIND_TRAINING)
+
+
+def configure_parent(client, experiment_id: str, parent_run_id: str, objective: str, mode: str,
+                     searched: Iterable[str], metrics: Iterable[str] = METRICS,
+                     reserved: Iterable[str] = ()) -> str:
+    """Write the sweep's shared view (experiment tag) and point the parent at it; returns
+    the view key. Idempotent: a resumed sweep rewrites the same tag."""
+    key = view_key(parent_run_id)
+    state = view_state(parent_run_id, objective, mode, columns(searched, metrics, reserved))
+    client.set_experiment_tag(experiment_id, VIEW_TAG_PREFIX + key, json.dumps(state, separators=(",", ":")))
+    client.set_tag(parent_run_id, "dashboard_view", key)
+    return key
+
+
+def runs_url(base_url: str, experiment_id: str, parent_run_id: str) -> str:
+    """The dashboard link of a sweep (its view must exist: ``configure_parent``).
+
+    No search facet may be in the URL: the UI ignores a shared view when one is."""
+    base = base_url.rstrip("/")
+    return (f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+            f"&compareRunsMode=TABLE&viewStateShareKey={view_key(parent_run_id)}")
+
+
+def _num(x) -> float:
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def parent_summary(df: pd.DataFrame, winner_id: Optional[str], bicubic_psnr: float) -> dict[str, float]:
+    """The parent run's summary metrics from the results table (one row per trial).
+
+    best_* are each metric's best final value over trials that did not fail (LPIPS min,
+    PSNR/SSIM max); winner_* the winner's final values (absent without a winner)."""
+    need = {"trial_id", "status", "steps", "final_val_lpips", "final_val_psnr", "final_val_ssim"}
+    missing = sorted(need - set(df.columns))
+    if missing:
+        raise ValueError(f"results table: missing columns {', '.join(missing)}")
+    status = df["status"].astype(str)
+    ok = df[status != "ERROR"]
+    out: dict[str, float] = {
+        "trials_finished": float((status == "TERMINATED").sum()),
+        "trials_stopped": float((status == "STOPPED").sum()),
+        "trials_failed": float((status == "ERROR").sum()),
+        "bicubic_val_psnr": float(bicubic_psnr),
+    }
+    for metric, best in (("lpips", "min"), ("psnr", "max"), ("ssim", "max")):
+        values = pd.to_numeric(ok[f"final_val_{metric}"], errors="coerce").dropna()
+        if len(values):
+            out[f"best_val_{metric}"] = float(getattr(values, best)())
+    if winner_id is not None:
+        row = df[df["trial_id"] == winner_id]
+        if row.empty:
+            raise ValueError(f"winner {winner_id!r} is not a trial of the results table")
+        for metric in ("lpips", "psnr", "ssim"):
+            v = _num(row.iloc[0][f"final_val_{metric}"])
+            if math.isfinite(v):
+                out[f"winner_val_{metric}"] = v
+        out["winner_steps"] = float(_num(row.iloc[0]["steps"]))
+    return out

@@ -1,0 +1,198 @@
+"""The dashboard as a person sees it: a real mlflow server and headless Chromium.
+
+A store logged like a sweep (parent + trial runs, the tags and short params
+``sweeper.dashboard`` expects) is served by ``sweeper.ui.serve``; Chromium opens
+``runs_url`` and the rendered page is read through the DevTools protocol. Needs
+Debian's ``chromium`` (.ci/run installs it); skipped with the reason when it is absent.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import re
+import shutil
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from sweeper import dashboard, ui
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (apt-get install chromium)")
+
+def _p(mu: float, layer: str) -> dict:
+    return {"loss.dp.mu": mu, "loss.perceptual.layer": layer}
+
+
+# trial -> (val_lpips, val_psnr, val_ssim, steps, status, searched params)
+TRIALS = {
+    "aaaa0001": (0.2871, 23.41, 0.6523, 40, "finished", _p(0.5, "conv5_4")),
+    "aaaa0002": (0.2345, 24.12, 0.6788, 40, "finished", _p(2.0, "conv4_4")),
+    "aaaa0003": (0.3456, 22.87, 0.6011, 20, "stopped", _p(9.0, "conv3_4")),
+}
+WINNER = "aaaa0002"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _log_sweep(uri: str) -> tuple[str, str]:
+    """A sweep's MLflow records, logged as the driver logs them; returns (experiment, parent)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    exp = client.create_experiment("srsweep-browser", artifact_location=str(Path(uri[10:]).parent / "art"))
+    dashboard.configure_experiment(client, exp)
+    parent = client.create_run(exp, run_name="browser (sweep)", tags={"role": "sweep"}).info.run_id
+    searched = list(next(iter(TRIALS.values()))[5])
+    dashboard.configure_parent(client, exp, parent, "val_lpips", "min", searched)
+    for trial, (lpips, psnr, ssim, steps, status, params) in TRIALS.items():
+        run = client.create_run(exp, run_name=f"trial-{trial}", tags={
+            "mlflow.parentRunId": parent, "ray_trial_id": trial}).info.run_id
+        for k, v in {**{k: str(v) for k, v in params.items()}, **dashboard.child_params(params)}.items():
+            client.log_param(run, k, v)
+        for step in (steps // 2, steps):  # the last point is what the table shows
+            last = step == steps
+            client.log_metric(run, "val_lpips", lpips if last else lpips + 0.1, step=step)
+            client.log_metric(run, "val_psnr", psnr if last else psnr - 1, step=step)
+            client.log_metric(run, "val_ssim", ssim if last else ssim - 0.1, step=step)
+        client.set_tag(run, dashboard.STEPS_TAG, str(steps))
+        client.set_tag(run, dashboard.STATUS_TAG, status)
+        if trial == WINNER:
+            client.set_tag(run, dashboard.WINNER_TAG, "true")
+        client.set_terminated(run, "FINISHED")
+    client.set_terminated(parent, "FINISHED")
+    return exp, parent
+
+
+# The grid's rows, top to bottom, as {column id: cell text}: ag-grid splits a row over its
+# pinned and centre containers, each part carrying the row's index.
+ROWS_JS = """(() => { const rows = {};
+  for (const el of document.querySelectorAll('.ag-row[row-index]')) {
+    const row = rows[el.getAttribute('row-index')] ||= {};
+    for (const c of el.querySelectorAll('.ag-cell[col-id]'))
+      row[c.getAttribute('col-id')] = c.innerText.trim();
+  }
+  return JSON.stringify(Object.keys(rows).sort((a, b) => a - b).map(i => rows[i]));
+})()"""
+
+
+async def _cdp_page(port: int, url_part: str, wanted: list[str], shot: Path,
+                    deadline_s: float) -> tuple[str, list[dict[str, str]]]:
+    """Wait until the page's text shows every string in ``wanted`` (or the deadline),
+    save a screenshot, return the text and the grid's rows."""
+    import aiohttp
+
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"http://127.0.0.1:{port}/json/list") as r:
+            targets = await r.json(content_type=None)
+        page = next(t for t in targets if t.get("type") == "page" and url_part in t.get("url", ""))
+        async with http.ws_connect(page["webSocketDebuggerUrl"], max_msg_size=0) as ws:
+            ids = iter(range(1, 10**6))
+
+            async def call(method: str, **params):
+                i = next(ids)
+                await ws.send_json({"id": i, "method": method, "params": params})
+                while True:
+                    msg = await ws.receive_json()
+                    if msg.get("id") == i:
+                        if "error" in msg:
+                            raise RuntimeError(f"CDP {method}: {msg['error']}")
+                        return msg["result"]
+
+            end = time.monotonic() + deadline_s
+            text = ""
+            while time.monotonic() < end:
+                res = await call("Runtime.evaluate", returnByValue=True,
+                                 expression="document.body ? document.body.innerText : ''")
+                text = res["result"].get("value", "")
+                if all(w in text for w in wanted):
+                    break
+                await asyncio.sleep(1.0)
+            await asyncio.sleep(1.0)  # let the grid finish painting before the screenshot
+            png = await call("Page.captureScreenshot", format="png")
+            shot.write_bytes(base64.b64decode(png["data"]))
+            rows = await call("Runtime.evaluate", expression=ROWS_JS, returnByValue=True)
+            return text, json.loads(rows["result"].get("value") or "[]")
+
+
+def _devtools_port(profile: Path, proc: subprocess.Popen, deadline_s: float = 60.0) -> int:
+    end = time.monotonic() + deadline_s
+    f = profile / "DevToolsActivePort"
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            raise RuntimeError(f"chromium exited with code {proc.returncode}")
+        if f.is_file() and f.read_text().strip():
+            port = int(f.read_text().split()[0])
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/json/version", timeout=2).close()
+                return port
+            except OSError:
+                pass
+        time.sleep(0.2)
+    raise RuntimeError("chromium did not open its DevTools port")
+
+
+@pytest.fixture
+def served_sweep(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    exp, parent = _log_sweep(uri)
+    base, pid = ui.serve(uri, port=_free_port(), background=True, timeout=240)
+    try:
+        yield uri, base, exp, parent
+    finally:
+        if ui.running(uri) is not None:
+            ui.stop(uri)
+        else:  # the pid file is gone or stale: still stop what this test started
+            ui.stop_group(pid)
+
+
+def test_dashboard_shows_trials_with_metrics_and_winner(served_sweep, tmp_path):
+    uri, base, exp, parent = served_sweep
+    url = dashboard.runs_url(base, exp, parent)
+    profile = tmp_path / "chromium-profile"
+    shot = tmp_path / "dashboard.png"
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--remote-debugging-port=0",
+             "--window-size=1800,900"]
+    browser = subprocess.Popen([CHROMIUM, *flags, url], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)
+    values = [f"{v:.4f}".rstrip("0") if isinstance(v, float) and v < 1 else f"{v}"
+              for t in TRIALS.values() for v in t[:3]]
+    names = [f"trial-{t}" for t in TRIALS]
+    try:
+        port = _devtools_port(profile, browser)
+        text, rows = asyncio.run(_cdp_page(port, "/experiments/", names + values + ["winner"], shot, 180))
+    finally:
+        ui.stop_group(browser.pid)
+    (tmp_path / "dashboard.txt").write_text(text + "\n" + json.dumps(rows, indent=1))
+    print(f"screenshot: {shot}")
+    # The view: only the sweep's trials (not the parent), best LPIPS first, every column named.
+    for header in ("val_lpips", "val_psnr", "val_ssim", "mu", "layer", "steps", "status", "winner"):
+        assert header in text, f"column {header} missing from the page: {text[:2000]}"
+    for name in names:
+        assert name in text, f"{name} missing from the page"
+    for value in values:
+        assert value in text, f"metric value {value} missing from the page"
+    assert "browser (sweep)" not in text
+    # Rows: best LPIPS first, each trial's values in its own row, only the winner tagged.
+    by_lpips = sorted(TRIALS, key=lambda t: TRIALS[t][0])
+    assert [re.search(r"trial-\w+", " ".join(row.values())).group(0) for row in rows] == \
+        [f"trial-{t}" for t in by_lpips], rows
+    for trial, row in zip(by_lpips, rows):
+        lpips, psnr, ssim, steps, status, params = TRIALS[trial]
+        cells = {k: row.get(k) for k in dashboard.columns(params)}
+        assert cells == {"metrics.`val_lpips`": f"{lpips}", "metrics.`val_psnr`": f"{psnr}",
+                         "metrics.`val_ssim`": f"{ssim}", "params.`mu`": f"{params['loss.dp.mu']}",
+                         "params.`layer`": params["loss.perceptual.layer"], "tags.`steps`": str(steps),
+                         "tags.`status`": status, "tags.`winner`": "true" if trial == WINNER else "-"}, row
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
