@@ -84,3 +84,22 @@ def check_writable(storage_path: str, fs: Optional[pafs.FileSystem] = None) -> N
         _fs(fs).delete_file(probe)
     except (OSError, ValueError) as exc:
         raise StorageError(f"--storage {where} is not writable: {str(exc).splitlines()[0][:300]}") from None
+
+
+def download_dir(path: str, fs: Optional[pafs.FileSystem], dest: str | os.PathLike) -> Path:
+    """Mirror a storage folder (an experiment on S3) into a local folder, for the readers that
+    take local paths (results table, per-image scores, plots). A local storage is returned as is."""
+    if fs is None or isinstance(fs, pafs.LocalFileSystem):
+        return Path(path)
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    pafs.copy_files(path, str(dest), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+    return dest
+
+
+def upload_file(src: str | os.PathLike, path: str, fs: Optional[pafs.FileSystem] = None) -> None:
+    """Copy one local file (results.parquet, a plot) to ``path`` in the storage."""
+    if fs is None:
+        fs = pafs.LocalFileSystem()
+        fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    pafs.copy_files(str(src), path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)

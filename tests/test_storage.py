@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from sweeper.storage import StorageError, check_writable, exists, join, read_text, resolve_storage, write_text
+from sweeper.storage import (StorageError, check_writable, download_dir, exists, join, read_text, resolve_storage,
+                             upload_file, write_text)
 
 MOTO = shutil.which("moto_server", path=str(Path(sys.executable).parent))
 
@@ -152,5 +153,14 @@ def test_tune_experiment_on_s3_and_restore(s3, tmp_path):
         # finished one was not run again.
         assert sorted(df["resumed_from"]) == [0, 2], df[["trial_id", "resumed_from"]]
         print(f"restored from s3://{exp}: steps {sorted(df['step'])}, resumed_from {sorted(df['resumed_from'])}")
+
+        # The driver's readers take local folders: a mirror of the experiment reads the same.
+        local = download_dir(exp, fs, tmp_path / "mirror")
+        analysis = tune.ExperimentAnalysis(str(local))
+        assert sorted(analysis.dataframe()["step"]) == [4, 4]
+        assert len(list(local.glob("*/checkpoint_*/state.json"))) >= 4
+        (tmp_path / "results.parquet").write_bytes(b"PAR1")
+        upload_file(tmp_path / "results.parquet", join(exp, "results.parquet"), fs)
+        assert exists(join(exp, "results.parquet"), fs)
     finally:
         ray.shutdown()
