@@ -52,21 +52,42 @@ def _quiet_ray_logs() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
+def _resolve_auto() -> str:
+    """``auto``: RAY_ADDRESS, else the cluster `ray start` made last on this host, else the only
+    Ray running here. Ray itself would pick any of several running clusters without a word."""
+    from ray._private.services import find_bootstrap_address, find_gcs_addresses
+
+    env = os.environ.get("RAY_ADDRESS")
+    if env:
+        return env
+    running = sorted(set(find_gcs_addresses()))
+    started = find_bootstrap_address(None)
+    if started:
+        if len(running) > 1:
+            print(f"note: {len(running)} Ray clusters run on this host; --address auto joins the one "
+                  f"`ray start` made last ({started})", flush=True)
+        return started
+    if len(running) == 1:
+        return running[0]
+    if not running:
+        raise ClusterError("--address auto: no Ray cluster runs on this host (start one with `ray start --head`, "
+                           "or give HOST:PORT)")
+    raise ClusterError(f"--address auto: {len(running)} Ray clusters run on this host ({', '.join(running)}) and "
+                       "none was made by `ray start`: give HOST:PORT")
+
+
 def _resolve(address: str) -> str:
     """``auto`` / ``HOST:PORT`` -> the GCS address Ray would join; ``ray://`` stays as it is."""
     if address.startswith("ray://"):
         return address
     from ray._private.services import canonicalize_bootstrap_address
 
+    if address == "auto":
+        address = _resolve_auto()
     try:
-        resolved = canonicalize_bootstrap_address(address)
-    except ConnectionError as exc:  # "auto" with no cluster on this host
-        raise ClusterError(f"--address {address}: {str(exc).splitlines()[0]} (start one with `ray start --head`, "
-                           "or give HOST:PORT)") from None
-    if not resolved:
-        raise ClusterError(f"--address {address}: no running Ray cluster found on this host "
-                           "(start one with `ray start --head`, or give HOST:PORT)")
-    return resolved
+        return canonicalize_bootstrap_address(address)
+    except (ValueError, OSError) as exc:  # a malformed address or a host name that does not resolve
+        raise ClusterError(f"--address {address}: {str(exc).splitlines()[0]}") from None
 
 
 def _host_port(address: str) -> tuple[str, int]:

@@ -7,6 +7,7 @@ Leftovers are found by our unique temp dir on their command line and stopped by 
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -185,6 +186,14 @@ def test_connect_spreads_trials_over_two_nodes(cluster, capsys, tmp_path):
     assert {ln.split("(")[1].split(")")[0] for ln in lines} == {n[:8] for n in per_node}
 
 
+def test_auto_reports_the_cluster_it_joined(cluster):
+    r = _cli(cluster, "--address", "auto", RAY_ADDRESS=cluster.address)
+    assert r.returncode == 0, r.stderr
+    (line,) = r.stdout.splitlines()
+    assert line.startswith("Ray cluster ") and line.endswith(f":{cluster.port}: 2 nodes, 2 CPUs, 0 GPUs")
+    assert "auto" not in line
+
+
 def test_undersized_cluster_is_refused_in_one_line(cluster):
     r = _cli(cluster, "--address", cluster.address, "--cpu", "2")
     assert r.returncode == 2 and r.stdout == ""
@@ -205,10 +214,33 @@ def test_auth_problems_are_one_line(cluster, env, expect):
     assert expect in r.stderr and "RAY_AUTH_MODE=token" in r.stderr
 
 
-def test_unreachable_address_is_one_line():
-    port = free_port()  # nothing listens there
-    r = subprocess.run([sys.executable, "-m", "sweeper.cluster", "--address", f"127.0.0.1:{port}"],
+@pytest.mark.parametrize("address,expect", [
+    ("127.0.0.1:{port}", ":{port} is unreachable (Connection refused)"),  # nothing listens on a fresh port
+    ("no-such-host.invalid:6379", "no-such-host.invalid:6379 is unreachable"),
+    ("ray-head", "--address ray-head: Invalid address format: ray-head"),
+])
+def test_bad_address_is_one_line(address, expect):
+    port = free_port()
+    r = subprocess.run([sys.executable, "-m", "sweeper.cluster", "--address", address.format(port=port)],
                        capture_output=True, text=True, cwd=REPO, timeout=120,
                        env={**os.environ, "PYTHONPATH": str(REPO)})
-    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
-    assert f":{port} is unreachable" in r.stderr
+    assert r.returncode == 2 and r.stdout == "" and r.stderr.count("\n") == 1, r.stderr
+    assert expect.format(port=port) in r.stderr
+
+
+def test_embedded_local_ray():
+    """No --address: a private Ray on this machine, reported the same way; too small is refused."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("RAY_ADDRESS", None)
+    ok = subprocess.run([sys.executable, "-m", "sweeper.cluster", "--cpu", "1"], capture_output=True, text=True,
+                        cwd=REPO, timeout=300, env=env)
+    assert ok.returncode == 0, ok.stderr
+    (line,) = ok.stdout.splitlines()
+    m = re.fullmatch(r"Ray cluster [\d.]+:\d+: 1 node, (\d+) CPUs, (\d+) GPUs", line)
+    from ray._private.utils import get_num_cpus  # what Ray counts here (cgroup limits included)
+
+    assert m and int(m[1]) == get_num_cpus(), line
+    big = subprocess.run([sys.executable, "-m", "sweeper.cluster", "--cpu", "1", "--gpu", "64"], capture_output=True,
+                         text=True, cwd=REPO, timeout=300, env=env)
+    assert big.returncode == 2 and big.stdout == "" and big.stderr.count("\n") == 1, big.stderr
+    assert "is too small for one trial: it needs 1 CPU and 64 GPU on one node" in big.stderr
