@@ -203,6 +203,14 @@ def connect(address: Optional[str], need: dict) -> ClusterInfo:
     return info
 
 
+PLACEMENT_KEYS = ("node_id", "host", "node_ip", "gpu_count", "gpu_name")
+
+
+def placement_tags(result: dict) -> dict[str, str]:
+    """A trial result carrying ``placement()`` -> MLflow tags (``placement.node_id``, ...)."""
+    return {f"placement.{k}": str(result[k]) for k in PLACEMENT_KEYS if k in result}
+
+
 def placement() -> dict:
     """Where the calling trial runs: node id, host, node IP, GPU name and count (0 and "" on CPU)."""
     import ray
