@@ -19,7 +19,8 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 PROBE_TIMEOUT_S = 5.0
 CHECK_TIMEOUT_S = 120.0
-AUTH_HELP = ("export RAY_AUTH_MODE=token and the cluster's token as RAY_AUTH_TOKEN=... or in ~/.ray/auth_token "
+AUTH_HELP = ("export RAY_AUTH_MODE=token and the cluster's token as RAY_AUTH_TOKEN=... "
+             "or in ~/.ray/auth_token "
              "(on the head: `ray get-auth-token`)")
 # Set on a cluster that adds nodes on demand (autoscaler, min_workers: 0): a cluster that is
 # too small now is then only reported, not refused.
@@ -70,9 +71,11 @@ def _resolve_auto() -> str:
     if len(running) == 1:
         return running[0]
     if not running:
-        raise ClusterError("--address auto: no Ray cluster runs on this host (start one with `ray start --head`, "
+        raise ClusterError("--address auto: no Ray cluster runs on this host "
+                           "(start one with `ray start --head`, "
                            "or give HOST:PORT)")
-    raise ClusterError(f"--address auto: {len(running)} Ray clusters run on this host ({', '.join(running)}) and "
+    raise ClusterError(f"--address auto: {len(running)} Ray clusters run on this host "
+                       f"({', '.join(running)}) and "
                        "none was made by `ray start`: give HOST:PORT")
 
 
@@ -103,7 +106,8 @@ def _check_reachable(address: str) -> None:
     try:
         socket.create_connection((host, port), timeout=PROBE_TIMEOUT_S).close()
     except OSError as exc:
-        raise ClusterError(f"Ray cluster {address} is unreachable ({exc.strerror or exc}): is `ray start --head` "
+        raise ClusterError(f"Ray cluster {address} is unreachable ({exc.strerror or exc}): "
+                           "is `ray start --head` "
                            "running there, and is the port open from this machine?") from None
 
 
@@ -129,7 +133,9 @@ def _token_source() -> str:
     if os.environ.get("RAY_AUTH_TOKEN"):
         return "the token in RAY_AUTH_TOKEN is wrong"
     path = os.environ.get("RAY_AUTH_TOKEN_PATH") or os.path.expanduser("~/.ray/auth_token")
-    return f"the token in {path} is wrong" if os.path.isfile(path) else f"no token: RAY_AUTH_TOKEN unset, no {path}"
+    if os.path.isfile(path):
+        return f"the token in {path} is wrong"
+    return f"no token: RAY_AUTH_TOKEN unset, no {path}"
 
 
 def _check_auth(address: str) -> None:
@@ -145,7 +151,8 @@ def _check_auth(address: str) -> None:
         raise ClusterError(f"Ray cluster {address} did not answer within 60 s") from None
     verdict = out.splitlines()[-1] if out else "ERROR the connection probe died without an answer"
     if verdict == "AUTH":
-        raise ClusterError(f"Ray cluster {address} refused this driver's token ({_token_source()}): {AUTH_HELP}")
+        raise ClusterError(f"Ray cluster {address} refused this driver's token ({_token_source()}): "
+                           f"{AUTH_HELP}")
     if verdict != "OK":
         raise ClusterError(f"Ray cluster {address}: {verdict.removeprefix('ERROR ')}")
 
@@ -189,7 +196,8 @@ def connect(address: Optional[str], need: dict) -> ClusterInfo:
     info = ClusterInfo(resolved, len(nodes), float(total.get("CPU", 0)), float(total.get("GPU", 0)))
     if not _fits(need, nodes):
         biggest = max(nodes, key=lambda n: (n["Resources"].get("GPU", 0), n["Resources"].get("CPU", 0)))
-        msg = (f"Ray cluster {info.address} is too small for one trial: it needs {float(need.get('cpu', 1)):g} CPU "
+        msg = (f"Ray cluster {info.address} is too small for one trial: "
+               f"it needs {float(need.get('cpu', 1)):g} CPU "
                f"and {float(need.get('gpu', 0)):g} GPU on one node, the largest node has "
                f"{biggest['Resources'].get('CPU', 0):g} CPU and {biggest['Resources'].get('GPU', 0):g} GPU "
                f"({info.nodes} node(s), {info.cpus:g} CPUs, {info.gpus:g} GPUs in all)")
@@ -253,8 +261,8 @@ def check_paths_on_workers(paths: list[str]) -> None:
         return
     task = ray.remote(num_cpus=0, max_retries=0)(_check_here)
     nodes = _alive_nodes()
-    refs = {n["NodeID"]: task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
-            .remote(paths) for n in nodes}
+    pinned = {n["NodeID"]: NodeAffinitySchedulingStrategy(n["NodeID"], soft=False) for n in nodes}
+    refs = {node_id: task.options(scheduling_strategy=s).remote(paths) for node_id, s in pinned.items()}
     names = {n["NodeID"]: f"node {n['NodeManagerAddress']} ({n['NodeID'][:8]})" for n in nodes}
     lines = []
     for node_id, ref in refs.items():

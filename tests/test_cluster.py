@@ -35,7 +35,8 @@ def _wait_port(port: int, proc: subprocess.Popen, timeout: float = 120) -> None:
     end = time.time() + timeout
     while time.time() < end:
         if proc.poll() is not None:
-            raise RuntimeError(f"ray start exited with {proc.returncode}: {Path(proc.log).read_text()[-2000:]}")
+            tail = Path(proc.log).read_text()[-2000:]
+            raise RuntimeError(f"ray start exited with {proc.returncode}: {tail}")
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
             return
@@ -181,9 +182,9 @@ def test_connect_spreads_trials_over_two_nodes(cluster, capsys, tmp_path):
     from sweeper.cluster import placement_tags
 
     last = grid[0].metrics
-    assert placement_tags(last) == {"placement.node_id": last["node_id"], "placement.host": socket.gethostname(),
-                                    "placement.node_ip": ips[last["node_id"]], "placement.gpu_count": "0",
-                                    "placement.gpu_name": ""}
+    assert placement_tags(last) == {
+        "placement.node_id": last["node_id"], "placement.host": socket.gethostname(),
+        "placement.node_ip": ips[last["node_id"]], "placement.gpu_count": "0", "placement.gpu_name": ""}
 
     # Path checks run on each node: one line per node for a missing path, none for a real one.
     check_paths_on_workers([str(REPO / "pyproject.toml")])
@@ -208,7 +209,8 @@ def test_undersized_cluster_is_refused_in_one_line(cluster):
     r = _cli(cluster, "--address", cluster.address, "--cpu", "2")
     assert r.returncode == 2 and r.stdout == ""
     assert r.stderr.count("\n") == 1, r.stderr
-    assert "is too small for one trial: it needs 2 CPU and 0 GPU on one node, the largest node has 1 CPU" in r.stderr
+    assert ("is too small for one trial: it needs 2 CPU and 0 GPU on one node, "
+            "the largest node has 1 CPU") in r.stderr
     assert "(2 node(s), 2 CPUs, 0 GPUs in all)" in r.stderr
 
 
@@ -242,15 +244,15 @@ def test_embedded_local_ray():
     """No --address: a private Ray on this machine, reported the same way; too small is refused."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     env.pop("RAY_ADDRESS", None)
-    ok = subprocess.run([sys.executable, "-m", "sweeper.cluster", "--cpu", "1"], capture_output=True, text=True,
-                        cwd=REPO, timeout=300, env=env)
+    ok = subprocess.run([sys.executable, "-m", "sweeper.cluster", "--cpu", "1"], capture_output=True,
+                        text=True, cwd=REPO, timeout=300, env=env)
     assert ok.returncode == 0, ok.stderr
     (line,) = ok.stdout.splitlines()
     m = re.fullmatch(r"Ray cluster [\d.]+:\d+: 1 node, (\d+) CPUs, (\d+) GPUs", line)
     from ray._private.utils import get_num_cpus  # what Ray counts here (cgroup limits included)
 
     assert m and int(m[1]) == get_num_cpus(), line
-    big = subprocess.run([sys.executable, "-m", "sweeper.cluster", "--cpu", "1", "--gpu", "64"], capture_output=True,
-                         text=True, cwd=REPO, timeout=300, env=env)
+    big = subprocess.run([sys.executable, "-m", "sweeper.cluster", "--cpu", "1", "--gpu", "64"],
+                         capture_output=True, text=True, cwd=REPO, timeout=300, env=env)
     assert big.returncode == 2 and big.stdout == "" and big.stderr.count("\n") == 1, big.stderr
     assert "is too small for one trial: it needs 1 CPU and 64 GPU on one node" in big.stderr

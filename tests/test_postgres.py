@@ -22,7 +22,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _pg_bin() -> Path | None:
-    found = shutil.which("initdb") or next(iter(sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))[::-1]), None)
+    versions = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), reverse=True)
+    found = shutil.which("initdb") or (versions[0] if versions else None)
     return Path(found).resolve().parent if found else None
 
 
@@ -93,13 +94,14 @@ def postgres():
         shutil.chown(root, user)
     log = root / "postgres.log"
     port = free_port()
-    subprocess.run([str(bindir / "initdb"), "-D", str(root / "data"), "-U", "mlflow", "--auth=trust", "-E", "UTF8"],
-                   check=True, capture_output=True, user=user)
+    subprocess.run([str(bindir / "initdb"), "-D", str(root / "data"), "-U", "mlflow", "--auth=trust",
+                    "-E", "UTF8"], check=True, capture_output=True, user=user)
     with open(log, "w") as out:
         if user:
             shutil.chown(log, user)
-        proc = subprocess.Popen([str(bindir / "postgres"), "-D", str(root / "data"), "-p", str(port), "-k", str(root),
-                                 "-c", "listen_addresses=127.0.0.1"], stdout=out, stderr=subprocess.STDOUT, user=user)
+        proc = subprocess.Popen([str(bindir / "postgres"), "-D", str(root / "data"), "-p", str(port),
+                                 "-k", str(root), "-c", "listen_addresses=127.0.0.1"],
+                                stdout=out, stderr=subprocess.STDOUT, user=user)
     try:
         dsn = f"host=127.0.0.1 port={port} user=mlflow dbname=postgres"
         _wait(lambda: psycopg2.connect(dsn).close() is None, "postgres", proc, log)
@@ -121,12 +123,12 @@ def test_mlflow_server_on_postgres_over_http(postgres, tmp_path):
     log = tmp_path / "mlflow.log"
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     with open(log, "w") as out:
-        proc = subprocess.Popen([str(REPO / "mlflow" / "serve_postgres.sh"), db, str(tmp_path / "artifacts"), str(port)],
-                                stdout=out, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen([str(REPO / "mlflow" / "serve_postgres.sh"), db, str(tmp_path / "artifacts"),
+                                 str(port)], stdout=out, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait(lambda: urllib.request.urlopen(f"{url}/health", timeout=2).status == 200, "mlflow server", proc, log,
-              timeout=180)
+        _wait(lambda: urllib.request.urlopen(f"{url}/health", timeout=2).status == 200, "mlflow server",
+              proc, log, timeout=180)
         client = MlflowClient(url)
         exp = client.create_experiment("team-sweep")
         run = client.create_run(exp, run_name="trial-0", tags={"ray_node_id": "abc"})

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from sweeper.storage import (StorageError, check_writable, download_dir, exists, join, read_text, resolve_storage,
-                             upload_file, write_text)
+from sweeper.storage import (StorageError, check_writable, download_dir, exists, join, read_text,
+                             resolve_storage, upload_file, write_text)
 
 MOTO = shutil.which("moto_server", path=str(Path(sys.executable).parent))
 
@@ -121,6 +121,7 @@ def _steps(config):
 
 
 def test_tune_experiment_on_s3_and_restore(s3, tmp_path):
+    import pyarrow.fs as pafs
     import ray
     from ray import tune
 
@@ -132,17 +133,19 @@ def test_tune_experiment_on_s3_and_restore(s3, tmp_path):
              runtime_env={"env_vars": {"PYTHONPATH": here}})  # workers import _steps from this file
     try:
         tuner = tune.Tuner(tune.with_resources(_steps, {"cpu": 1}),
-                           param_space={"x": tune.grid_search([1.0, 2.0]), "marker": str(tmp_path / "crashed")},
+                           param_space={"x": tune.grid_search([1.0, 2.0]),
+                                        "marker": str(tmp_path / "crashed")},
                            tune_config=tune.TuneConfig(metric="score", mode="max"),
                            run_config=tune.RunConfig(name="demo", storage_path=path, storage_filesystem=fs,
                                                      verbose=0))
         first = tuner.fit()
         assert len(first.errors) == 1  # x=1 crashed at step 3, x=2 finished
         exp = join(path, "demo")
-        keys = [i.path for i in fs.get_file_info(__import__("pyarrow.fs").fs.FileSelector(exp, recursive=True))]
+        keys = [i.path for i in fs.get_file_info(pafs.FileSelector(exp, recursive=True))]
         assert any(k.endswith("tuner.pkl") for k in keys)
         assert any("/checkpoint_000001/state.json" in k for k in keys)
-        print(f"\n{len(keys)} objects under s3://{exp}, e.g. {sorted(k for k in keys if 'checkpoint_' in k)[:3]}")
+        ckpts = sorted(k for k in keys if "checkpoint_" in k)
+        print(f"\n{len(keys)} objects under s3://{exp}, e.g. {ckpts[:3]}")
         assert tune.Tuner.can_restore(exp, storage_filesystem=fs)
 
         restored = tune.Tuner.restore(exp, tune.with_resources(_steps, {"cpu": 1}), resume_errored=True,
@@ -152,7 +155,8 @@ def test_tune_experiment_on_s3_and_restore(s3, tmp_path):
         # The crashed trial continued from its step-2 checkpoint in S3, not from scratch; the
         # finished one was not run again.
         assert sorted(df["resumed_from"]) == [0, 2], df[["trial_id", "resumed_from"]]
-        print(f"restored from s3://{exp}: steps {sorted(df['step'])}, resumed_from {sorted(df['resumed_from'])}")
+        print(f"restored from s3://{exp}: steps {sorted(df['step'])}, "
+              f"resumed_from {sorted(df['resumed_from'])}")
 
         # The driver's readers take local folders: a mirror of the experiment reads the same.
         local = download_dir(exp, fs, tmp_path / "mirror")
