@@ -84,12 +84,21 @@ class ModelConfig(Strict):
     @model_validator(mode="before")
     @classmethod
     def _default_arch(cls, data: Any) -> Any:
-        # `arch` may be left out (YAML written before the union): the defaults apply.
-        if isinstance(data, dict):
-            data = dict(data)
-            for key, arch in (("generator", "rrdbnet"), ("discriminator", "vgg")):
-                if isinstance(data.get(key), dict) and "arch" not in data[key]:
-                    data[key] = {"arch": arch, **data[key]}
+        # `arch` may be left out (the defaults apply). An overlay meant for any architecture
+        # (tiny_cpu) puts arch-only keys under the arch's name: {rrdbnet: {grow_ch: 8}} is
+        # merged when the generator is an RRDBNet and dropped otherwise.
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        for key, arch, configs in (("generator", "rrdbnet", GENERATOR_CONFIGS),
+                                   ("discriminator", "vgg", DISCRIMINATOR_CONFIGS)):
+            if isinstance(data.get(key), dict):
+                section = {"arch": arch, **data[key]}
+                for tag in (_tag(c) for c in configs):
+                    extra = section.pop(tag, None)
+                    if tag == section["arch"] and isinstance(extra, dict):
+                        section = {**section, **extra}
+                data[key] = section
         return data
 
 
