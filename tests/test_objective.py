@@ -223,3 +223,24 @@ def test_discriminator_loss_sees_detached_sr(disc):
     loss.backward()
     assert sr.grad is None
     assert any(p.grad is not None for p in disc.parameters())
+
+
+@pytest.mark.parametrize("layer", ["conv1_2", "conv2_2", "conv3_4", "conv4_4", "conv5_4", "relu3_4", "pool2"])
+def test_sa_feature_loss_is_nonnegative_and_minimal_at_hr(layer, disc):
+    # beta3 large so the old pre-activation weight alpha3 + beta3 * conv(W) went negative.
+    loss = {"pixel": {"sa": {"edge": "lv", "beta2": 1.0}}, "perceptual": {"layer": layer, "weight": 0.0},
+            "sa_feature": {"alpha3": 1.0, "beta3": 10.0, "weight": 1.0}, "adv": {"weight": 0.0}}
+    obj = GeneratorObjective(cfg_with(loss))
+    g = torch.Generator().manual_seed(3)
+    hr = torch.rand(2, 3, 32, 32, generator=g)
+    w = local_variance(hr, 5, 0.01, "gray").expand(-1, 3, -1, -1)
+    with torch.no_grad():
+        f_hr, f_w = obj.vgg(hr)[layer], obj.vgg(w)[layer]
+        at_hr = float(obj(hr, hr, None, disc=disc).scalars()["loss_sa_feature"])
+        assert at_hr >= 0
+        for a in (0.05, 0.3, 1.0):
+            sr = hr + a * torch.randn(2, 3, 32, 32, generator=g)
+            assert float(obj(sr, hr, None, disc=disc).scalars()["loss_sa_feature"]) >= at_hr
+            # and in feature space, pushed where the pre-activation weight is negative
+            f_sr = f_hr + a * (1 + 10 * f_w < 0).float()
+            assert float(L.sa_feature(f_sr, f_hr, f_w, 1.0, 10.0)) >= at_hr
