@@ -24,8 +24,8 @@ def _esrgan(tiny_data, **sa):
         "model": {"generator": {"arch": "rrdbnet", "num_feat": 8, "num_blocks": 1, "grow_ch": 4},
                   "discriminator": {"arch": "vgg", "num_feat": 8}},
         "backbones": {"weights": "random"}, "loss": loss,
-        "train": {"pretrain_steps": 0, "steps": 40, "val_every": 1000, "log_every": 1, "checkpoint_every": 1000,
-                  "val_crop": 64, "val_images": 1, "device": "cpu"},
+        "train": {"pretrain_steps": 0, "steps": 40, "val_every": 1000, "log_every": 1,
+                  "checkpoint_every": 1000, "val_crop": 64, "val_images": 1, "device": "cpu"},
     })
 
 

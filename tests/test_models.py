@@ -272,8 +272,8 @@ def test_a_new_architecture_slots_in_by_registering(monkeypatch):
         frames: int = 5
 
     union = Annotated[Union[(*C.GENERATOR_CONFIGS, ToyConfig)], Field(discriminator="arch")]
-    cfg = C.validate({"generator": {"arch": "toy", "frames": 3}},
-                     C.ModelConfig.__class__("M", (C.ModelConfig,), {"__annotations__": {"generator": union}}))
+    model_cls = C.ModelConfig.__class__("M", (C.ModelConfig,), {"__annotations__": {"generator": union}})
+    cfg = C.validate({"generator": {"arch": "toy", "frames": 3}}, model_cls)
     monkeypatch.setitem(M.GENERATORS, "toy", lambda c, scale: torch.nn.Conv2d(3 * c.frames, 3, 1))
     g = build_generator(cfg.generator, 4)
     assert isinstance(g, torch.nn.Conv2d) and g.in_channels == 9

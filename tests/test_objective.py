@@ -91,7 +91,8 @@ def test_each_image_goes_through_each_network_once(disc):
     def count(key):
         return lambda module, inputs, output: seen[key].append(inputs[0].shape[0])
 
-    hooks = [m.register_forward_hook(count(k)) for k, m in (("vgg", obj.vgg), ("resnet", obj.resnet), ("D", disc))]
+    nets = (("vgg", obj.vgg), ("resnet", obj.resnet), ("D", disc))
+    hooks = [m.register_forward_hook(count(k)) for k, m in nets]
     sr, hr = _batch()
     _run(obj, disc, sr, hr).total.backward()
     for h in hooks:
@@ -125,7 +126,8 @@ def test_discriminator_sees_real_and_fake_as_separate_batches():
     with torch.no_grad():
         fake_logits, real = d(sr)[0], d(hr)[0]
         t = obj(sr, hr, None, disc=d)
-    assert float(t.scalars()["loss_adv"]) == pytest.approx(float(L.gan_g(fake_logits, real, "ragan")), rel=1e-6)
+    expected = float(L.gan_g(fake_logits, real, "ragan"))
+    assert float(t.scalars()["loss_adv"]) == pytest.approx(expected, rel=1e-6)
     # The joint [sr; hr] batch srsweep used before gives other logits for hr.
     with torch.no_grad():
         joint = d(torch.cat([others[1], hr]))[0][2:]
@@ -173,7 +175,8 @@ def test_mu_inf_builds_no_resnet_and_is_vgg_only(disc):
 
 
 def test_sa_share_calibration_hits_the_target(disc):
-    loss = {**FULL, "pixel": {"criterion": "l1", "beta1": 0.01, "sa": {"edge": "lv", "sa_share_target": 0.15}}}
+    sa = {"edge": "lv", "sa_share_target": 0.15}
+    loss = {**FULL, "pixel": {"criterion": "l1", "beta1": 0.01, "sa": sa}}
     obj = GeneratorObjective(cfg_with(loss))
     assert obj.needs_calibration and math.isnan(float(obj.beta2))
     batches = [_batch(s) for s in range(3)]
@@ -213,8 +216,8 @@ def test_canny_needs_maps_from_the_batch(disc):
         _run(obj, disc, sr, hr)
     edge = (torch.rand(2, 1, 32, 32) > 0.8).float()
     t = obj(sr, hr, edge, disc=disc)
-    assert float(t.scalars()["loss_sa_pixel"]) == pytest.approx(1.5 * float(L.weighted_distance(sr, hr, edge)),
-                                                                 rel=1e-6)
+    expected = 1.5 * float(L.weighted_distance(sr, hr, edge))
+    assert float(t.scalars()["loss_sa_pixel"]) == pytest.approx(expected, rel=1e-6)
 
 
 def test_discriminator_loss_sees_detached_sr(disc):

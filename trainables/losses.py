@@ -93,7 +93,8 @@ def dual_perceptual(l_vgg: torch.Tensor, l_res: Optional[torch.Tensor], mu: floa
     return l_vgg + zeta * l_res / mu, zeta
 
 
-def resnet_loss(feats_sr: Sequence[torch.Tensor], feats_hr: Sequence[torch.Tensor], variant: str) -> torch.Tensor:
+def resnet_loss(feats_sr: Sequence[torch.Tensor], feats_hr: Sequence[torch.Tensor],
+                variant: str) -> torch.Tensor:
     """DP's ResNet term from ResNet50 stage outputs 1..m (``feats_*[s - 1]`` is stage s).
 
     paper (DP eq. 5): mean L1 of stage m's output alone;
