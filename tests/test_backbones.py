@@ -186,6 +186,13 @@ def test_resnet_pretrained_matches_torchvision(fake_dir, x):
         ref = r.layer2(r.layer1(h))
     out = bb.ResNetFeatures(2, "pretrained", weights_dir=d)(x)
     assert torch.allclose(out, ref, rtol=1e-4, atol=1e-5)
+    # The DP authors' released code: stages 1..m on the raw [0, 1] image, no ImageNet stats.
+    with torch.no_grad():
+        h = r.maxpool(r.relu(r.bn1(r.conv1(x))))
+        raw = [r.layer1(h)]
+        raw.append(r.layer2(raw[0]))
+    outs = bb.ResNetFeatures(2, "pretrained", weights_dir=d, all_stages=True, normalize=False)(x)
+    assert len(outs) == 2 and all(torch.allclose(o, e, rtol=1e-4, atol=1e-5) for o, e in zip(outs, raw))
 
 
 def test_lpips_alexnet_copy(fake_dir, x):

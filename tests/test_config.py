@@ -23,10 +23,21 @@ def _error(data) -> str:
     ({"train": {"lr": -1}}, "config: train.lr: input should be greater than 0 (got -1)"),
     ({"train": {"steps": "many"}},
      "config: train.steps: input should be a valid integer, unable to parse string as an integer (got 'many')"),
-    ({"loss": {"pixel": {"sa": {"beta2": 20, "sa_share": 0.15}}}},
-     "config: loss.pixel.sa: give exactly one of beta2 (fixed) or sa_share (calibrated target)"),
+    ({"loss": {"pixel": {"sa": {"beta2": 20, "sa_share_target": 0.15}}}},
+     "config: loss.pixel.sa: give exactly one of beta2 (fixed) or sa_share_target (calibrated target)"),
     ({"loss": {"pixel": {"sa": {"beta2": 5, "lv": {"window": 4}}}}}, "config: loss.pixel.sa.lv.window: 4 must be odd"),
-    ({"loss": {"pixel": {"sa": {"sa_share": 1.5}}}}, "config: loss.pixel.sa.sa_share: input should be less than 1 (got 1.5)"),
+    ({"loss": {"pixel": {"sa": {"sa_share": 0.15}}}},
+     "config: loss.pixel.sa.sa_share: renamed to sa_share_target (the share asked for; the reached share is "
+     "reported as sa_share)"),
+    ({"loss": {"pixel": {"sa": {"beta2": 20, "track_every": 5}}}},
+     "config: loss.pixel.sa.track_every: needs sa_share_target (a fixed beta2 is never re-solved)"),
+    ({"model": {"generator": {"arch": "srresnet", "grow_ch": 8}}},
+     "config: model.generator.grow_ch: unknown key (allowed: num_feat, num_blocks, bicubic_skip, arch)"),
+    ({"model": {"discriminator": {"arch": "patch"}}},
+     "config: model.discriminator.arch: 'patch' is not one of 'vgg', 'srgan'"),
+    ({"loss": {"dp": {"resnet_variant": "code"}}},
+     "config: loss.dp.resnet_variant: 'code' is not one of 'released', 'paper'"),
+    ({"loss": {"pixel": {"sa": {"sa_share_target": 1.5}}}}, "config: loss.pixel.sa.sa_share_target: input should be less than 1 (got 1.5)"),
     ({"loss": {"pixel": {"sa": {"beta2": 1, "canny": {"low": 200, "high": 100}}}}},
      "config: loss.pixel.sa.canny: low (200.0) must be <= high (100.0)"),
     ({"backbones": {"weights": "imagenet"}}, "config: backbones.weights: 'imagenet' is not one of 'pretrained', 'random'"),
@@ -42,11 +53,11 @@ def test_several_problems_give_one_line_each():
 
 
 def test_defaults_and_types():
-    cfg = validate({"loss": {"dp": {"mu": float("inf")}, "pixel": {"sa": {"sa_share": 0.15}}}})
+    cfg = validate({"loss": {"dp": {"mu": float("inf")}, "pixel": {"sa": {"sa_share_target": 0.15}}}})
     assert isinstance(cfg, ExperimentConfig)
     assert cfg.scale == 4 and cfg.data.patch_size == 128 and cfg.train.lr == 1e-4
     assert math.isinf(cfg.loss.dp.mu) and cfg.loss.dp.resnet_stage == 3
-    assert cfg.loss.pixel.sa.sa_share == 0.15 and cfg.loss.pixel.sa.beta2 is None
+    assert cfg.loss.pixel.sa.sa_share_target == 0.15 and cfg.loss.pixel.sa.beta2 is None
     assert validate(to_dict(cfg)) == cfg  # round trip
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from trainables.losses import (CHARBONNIER_EPS, dual_perceptual, fm_block_losses, fm_scale, fm_softmax,
-                               gan_d, gan_g, perceptual, rho, sa_feature, sa_pixel, weighted_distance)
+                               gan_d, gan_g, perceptual, resnet_loss, rho, sa_feature, sa_pixel, weighted_distance)
 
 D = torch.tensor([[-2.0, -0.5], [0.0, 1.5]], dtype=torch.float64)  # a 2x2 difference
 
@@ -52,14 +52,14 @@ def test_sa_pixel_by_hand():
     hr = torch.zeros(1, 1, 2, 2, dtype=torch.float64)
     sr = torch.tensor([[1.0, 1.0], [2.0, 0.0]], dtype=torch.float64).view(1, 1, 2, 2)
     w = torch.tensor([[0.0, 1.0], [0.5, 1.0]], dtype=torch.float64).view(1, 1, 2, 2)
-    total, sa = sa_pixel(sr, hr, beta1=0.01, beta2=20.0, edge=w, criterion="l1")
+    total, sa, raw = sa_pixel(sr, hr, beta1=0.01, beta2=20.0, edge=w, criterion="l1")
     # plain = (1 + 1 + 2 + 0)/4 = 1; weighted = (0 + 1 + 1 + 0)/4 = 0.5
-    assert sa.item() == pytest.approx(20 * 0.5)
+    assert sa.item() == pytest.approx(20 * 0.5) and raw.item() == pytest.approx(0.5)
     assert total.item() == pytest.approx(0.01 * 1 + 10.0)
-    plain_total, zero = sa_pixel(sr, hr, 0.01, 20.0, None, "l1")
-    assert plain_total.item() == pytest.approx(0.01) and zero.item() == 0.0
+    plain_total, zero, zero_raw = sa_pixel(sr, hr, 0.01, 20.0, None, "l1")
+    assert plain_total.item() == pytest.approx(0.01) and zero.item() == 0.0 == zero_raw.item()
     # Charbonnier per element sqrt(d^2 + eps^2)
-    _, sa_c = sa_pixel(sr, hr, 1.0, 1.0, w, "charbonnier")
+    _, sa_c, _ = sa_pixel(sr, hr, 1.0, 1.0, w, "charbonnier")
     expected = (0 + math.sqrt(1 + CHARBONNIER_EPS**2) + 0.5 * math.sqrt(4 + CHARBONNIER_EPS**2)
                 + CHARBONNIER_EPS) / 4
     assert sa_c.item() == pytest.approx(expected)
@@ -68,13 +68,39 @@ def test_sa_pixel_by_hand():
 def test_sa_feature_by_hand_and_targets_are_detached():
     f_sr = torch.tensor([1.0, -1.0], requires_grad=True)
     f_hr = torch.tensor([0.0, 0.0], requires_grad=True)
-    f_w = torch.tensor([2.0, 0.0], requires_grad=True)
+    f_w = torch.tensor([2.0, -6.0], requires_grad=True)
     loss = sa_feature(f_sr, f_hr, f_w, alpha3=1.0, beta3=0.5, criterion="l1")
-    # weights alpha3 + beta3*VGG(W) = [2, 1]; mean([2*1, 1*1]) = 1.5
+    # weights alpha3 + beta3*relu(VGG(W)) = [2, 1] (the -6 pre-activation is cut to 0, where
+    # it would have given the weight -2); mean([2*1, 1*1]) = 1.5
     assert loss.item() == pytest.approx(1.5)
     loss.backward()
     assert f_sr.grad.tolist() == pytest.approx([1.0, -0.5])
     assert f_hr.grad is None and f_w.grad is None
+
+
+def test_huber_delta_is_a_threshold_in_image_units():
+    g = torch.Generator().manual_seed(0)
+    hr = torch.rand(2, 3, 16, 16, generator=g, dtype=torch.float64)
+    sr = (hr + 0.1 * torch.randn(2, 3, 16, 16, generator=g, dtype=torch.float64)).clamp(0, 1)
+    half_l2 = 0.5 * ((sr - hr) ** 2).mean().item()
+    # delta 1 on [0, 1] images: every residual is in the quadratic zone, exactly 0.5 * L2.
+    assert weighted_distance(sr, hr, None, "huber", 1.0).item() == pytest.approx(half_l2, rel=1e-12)
+    # delta 0.05 (fm_pcsva): residuals above 0.05 are penalised linearly, by hand per element.
+    d = (sr - hr).abs()
+    by_hand = torch.where(d < 0.05, 0.5 * d * d, 0.05 * (d - 0.025)).mean().item()
+    huber = weighted_distance(sr, hr, None, "huber", 0.05).item()
+    assert huber == pytest.approx(by_hand, rel=1e-12) and huber < 0.8 * half_l2
+    assert rho(torch.tensor([0.02, 0.3]), "huber", 0.05).tolist() == pytest.approx([0.0002, 0.05 * 0.275])
+
+
+def test_resnet_variants_by_hand():
+    s1, s2 = torch.tensor([1.0, 2.0]), torch.tensor([[0.0, 4.0]])
+    h1, h2 = torch.tensor([0.0, 0.0]), torch.tensor([[1.0, 1.0]])
+    # paper: stage m alone = mean(|0-1|, |4-1|) = 2; released: + stage 1's mean(1, 2) = 1.5
+    assert resnet_loss([s1, s2], [h1, h2], "paper").item() == pytest.approx(2.0)
+    assert resnet_loss([s1, s2], [h1, h2], "released").item() == pytest.approx(3.5)
+    with pytest.raises(ValueError, match="ResNet variant"):
+        resnet_loss([s1], [h1], "other")
 
 
 def test_perceptual_is_mean_l1_of_features():
@@ -151,6 +177,17 @@ def test_vanilla_gan_matches_formula():
     real, fake = torch.tensor([2.0]), torch.tensor([-1.0])
     assert gan_g(fake, None, "vanilla").item() == pytest.approx(-math.log(_sig(-1.0)))
     assert gan_d(real, fake, "vanilla").item() == pytest.approx(-math.log(_sig(2.0)) - math.log(1 - _sig(-1.0)))
+
+
+def test_ragan_discriminator_gradient_as_basicsr():
+    # BasicSR backpropagates each half with the other batch's mean detached.
+    real = torch.tensor([1.0, 3.0], requires_grad=True)
+    fake = torch.tensor([0.0, -2.0], requires_grad=True)
+    gan_d(real, fake, "ragan").backward()
+    mf, mr = -1.0, 2.0
+    # d/dr_i of 0.5 * mean(-log sig(r_i - mf)) = -0.5 * (1 - sig(r_i - mf)) / 2
+    assert real.grad.tolist() == pytest.approx([-0.25 * (1 - _sig(r - mf)) for r in (1.0, 3.0)], rel=1e-5)
+    assert fake.grad.tolist() == pytest.approx([0.25 * _sig(f - mr) for f in (0.0, -2.0)], rel=1e-5)
 
 
 def test_ragan_generator_gradient_does_not_reach_real_logits():

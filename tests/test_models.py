@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from trainables.config import DiscriminatorConfig, GeneratorConfig
+from trainables.config import RRDBNetConfig, SRGANDiscConfig, SRResNetConfig, VGGDiscConfig
 from trainables.models import (RRDB, DenseBlock, RRDBNet, SRGANDiscriminator, SRResNet,
                                VGGStyleDiscriminator, build_discriminator, build_generator,
                                count_params)
@@ -245,16 +245,40 @@ def test_discriminator_determinism(cls):
 
 # ---------------------------------------------------------------------------- factories
 def test_factories():
-    g = build_generator(GeneratorConfig(arch="srresnet", num_feat=8, num_blocks=2), scale=4)
+    g = build_generator(SRResNetConfig(num_feat=8, num_blocks=2), scale=4)
     assert isinstance(g, SRResNet) and count_params(g) == 11491
-    g = build_generator(GeneratorConfig(arch="rrdbnet", num_feat=8, num_blocks=1, grow_ch=4), 2)
+    g = build_generator(RRDBNetConfig(num_feat=8, num_blocks=1, grow_ch=4), 2)
     assert isinstance(g, RRDBNet) and g(rand(1, 3, 6, 6)).shape == (1, 3, 12, 12)
-    d = build_discriminator(DiscriminatorConfig(arch="vgg", num_feat=8), patch_size=64)
+    d = build_discriminator(VGGDiscConfig(num_feat=8), patch_size=64)
     assert isinstance(d, VGGStyleDiscriminator) and d.patch_size == 64
-    d = build_discriminator(DiscriminatorConfig(arch="srgan", num_feat=8), patch_size=96)
+    d = build_discriminator(SRGANDiscConfig(num_feat=8), patch_size=96)
     assert isinstance(d, SRGANDiscriminator) and len(d(rand(2, 3, 96, 96))[1]) == 8
     with pytest.raises(ValueError, match="patch_size: 100"):
-        build_discriminator(DiscriminatorConfig(arch="vgg"), patch_size=100)
+        build_discriminator(VGGDiscConfig(), patch_size=100)
+
+
+def test_a_new_architecture_slots_in_by_registering(monkeypatch):
+    # What a video family does: its own config class (validated by arch) and a builder,
+    # with no edit to the image architectures.
+    from typing import Annotated, Literal, Union
+
+    from pydantic import Field
+
+    import trainables.config as C
+    import trainables.models as M
+
+    class ToyConfig(C.Strict):
+        arch: Literal["toy"] = "toy"
+        frames: int = 5
+
+    union = Annotated[Union[(*C.GENERATOR_CONFIGS, ToyConfig)], Field(discriminator="arch")]
+    model_cls = C.ModelConfig.__class__("M", (C.ModelConfig,), {"__annotations__": {"generator": union}})
+    cfg = C.validate({"generator": {"arch": "toy", "frames": 3}}, model_cls)
+    monkeypatch.setitem(M.GENERATORS, "toy", lambda c, scale: torch.nn.Conv2d(3 * c.frames, 3, 1))
+    g = build_generator(cfg.generator, 4)
+    assert isinstance(g, torch.nn.Conv2d) and g.in_channels == 9
+    with pytest.raises(ValueError, match="generator.arch: 'nope' is not one of 'srresnet', 'rrdbnet'"):
+        build_generator(SRResNetConfig().model_copy(update={"arch": "nope"}), 4)
 
 
 def test_paper_default_sizes():

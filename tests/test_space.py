@@ -87,7 +87,7 @@ def test_demo_sweep_settings():
     assert cfg.model.discriminator.arch == "vgg"  # 10 D blocks: fm.blocks first_k up to 10
     assert (cfg.train.pretrain_steps, cfg.train.steps, cfg.train.val_every) == (150, 60, 15)
     assert cfg.backbones.weights == "random" and cfg.data.train == "embedded"
-    assert [p.path for p in sweep.space] == ["loss.pixel.sa.sa_share", "loss.dp.mu", "loss.dp.resnet_stage",
+    assert [p.path for p in sweep.space] == ["loss.pixel.sa.sa_share_target", "loss.dp.mu", "loss.dp.resnet_stage",
                                              "loss.fm.blocks", "loss.perceptual.layer"]
     assert sweep.search.algorithm == "tpe" and sweep.selection.psnr_margin == -1.0
     assert sweep.experiment_name == "srsweep-demo"
@@ -115,10 +115,10 @@ def test_mu_vgg_only_branch():
 
 
 def test_canny_branch_brings_its_children_only():
-    canny = {"loss.pixel.sa.sa_share": 0.2, "loss.pixel.sa.edge": "canny",
+    canny = {"loss.pixel.sa.sa_share_target": 0.2, "loss.pixel.sa.edge": "canny",
              "loss.pixel.sa.canny.low": 80, "loss.pixel.sa.canny.high": 210}
     assert _decoded("sa_esrgan", canny) == canny
-    lv = {"loss.pixel.sa.sa_share": 0.1, "loss.pixel.sa.edge": "lv", "loss.pixel.sa.lv.delta": 0.02}
+    lv = {"loss.pixel.sa.sa_share_target": 0.1, "loss.pixel.sa.edge": "lv", "loss.pixel.sa.lv.delta": 0.02}
     assert _decoded("sa_esrgan", lv) == lv
 
 
@@ -132,15 +132,15 @@ def test_subset_and_first_k():
 
 
 def test_combined_full_assignment_and_overrides():
-    params = {"loss.pixel.sa.sa_share": 0.15, "loss.pixel.sa.edge": "lv", "loss.pixel.sa.lv.delta": 0.01,
+    params = {"loss.pixel.sa.sa_share_target": 0.15, "loss.pixel.sa.edge": "lv", "loss.pixel.sa.lv.delta": 0.01,
               "loss.dp.mu#choice": "inf", "loss.dp.resnet_stage": 4, "loss.fm.blocks": 4,
               "loss.perceptual.layer": "conv4_4"}
     out = _decoded("combined", params)
-    assert out == {"loss.pixel.sa.sa_share": 0.15, "loss.pixel.sa.edge": "lv", "loss.pixel.sa.lv.delta": 0.01,
+    assert out == {"loss.pixel.sa.sa_share_target": 0.15, "loss.pixel.sa.edge": "lv", "loss.pixel.sa.lv.delta": 0.01,
                    "loss.dp.mu": math.inf, "loss.dp.resnet_stage": 4, "loss.fm.blocks": [0, 1, 2, 3],
                    "loss.perceptual.layer": "conv4_4"}
     assert to_overrides(out)["loss"]["dp"] == {"mu": math.inf, "resnet_stage": 4}
-    assert to_overrides(out)["loss"]["pixel"]["sa"] == {"sa_share": 0.15, "edge": "lv", "lv": {"delta": 0.01}}
+    assert to_overrides(out)["loss"]["pixel"]["sa"] == {"sa_share_target": 0.15, "edge": "lv", "lv": {"delta": 0.01}}
 
 
 def test_int_step_and_log_distributions():

@@ -34,7 +34,7 @@ def _cfg(tiny_data, **train):
                   "discriminator": {"arch": "srgan", "num_feat": 8}},
         "backbones": {"weights": "random"},
         "loss": {"pixel": {"criterion": "charbonnier", "beta1": 0.01,
-                           "sa": {"edge": "lv", "sa_share": 0.15, "calibration_batches": 2}},
+                           "sa": {"edge": "lv", "sa_share_target": 0.15, "calibration_batches": 2}},
                  "perceptual": {"layer": "conv2_2", "weight": 1.0},
                  "dp": {"mu": 0.5, "resnet_stage": 1},
                  "fm": {"blocks": [0, 3], "weight": 1.0},
@@ -45,7 +45,7 @@ def _cfg(tiny_data, **train):
 
 
 def _losses(rep):
-    keys = ("loss/pretrain_pixel", "loss/g_total", "loss/d", "beta2", "lr")
+    keys = ("loss_pretrain_pixel", "loss_g_total", "loss_d", "beta2", "sa_share", "sa_share_mean", "lr")
     return {step: {k: v[k] for k in keys if k in v} for step, v in rep.rows}
 
 
@@ -120,6 +120,6 @@ def test_presets_train_at_tiny_size(preset, tiny_data, tmp_path):
                                "data.patch_size=32"], ["tiny_cpu"])
     rep = ListReporter()
     last = Trainer(cfg, tmp_path, rep).run()
-    assert np.isfinite(last["loss/g_total"]) and "val/psnr" in last
+    assert np.isfinite(last["loss_g_total"]) and "val/psnr" in last
     full = load_config(preset)  # the paper-size preset itself validates
     assert full.model.generator.num_feat == 64 and full.backbones.weights == "pretrained"

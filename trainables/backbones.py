@@ -285,14 +285,19 @@ class VGGFeatures(_FrozenBackbone):
 
 
 class ResNetFeatures(_FrozenBackbone):
-    """ResNet50 features after the last bottleneck of layer{stage}."""
+    """ResNet50 features after the last bottleneck of layer{stage}.
+
+    all_stages: return the outputs of layer1..layer{stage} as a list (DP "released" sums the
+    L1 over them). normalize: ImageNet mean/std on the [0, 1] input (the DP paper text);
+    False feeds the [0, 1] image as it is, as the authors' released ESRGAN-DP code does."""
 
     def __init__(self, stage: int = 4, weights: str = "pretrained",
-                 weights_dir: str | Path | None = None, seed: int = 0):
+                 weights_dir: str | Path | None = None, seed: int = 0,
+                 all_stages: bool = False, normalize: bool = True):
         super().__init__(weights)
         if isinstance(stage, bool) or stage not in (1, 2, 3, 4):
             raise ValueError(f"ResNet50 stage must be 1, 2, 3 or 4, got {stage!r}")
-        self.stage = stage
+        self.stage, self.all_stages, self.normalize_input = stage, all_stages, normalize
         with _seeded(seed):
             net = _tvm.resnet50(weights=None)
         if weights == "pretrained":
@@ -303,8 +308,14 @@ class ResNetFeatures(_FrozenBackbone):
         self.body = nn.Sequential(OrderedDict((p, getattr(net, p)) for p in parts))
         self._freeze()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(self.normalize(x))
+    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        h = self.normalize(x) if self.normalize_input else x
+        outs = []
+        for name, layer in self.body.named_children():
+            h = layer(h)
+            if name.startswith("layer"):
+                outs.append(h)
+        return outs if self.all_stages else h
 
 
 # ---------------------------------------------------------------- LPIPS (AlexNet trunk)

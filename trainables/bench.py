@@ -4,7 +4,7 @@ Compares, in one process and interleaved round by round (this machine is noisy):
 - ``esrgan``: plain ESRGAN G step (L1 pixel + VGG conv5_4 + RaGAN);
 - ``sa+dp+fm``: the full SA (Canny) + DP + FM + SA-feature step as the trainer runs it:
   each image once through each network, targets under no_grad, Canny maps from the
-  data workers; ``concat`` the same with sr and targets in one concatenated call;
+  data workers (the objective's per-step feature cache, trainables/terms.py);
 - ``naive``: the same loss composed naively: separate VGG/ResNet/D forwards for sr and
   hr in every term that uses them, and the Canny map computed inside the step.
 Same models, same data, same config; only the composition differs.
@@ -22,7 +22,7 @@ from trainables import losses as L
 from trainables.config import validate
 from trainables.edges import canny
 from trainables.models import build_discriminator, build_generator
-from trainables.objective import GeneratorObjective, d_forward
+from trainables.objective import GeneratorObjective
 
 
 def _config(full: bool, args) -> dict:
@@ -43,10 +43,10 @@ def _naive_terms(obj: GeneratorObjective, disc, sr, hr, lc) -> torch.Tensor:
     hr_u8 = (hr.detach().cpu().permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
     edge = torch.from_numpy(np.stack([canny(im, 100, 200) for im in hr_u8])).permute(0, 3, 1, 2).to(sr.device)
     layer = lc.perceptual.layer
-    total, _ = L.sa_pixel(sr, hr, lc.pixel.beta1, 20.0, edge, "l1")
+    total, _, _ = L.sa_pixel(sr, hr, lc.pixel.beta1, 20.0, edge, "l1")
     f_sr, f_hr = obj.vgg(sr)[layer], obj.vgg(hr)[layer]
     l_vgg = L.perceptual(f_sr, f_hr)
-    l_res = L.perceptual(obj.resnet(sr), obj.resnet(hr))
+    l_res = L.resnet_loss(obj.resnet(sr), obj.resnet(hr), lc.dp.resnet_variant)
     dp, _ = L.dual_perceptual(l_vgg, l_res, lc.dp.mu)
     total = total + dp
     f_sr2, f_hr2, f_w = obj.vgg(sr)[layer], obj.vgg(hr)[layer], obj.vgg(edge.expand(-1, 3, -1, -1))[layer]
@@ -83,14 +83,12 @@ def run(args: argparse.Namespace) -> dict[str, float]:
             loss = _naive_terms(full, D, sr, hr, cfg_full.loss)
         else:
             obj = plain if kind == "esrgan" else full
-            obj.concat_backbones = kind == "concat"
-            logits, feats = d_forward(D, sr, hr)
-            loss = obj(sr, hr, logits, feats, edge if kind != "esrgan" else None).total
+            loss = obj(sr, hr, edge if kind != "esrgan" else None, disc=D).total
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
 
-    kinds = ["esrgan", "sa+dp+fm", "concat", "naive"]
+    kinds = ["esrgan", "sa+dp+fm", "naive"]
     times: dict[str, list[float]] = {k: [] for k in kinds}
     for k in kinds:  # warm-up (allocator, cuDNN autotune)
         step(k)

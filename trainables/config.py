@@ -9,7 +9,7 @@ from __future__ import annotations
 import types
 import typing
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -43,22 +43,63 @@ class DataConfig(Strict):
 
 
 # ---------------------------------------------------------------------------- models
-class GeneratorConfig(Strict):
-    arch: Literal["srresnet", "rrdbnet"] = "rrdbnet"
+class _GeneratorBase(Strict):
     num_feat: int = Field(64, ge=1)
     num_blocks: int = Field(23, ge=1)
-    grow_ch: int = Field(32, ge=1)  # RRDB dense-block growth channels
     bicubic_skip: bool = False  # add bicubic(lr) to the output (global residual; not in papers)
 
 
-class DiscriminatorConfig(Strict):
-    arch: Literal["vgg", "srgan"] = "vgg"
+class RRDBNetConfig(_GeneratorBase):
+    arch: Literal["rrdbnet"] = "rrdbnet"
+    grow_ch: int = Field(32, ge=1)  # dense-block growth channels
+
+
+class SRResNetConfig(_GeneratorBase):
+    arch: Literal["srresnet"] = "srresnet"
+    num_blocks: int = Field(16, ge=1)
+
+
+class VGGDiscConfig(Strict):
+    arch: Literal["vgg"] = "vgg"  # ESRGAN's VGG-style D, 10 conv blocks
     num_feat: int = Field(64, ge=1)
 
 
+class SRGANDiscConfig(Strict):
+    arch: Literal["srgan"] = "srgan"  # SRGAN / feature-matching paper D, 8 conv blocks
+    num_feat: int = Field(64, ge=1)
+
+
+# Each architecture owns its typed section, chosen by `arch`. A new family (video SR, say)
+# adds its config class here and registers its builder in its own module (models.register_*).
+GENERATOR_CONFIGS: tuple[type[BaseModel], ...] = (RRDBNetConfig, SRResNetConfig)
+DISCRIMINATOR_CONFIGS: tuple[type[BaseModel], ...] = (VGGDiscConfig, SRGANDiscConfig)
+GeneratorConfig = Annotated[Union[GENERATOR_CONFIGS], Field(discriminator="arch")]
+DiscriminatorConfig = Annotated[Union[DISCRIMINATOR_CONFIGS], Field(discriminator="arch")]
+
+
 class ModelConfig(Strict):
-    generator: GeneratorConfig = GeneratorConfig()
-    discriminator: DiscriminatorConfig = DiscriminatorConfig()
+    generator: GeneratorConfig = RRDBNetConfig()
+    discriminator: DiscriminatorConfig = VGGDiscConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_arch(cls, data: Any) -> Any:
+        # `arch` may be left out (the defaults apply). An overlay meant for any architecture
+        # (tiny_cpu) puts arch-only keys under the arch's name: {rrdbnet: {grow_ch: 8}} is
+        # merged when the generator is an RRDBNet and dropped otherwise.
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        for key, arch, configs in (("generator", "rrdbnet", GENERATOR_CONFIGS),
+                                   ("discriminator", "vgg", DISCRIMINATOR_CONFIGS)):
+            if isinstance(data.get(key), dict):
+                section = {"arch": arch, **data[key]}
+                for tag in (_tag(c) for c in configs):
+                    extra = section.pop(tag, None)
+                    if tag == section["arch"] and isinstance(extra, dict):
+                        section = {**section, **extra}
+                data[key] = section
+        return data
 
 
 class BackbonesConfig(Strict):
@@ -99,21 +140,38 @@ class SAConfig(Strict):
     channels: Literal["gray", "rgb"] = "gray"
     lv: LocalVariance = LocalVariance()
     canny: Canny = Canny()
-    # Exactly one: a fixed beta2, or a target SA share that calibrates beta2.
+    # Exactly one: a fixed beta2, or a target SA share that calibrates beta2. The share
+    # reached is reported as `sa_share` (this step) and `sa_share_mean` (GAN stage).
     beta2: Optional[float] = Field(None, ge=0)
-    sa_share: Optional[float] = Field(None, gt=0, lt=1)
-    calibration_batches: int = Field(4, ge=1)  # batches that solve beta2 for sa_share
+    sa_share_target: Optional[float] = Field(None, gt=0, lt=1)
+    calibration_batches: int = Field(4, ge=1)  # batches that solve beta2 for sa_share_target
+    # Tracking: every N GAN steps re-solve beta2 from the means of the last N steps, so the
+    # reached share follows the target as the other terms change. 0: solve once, then frozen.
+    track_every: int = Field(0, ge=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "sa_share" in data:
+            raise ValueError("sa_share: renamed to sa_share_target (the share asked for; "
+                             "the reached share is reported as sa_share)")
+        return data
 
     @model_validator(mode="after")
     def _one_mode(self):
-        if (self.beta2 is None) == (self.sa_share is None):
-            raise ValueError("give exactly one of beta2 (fixed) or sa_share (calibrated target)")
+        if (self.beta2 is None) == (self.sa_share_target is None):
+            raise ValueError("give exactly one of beta2 (fixed) or sa_share_target (calibrated target)")
+        if self.track_every and self.sa_share_target is None:
+            raise ValueError("track_every: needs sa_share_target (a fixed beta2 is never re-solved)")
         return self
 
 
 class PixelLoss(Strict):
     criterion: Criterion = "l1"
     beta1: float = Field(0.01, ge=0)
+    # Huber's delta on the image range the trainer uses ([0, 1]): residuals below it are
+    # penalised 0.5*d^2, above it linearly. 1.0 makes Huber exactly 0.5*L2 on [0, 1] images.
+    huber_delta: float = Field(1.0, gt=0)
     sa: Optional[SAConfig] = None
 
 
@@ -124,7 +182,8 @@ class PerceptualLoss(Strict):
 
 
 class SAFeatureLoss(Strict):
-    # VSR poster: rho_w(VGG(hr), VGG(sr), alpha3 + beta3 * VGG(W(hr))) at perceptual.layer
+    # VSR poster: rho_w(VGG(hr), VGG(sr), alpha3 + beta3 * relu(VGG(W(hr)))) at perceptual.layer;
+    # the weight uses W's post-activation features (the ReLU after that conv), so it is >= 0.
     alpha3: float = Field(1.0, ge=0)
     beta3: float = Field(1.0, ge=0)
     criterion: Criterion = "charbonnier"
@@ -134,6 +193,10 @@ class SAFeatureLoss(Strict):
 class DPLoss(Strict):
     mu: float = Field(0.5, gt=0)  # .inf means VGG only
     resnet_stage: Literal[1, 2, 3, 4] = 3
+    # released: the authors' ESRGAN-DP code (sum of the L1 over stages 1..m, ResNet on the raw
+    # [0, 1] image), which produced the paper's tables; paper: the text (stage m alone, ImageNet-
+    # normalised input). README "DP ResNet term".
+    resnet_variant: Literal["released", "paper"] = "released"
 
 
 class FMLoss(Strict):
@@ -200,34 +263,53 @@ class ExperimentConfig(Strict):
 
 
 # ------------------------------------------------------------------ error reporting
+def _members(tp: Any) -> list[type[BaseModel]]:
+    """The BaseModel classes of an annotation: X, Optional[X], Annotated[Union[X, Y], ...]."""
+    if typing.get_origin(tp) is Annotated:
+        tp = typing.get_args(tp)[0]
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        return [tp]
+    if typing.get_origin(tp) in (Union, types.UnionType):
+        return [m for arg in typing.get_args(tp) for m in _members(arg)]
+    return []
+
+
 def unwrap_model(tp: Any) -> Any:
     """Optional[Model] / Union[...] -> the first BaseModel class inside, if any."""
-    if isinstance(tp, type) and issubclass(tp, BaseModel):
-        return tp
-    if typing.get_origin(tp) in (Union, types.UnionType):
-        for arg in typing.get_args(tp):
-            if (m := unwrap_model(arg)) is not None:
-                return m
-    return None
+    return next(iter(_members(tp)), None)
 
 
-def _model_at(root: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
-    model = root
+def _tag(model: type[BaseModel]) -> Any:
+    field = model.model_fields.get("arch")
+    return field.default if field is not None else None
+
+
+def _walk(root: type[BaseModel], loc: tuple) -> tuple[type[BaseModel] | None, tuple]:
+    """The model at ``loc`` and ``loc`` without discriminated-union tags (pydantic puts the
+    chosen ``arch`` into error locations: model.generator.rrdbnet.x -> model.generator.x)."""
+    members, out = [root], []
     for part in loc:
-        field = model.model_fields.get(part) if isinstance(part, str) else None
-        if field is None or (model := unwrap_model(field.annotation)) is None:
-            return None
-    return model
+        tagged = [m for m in members if _tag(m) == part]
+        if len(members) > 1 and tagged:
+            members = tagged
+            continue
+        out.append(part)
+        field = members[0].model_fields.get(part) if members and isinstance(part, str) else None
+        members = _members(field.annotation) if field is not None else []
+    return (members[0] if members else None), tuple(out)
 
 
 def format_error(root: type[BaseModel], err: dict) -> str:
-    loc = tuple(err["loc"])
+    _, loc = _walk(root, tuple(err["loc"]))
     path = ".".join(str(p) for p in loc) or "<top level>"
     kind, value, ctx = err["type"], err.get("input"), err.get("ctx") or {}
     if kind == "extra_forbidden":
-        parent = _model_at(root, loc[:-1])
+        parent, _ = _walk(root, tuple(err["loc"])[:-1])
         allowed = ", ".join(parent.model_fields) if parent else "?"
         return f"{path}: unknown key (allowed: {allowed})"
+    if kind == "union_tag_invalid":
+        return f"{path}.{ctx.get('discriminator', '').strip(chr(39))}: {ctx.get('tag')!r} is not one of " \
+               f"{ctx.get('expected_tags')}"
     if kind == "literal_error":
         expected = str(ctx.get("expected", "")).replace(" or ", ", ")
         return f"{path}: {value!r} is not one of {expected}"

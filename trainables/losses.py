@@ -16,30 +16,31 @@ import torch
 import torch.nn.functional as F
 
 CHARBONNIER_EPS = 1e-3  # SA eq. 5
-HUBER_DELTA = 1.0       # FM eq. 2
+HUBER_DELTA = 1.0       # FM eq. 2's default; pixel losses take loss.pixel.huber_delta
 DP_C = 1e-8             # DP eq. 9: "a tiny positive constant" keeping the ratio finite
 
 
-def rho(d: torch.Tensor, criterion: str) -> torch.Tensor:
-    """Element-wise penalty of a difference d (SA eq. 4-5, FM eq. 2, L2)."""
+def rho(d: torch.Tensor, criterion: str, delta: float = HUBER_DELTA) -> torch.Tensor:
+    """Element-wise penalty of a difference d (SA eq. 4-5, FM eq. 2, L2). ``delta`` is Huber's
+    threshold in the units of d: on [0, 1] images every |d| <= 1, so delta = 1 is 0.5 * L2."""
     if criterion == "l1":
         return d.abs()
     if criterion == "charbonnier":
         return torch.sqrt(d * d + CHARBONNIER_EPS**2)
     if criterion == "huber":
         a = d.abs()
-        return torch.where(a < HUBER_DELTA, 0.5 * d * d, HUBER_DELTA * (a - 0.5 * HUBER_DELTA))
+        return torch.where(a < delta, 0.5 * d * d, delta * (a - 0.5 * delta))
     if criterion == "l2":
         return d * d
     raise ValueError(f"unknown criterion {criterion!r}; use l1, charbonnier, huber or l2")
 
 
 def weighted_distance(u: torch.Tensor, v: torch.Tensor, weight: Optional[torch.Tensor | float] = None,
-                      criterion: str = "l1") -> torch.Tensor:
+                      criterion: str = "l1", delta: float = HUBER_DELTA) -> torch.Tensor:
     """``mean(h * rho(u - v))``, SA eq. 6-7; ``weight`` broadcasts (a gray map over RGB).
 
     A zero map gives exactly 0 (no division by the weight sum, so no NaN)."""
-    r = rho(u - v, criterion)
+    r = rho(u - v, criterion, delta)
     if weight is not None:
         r = r * weight
         if r.shape != u.shape:
@@ -47,24 +48,34 @@ def weighted_distance(u: torch.Tensor, v: torch.Tensor, weight: Optional[torch.T
     return r.mean()
 
 
-def sa_pixel(sr: torch.Tensor, hr: torch.Tensor, beta1: float, beta2: float,
-             edge: Optional[torch.Tensor], criterion: str) -> tuple[torch.Tensor, torch.Tensor]:
+def sa_pixel(sr: torch.Tensor, hr: torch.Tensor, beta1: float, beta2: torch.Tensor | float,
+             edge: Optional[torch.Tensor], criterion: str,
+             delta: float = HUBER_DELTA) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """SA pixel loss ``rho_w(hr, sr, beta1 * 1 + beta2 * W(hr))`` (SA eq. 12-13, 19, 23).
 
-    Returns (total, sa_part) with total = beta1 * plain + sa_part; sa_part is the
-    ``beta2 * W`` share that the SA-share report and calibration need. Without an edge
-    map it is the plain pixel loss (eq. 8-9) and sa_part is 0."""
-    plain = weighted_distance(sr, hr, None, criterion)
-    if edge is None or beta2 == 0:
-        return beta1 * plain, plain.new_zeros(())
-    sa = beta2 * weighted_distance(sr, hr, edge, criterion)
-    return beta1 * plain + sa, sa
+    Returns (total, sa_part, sa_raw) with total = beta1 * plain + sa_part, sa_part =
+    beta2 * sa_raw and sa_raw = ``mean(W * rho)`` (what the SA share calibration needs; the
+    share is linear in beta2). Without an edge map it is the plain pixel loss (eq. 8-9) and
+    sa_part, sa_raw are 0. ``beta2`` may be a 0-d tensor (no host read per step)."""
+    plain = weighted_distance(sr, hr, None, criterion, delta)
+    if edge is None:
+        zero = plain.new_zeros(())
+        return beta1 * plain, zero, zero
+    raw = weighted_distance(sr, hr, edge, criterion, delta)
+    sa = beta2 * raw
+    return beta1 * plain + sa, sa, raw
 
 
 def sa_feature(feat_sr: torch.Tensor, feat_hr: torch.Tensor, feat_edge: torch.Tensor,
                alpha3: float, beta3: float, criterion: str = "charbonnier") -> torch.Tensor:
-    """SA feature loss ``rho_w(VGG(hr), VGG(sr), alpha3 + beta3 * VGG(W(hr)))`` (VSR poster)."""
-    return weighted_distance(feat_sr, feat_hr.detach(), alpha3 + beta3 * feat_edge.detach(), criterion)
+    """SA feature loss ``rho_w(VGG(hr), VGG(sr), alpha3 + beta3 * relu(VGG(W(hr))))`` (VSR poster).
+
+    The weight takes W's post-activation features: ``relu`` of a ``conv*`` output is VGG's own
+    next layer (``relu*``), and ``relu*`` / ``pool*`` outputs are already >= 0. With alpha3,
+    beta3 >= 0 the weight is >= 0, so the loss is >= 0 and minimal at sr = hr; pre-activation
+    W features could be negative and made the loss unbounded below."""
+    weight = alpha3 + beta3 * feat_edge.detach().clamp_min(0)
+    return weighted_distance(feat_sr, feat_hr.detach(), weight, criterion)
 
 
 def perceptual(feat_sr: torch.Tensor, feat_hr: torch.Tensor, criterion: str = "l1") -> torch.Tensor:
@@ -80,6 +91,21 @@ def dual_perceptual(l_vgg: torch.Tensor, l_res: Optional[torch.Tensor], mu: floa
         return l_vgg, l_vgg.new_zeros(())
     zeta = ((l_vgg + DP_C) / (l_res + DP_C)).detach()
     return l_vgg + zeta * l_res / mu, zeta
+
+
+def resnet_loss(feats_sr: Sequence[torch.Tensor], feats_hr: Sequence[torch.Tensor],
+                variant: str) -> torch.Tensor:
+    """DP's ResNet term from ResNet50 stage outputs 1..m (``feats_*[s - 1]`` is stage s).
+
+    paper (DP eq. 5): mean L1 of stage m's output alone;
+    released (the authors' ESRGAN-DP code, behind the paper's tables): the sum over stages
+    1..m of each stage's mean L1. Which input the ResNet saw (normalised or raw) is the
+    backbone's business (:class:`~trainables.backbones.ResNetFeatures`)."""
+    if variant == "paper":
+        return perceptual(feats_sr[-1], feats_hr[-1], "l1")
+    if variant == "released":
+        return torch.stack([perceptual(a, b, "l1") for a, b in zip(feats_sr, feats_hr)]).sum()
+    raise ValueError(f"unknown ResNet variant {variant!r}; use paper or released")
 
 
 def fm_block_losses(feats_sr: Sequence[torch.Tensor], feats_hr: Sequence[torch.Tensor],
@@ -126,9 +152,11 @@ def gan_g(fake: torch.Tensor, real: Optional[torch.Tensor], kind: str) -> torch.
 
 def gan_d(real: torch.Tensor, fake: torch.Tensor, kind: str) -> torch.Tensor:
     """Discriminator loss: vanilla ``-log D(x) - log(1 - D(G(y)))``; ragan its relativistic
-    counterpart ``-log D_Ra(x_r, x_f) - log(1 - D_Ra(x_f, x_r))`` (halved, as above)."""
+    counterpart ``-log D_Ra(x_r, x_f) - log(1 - D_Ra(x_f, x_r))`` (halved, as above). As in
+    ESRGAN / BasicSR, each half back-propagates through its own logits only: the other
+    batch's mean is detached (same value, BasicSR's gradient)."""
     if kind == "vanilla":
         return _bce(real, 1.0) + _bce(fake, 0.0)
     if kind == "ragan":
-        return 0.5 * (_bce(real - fake.mean(), 1.0) + _bce(fake - real.mean(), 0.0))
+        return 0.5 * (_bce(real - fake.detach().mean(), 1.0) + _bce(fake - real.detach().mean(), 0.0))
     raise ValueError(f"unknown GAN kind {kind!r}; use vanilla or ragan")

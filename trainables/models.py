@@ -17,12 +17,13 @@ Discriminators return ``(logit, features)``:
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import DiscriminatorConfig, GeneratorConfig
+from .config import RRDBNetConfig, SRGANDiscConfig, SRResNetConfig, VGGDiscConfig
 from .imresize import imresize
 
 SLOPE = 0.2  # LeakyReLU negative slope everywhere (both papers)
@@ -241,21 +242,57 @@ class BicubicSkip(nn.Module):
         return self.net(x) + imresize(x, self.scale)
 
 
-# ---------------------------------------------------------------------------- factories
-def build_generator(cfg: GeneratorConfig, scale: int) -> nn.Module:
-    if cfg.arch == "srresnet":  # grow_ch only applies to RRDB
-        net = SRResNet(num_feat=cfg.num_feat, num_blocks=cfg.num_blocks, scale=scale)
-    elif cfg.arch == "rrdbnet":
-        net = RRDBNet(num_feat=cfg.num_feat, num_blocks=cfg.num_blocks,
-                      grow_ch=cfg.grow_ch, scale=scale)
-    else:
-        raise ValueError(f"generator.arch: {cfg.arch!r} is not one of 'srresnet', 'rrdbnet'")
-    return BicubicSkip(net, scale) if cfg.bicubic_skip else net
+# ---------------------------------------------------------------------------- registry
+# arch name -> builder(cfg, scale | patch_size). A new family (the video generators, say)
+# registers its own builders from its module; the image ones stay untouched.
+GENERATORS: dict[str, Callable[..., nn.Module]] = {}
+DISCRIMINATORS: dict[str, Callable[..., nn.Module]] = {}
 
 
-def build_discriminator(cfg: DiscriminatorConfig, patch_size: int) -> nn.Module:
-    if cfg.arch == "vgg":
-        return VGGStyleDiscriminator(num_feat=cfg.num_feat, patch_size=patch_size)
-    if cfg.arch == "srgan":
-        return SRGANDiscriminator(num_feat=cfg.num_feat, patch_size=patch_size)
-    raise ValueError(f"discriminator.arch: {cfg.arch!r} is not one of 'vgg', 'srgan'")
+def register_generator(arch: str):
+    def deco(fn):
+        GENERATORS[arch] = fn
+        return fn
+    return deco
+
+
+def register_discriminator(arch: str):
+    def deco(fn):
+        DISCRIMINATORS[arch] = fn
+        return fn
+    return deco
+
+
+@register_generator("srresnet")
+def _srresnet(cfg: SRResNetConfig, scale: int) -> nn.Module:
+    return SRResNet(num_feat=cfg.num_feat, num_blocks=cfg.num_blocks, scale=scale)
+
+
+@register_generator("rrdbnet")
+def _rrdbnet(cfg: RRDBNetConfig, scale: int) -> nn.Module:
+    return RRDBNet(num_feat=cfg.num_feat, num_blocks=cfg.num_blocks, grow_ch=cfg.grow_ch, scale=scale)
+
+
+@register_discriminator("vgg")
+def _vgg_d(cfg: VGGDiscConfig, patch_size: int) -> nn.Module:
+    return VGGStyleDiscriminator(num_feat=cfg.num_feat, patch_size=patch_size)
+
+
+@register_discriminator("srgan")
+def _srgan_d(cfg: SRGANDiscConfig, patch_size: int) -> nn.Module:
+    return SRGANDiscriminator(num_feat=cfg.num_feat, patch_size=patch_size)
+
+
+def _lookup(table: dict, arch: str, what: str):
+    if arch not in table:
+        raise ValueError(f"{what}.arch: {arch!r} is not one of {', '.join(map(repr, table))}")
+    return table[arch]
+
+
+def build_generator(cfg, scale: int) -> nn.Module:
+    net = _lookup(GENERATORS, cfg.arch, "generator")(cfg, scale)
+    return BicubicSkip(net, scale) if getattr(cfg, "bicubic_skip", False) else net
+
+
+def build_discriminator(cfg, patch_size: int) -> nn.Module:
+    return _lookup(DISCRIMINATORS, cfg.arch, "discriminator")(cfg, patch_size)

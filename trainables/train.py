@@ -26,7 +26,7 @@ from trainables.evaluate import ImageScore, center_crop, evaluate, mean_score, s
 from trainables.losses import weighted_distance
 from trainables.metrics import LPIPSMetric
 from trainables.models import build_discriminator, build_generator
-from trainables.objective import GeneratorObjective, d_forward, d_loss
+from trainables.objective import GeneratorObjective, d_loss
 
 STREAM_LENGTH = 2**40  # virtual length of the patch stream (never exhausted)
 
@@ -168,26 +168,26 @@ class Trainer:
 
     # ----------------------------------------------------------------- steps
     def pretrain_step(self, batch: dict) -> dict[str, float]:
+        px = self.cfg.loss.pixel
         sr = self.G(batch["lr"])
-        loss = weighted_distance(sr, batch["hr"], None, self.cfg.loss.pixel.criterion)
+        loss = weighted_distance(sr, batch["hr"], None, px.criterion, px.huber_delta)
         self._check_finite(loss, {"pretrain_pixel": loss})
         self.opt_pre.zero_grad(set_to_none=True)
         loss.backward()
         self.opt_pre.step()
-        return {"loss/pretrain_pixel": loss.detach()}
+        return {"loss_pretrain_pixel": loss.detach()}
 
     def gan_step(self, batch: dict) -> dict[str, float]:
         lr, hr, edge = batch["lr"], batch["hr"], batch.get("edge")
         sr = self.G(lr)
-        # G step: D frozen (no parameter grads), one D pass on [sr; hr].
+        # G step: D frozen (no parameter grads); D sees sr and hr as separate batches.
         self.D.requires_grad_(False)
-        logits, feats = d_forward(self.D, sr, hr)
-        terms = self.objective(sr, hr, logits, feats, edge)
-        self._check_finite(terms.total, terms.parts)
+        terms = self.objective(sr, hr, edge, disc=self.D)
+        self._check_finite(terms.total, terms.scalars())
         self.opt_g.zero_grad(set_to_none=True)
         terms.total.backward()
         self.opt_g.step()
-        # D step on the detached SR batch.
+        # D step on the detached SR batch, real and fake again as separate batches.
         self.D.requires_grad_(True)
         l_d = d_loss(self.D, sr, hr, self.cfg.loss.adv.kind)
         self._check_finite(l_d, {"d": l_d})
@@ -197,8 +197,8 @@ class Trainer:
         self.sched_g.step()
         self.sched_d.step()
         out = terms.scalars()  # tensors: converted (one sync) only on steps that report
-        out["loss/d"] = l_d.detach()
-        out["beta2"] = self.objective.beta2.clone()
+        out.update(self.objective.end_step(terms))  # sa_share_mean, beta2 after tracking
+        out["loss_d"] = l_d.detach()
         out["lr"] = self.opt_g.param_groups[0]["lr"]
         return out
 
@@ -210,20 +210,18 @@ class Trainer:
                                    f"loss weights")
 
     def calibrate(self) -> None:
-        """Stage-2 start: freeze the FM rescale, then solve beta2 for the SA share
-        target, on the first stage-2 batches (forward only, no update)."""
+        """Stage-2 start: freeze the FM rescale, then solve beta2 for the SA share target,
+        on the first stage-2 batches (forward only, no update)."""
         n = self.cfg.loss.pixel.sa.calibration_batches if self.cfg.loss.pixel.sa else 4
         it = self.batches(self.step)
         calib = [next(it) for _ in range(n)]
         del it
-        for fn in (self.objective.calibrate_fm, self.objective.calibrate_beta2):
-            with torch.no_grad():
-                terms = []
-                for b in calib:
-                    sr = self.G(b["lr"])
-                    logits, feats = d_forward(self.D, sr, b["hr"])
-                    terms.append(self.objective(sr, b["hr"], logits, feats, b.get("edge")))
-            fn(terms)
+
+        @torch.no_grad()
+        def run() -> list:
+            return [self.objective(self.G(b["lr"]), b["hr"], b.get("edge"), disc=self.D) for b in calib]
+
+        self.objective.calibrate(run)
         print(f"calibrated: beta2={float(self.objective.beta2):.4g}, fm_scale={self.objective.fm_scale.tolist()}",
               flush=True)
 
