@@ -271,7 +271,7 @@ def test_sa_charbonnier_lv_on_a_clip_uses_the_centre_hr_frame(tmp_path):
     assert torch.equal((hr[0] * 255).round().byte(), torch.from_numpy(frames[2]).permute(2, 0, 1))
     d = torch.from_numpy(np.random.default_rng(0).uniform(-0.2, 0.2, hr.shape))
     sr = hr + d
-    loss, sa = sa_pixel(sr, hr, 0.001, 5.0, local_variance(hr), "charbonnier")
+    loss, sa, _ = sa_pixel(sr, hr, 0.001, 5.0, local_variance(hr), "charbonnier")
     w = lv_reference(frames[2].astype(np.float64) / 255)
     c = np.sqrt(d[0].numpy() ** 2 + 1e-6)  # (3, H, W), eps = 1e-3
     want_sa = 5.0 * (w[None] * c).mean()
@@ -294,7 +294,7 @@ def test_sa_charbonnier_canny_on_a_clip_by_hand(tmp_path):
     assert n_edge == 32 and edge[0, 0, :, 15].sum() == n_edge  # non-maximum suppression: one column
     hr = item["hr"][None]
     sr = hr + 0.05
-    loss, sa = sa_pixel(sr, hr, 0.001, 1.5, edge, "charbonnier")
+    loss, sa, _ = sa_pixel(sr, hr, 0.001, 1.5, edge, "charbonnier")
     c = np.sqrt(0.05 ** 2 + 1e-6)
     assert float(sa) == pytest.approx(c * 1.5 * n_edge / (32 * 32), rel=1e-5)
     assert float(loss) == pytest.approx(c * (0.001 + 1.5 * 32 / 1024), rel=1e-5)

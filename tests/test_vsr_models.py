@@ -146,7 +146,7 @@ def test_one_gan_step_on_a_batch_of_embedded_clips():
     d = VSRDiscriminator(num_feat=4, num_blocks=3, patch_size=32)
     opt_g, opt_d = torch.optim.Adam(g.parameters(), 1e-4), torch.optim.Adam(d.parameters(), 1e-4)
     sr = g(batch["lr"])
-    pixel, sa = sa_pixel(sr, batch["hr"], 0.001, 5.0, local_variance(batch["hr"]), "charbonnier")
+    pixel, sa, _ = sa_pixel(sr, batch["hr"], 0.001, 5.0, local_variance(batch["hr"]), "charbonnier")
     loss_g = pixel + 0.001 * gan_g(d(sr)[0], None, "vanilla")
     opt_g.zero_grad()
     loss_g.backward()
