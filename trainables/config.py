@@ -211,22 +211,39 @@ def unwrap_model(tp: Any) -> Any:
     return None
 
 
-def _model_at(root: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
-    model = root
+def loc_str(loc: tuple) -> str:
+    """('space', 2, 'path') -> 'space[2].path' (the key path an error names)."""
+    out = ""
     for part in loc:
-        field = model.model_fields.get(part) if isinstance(part, str) else None
-        if field is None or (model := unwrap_model(field.annotation)) is None:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _model_at(root: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
+    """The model at ``loc``: fields by name or alias, through Optional, lists and dicts."""
+    tp: Any = root
+    for part in loc:
+        if typing.get_origin(tp) in (Union, types.UnionType):
+            tp = next((a for a in typing.get_args(tp) if a is not type(None)), tp)
+        if isinstance(tp, type) and issubclass(tp, BaseModel):
+            fields = {f.alias or n: f for n, f in tp.model_fields.items()}
+            if part not in fields:
+                return None
+            tp = fields[part].annotation
+        elif typing.get_origin(tp) in (list, tuple, dict):
+            tp = typing.get_args(tp)[-1]
+        else:
             return None
-    return model
+    return unwrap_model(tp)
 
 
 def format_error(root: type[BaseModel], err: dict) -> str:
     loc = tuple(err["loc"])
-    path = ".".join(str(p) for p in loc) or "<top level>"
+    path = loc_str(loc) or "<top level>"
     kind, value, ctx = err["type"], err.get("input"), err.get("ctx") or {}
     if kind == "extra_forbidden":
         parent = _model_at(root, loc[:-1])
-        allowed = ", ".join(parent.model_fields) if parent else "?"
+        allowed = ", ".join(f.alias or n for n, f in parent.model_fields.items()) if parent else "?"
         return f"{path}: unknown key (allowed: {allowed})"
     if kind == "literal_error":
         expected = str(ctx.get("expected", "")).replace(" or ", ", ")
@@ -237,7 +254,7 @@ def format_error(root: type[BaseModel], err: dict) -> str:
         msg = str(ctx.get("error", err["msg"]))
         head, sep, rest = msg.partition(": ")
         if sep and " " not in head:
-            return f"{'.'.join([*map(str, loc), head])}: {rest}"
+            return f"{loc_str((*loc, head))}: {rest}"
         return f"{path}: {msg}"
     return f"{path}: {err['msg'][0].lower() + err['msg'][1:]} (got {value!r})"
 
@@ -297,19 +314,28 @@ def resolve_bases(data: dict, origin: Path, _seen: tuple = ()) -> dict:
     return deep_merge(merged, data)
 
 
+def nested(assignments: dict[str, Any], source: str = "params") -> dict:
+    """``{"loss.dp.mu": 0.5}`` -> ``{"loss": {"dp": {"mu": 0.5}}}`` (deep-merge it on a config)."""
+    out: dict = {}
+    for path, value in assignments.items():
+        node, (*parents, leaf) = out, path.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{source}: {path} is inside {part}, which is assigned a value")
+        node[leaf] = value
+    return out
+
+
 def parse_overrides(items: list[str]) -> dict:
     """``["train.steps=100", "loss.dp.mu=.inf"]`` -> nested dict (values parsed as YAML)."""
-    out: dict = {}
+    flat: dict = {}
     for item in items:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"--set {item!r}: expected KEY.PATH=VALUE")
-        node = out
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(raw)
-    return out
+        flat[key] = yaml.safe_load(raw)
+    return nested(flat, "--set")
 
 
 def config_path(name_or_path: str | Path) -> Path:
