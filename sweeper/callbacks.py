@@ -76,7 +76,8 @@ class MLflowCallback(Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         run_id = self.run_id(trial)
         step = int((trial.last_result or {}).get("step", 0))
-        self.tracker.set_tags(run_id, {"ray_status": "STOPPED" if step < self.state.total_steps else "TERMINATED"})
+        status = "STOPPED" if step < self.state.total_steps else "TERMINATED"
+        self.tracker.set_tags(run_id, {"ray_status": status})
         self.tracker.end_run(run_id, "FINISHED")
 
     def on_trial_error(self, iteration, trials, trial, **info):

@@ -29,7 +29,8 @@ def results_table(state: SweepState) -> pd.DataFrame:
     from ray.tune import ExperimentAnalysis
 
     tracker = Tracker(state.tracking_uri)
-    runs = dict(reversed(tracker.children(state.experiment_id, state.parent_run_id)))  # the newest run of a trial wins
+    # trial id -> run id; the newest run of a trial wins
+    runs = dict(reversed(tracker.children(state.experiment_id, state.parent_run_id)))
     total = state.total_steps
     ea = ExperimentAnalysis(str(state.dir))
     frames = ea.trial_dataframes
@@ -59,6 +60,7 @@ def results_table(state: SweepState) -> pd.DataFrame:
         ckpt = ea.get_last_checkpoint(trial) if trial.last_result else None
         row["checkpoint"] = ckpt.path if ckpt is not None else None
         scores = read_checkpoint_files(ckpt.path)["scores"] if ckpt is not None else {}
-        row["per_image_lpips_json"] = json.dumps({k: v["lpips"] for k, v in scores.items()}) if scores else None
+        lpips = {k: v["lpips"] for k, v in scores.items()}
+        row["per_image_lpips_json"] = json.dumps(lpips) if scores else None
         rows.append(row)
     return pd.DataFrame(rows)

@@ -49,7 +49,8 @@ def server_command(tracking_uri: str, host: str = "127.0.0.1", port: int = 5000)
     from trainables.config import ConfigError
 
     if not tracking_uri.startswith(("sqlite:///", "postgresql", "mysql")):
-        raise ConfigError(f"{tracking_uri}: srsweep ui serves a database store (sqlite:///..., postgresql://...)")
+        raise ConfigError(f"{tracking_uri}: srsweep ui serves a database store "
+                          "(sqlite:///..., postgresql://...)")
     exe = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
     cmd = [exe, "server", "--backend-store-uri", tracking_uri, "--host", host, "--port", str(port)]
     root = _artifact_root(tracking_uri)
@@ -116,7 +117,8 @@ class Tracker:
         return None
 
     # ----------------------------------------------------------------------- runs
-    def start_run(self, experiment_id: str, name: str, tags: dict[str, str], parent: Optional[str] = None) -> str:
+    def start_run(self, experiment_id: str, name: str, tags: dict[str, str],
+                  parent: Optional[str] = None) -> str:
         tags = {**tags, PARENT_TAG: parent} if parent else tags
         return self.client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
 
@@ -127,7 +129,8 @@ class Tracker:
         """status: FINISHED, FAILED or KILLED."""
         self.client.set_terminated(run_id, status)
 
-    def children(self, experiment_id: str, parent: str, trial_id: Optional[str] = None) -> list[tuple[str, str]]:
+    def children(self, experiment_id: str, parent: str,
+                 trial_id: Optional[str] = None) -> list[tuple[str, str]]:
         """(ray trial id, run id) of the sweep's trial runs (optionally of one trial), newest first."""
         query = f"tags.`{PARENT_TAG}` = '{parent}'"
         if trial_id is not None:
@@ -155,7 +158,8 @@ class Tracker:
 
     def log_metrics(self, run_id: str, step: int, values: dict[str, float]) -> None:
         now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, step) for k, v in values.items() if v is not None and math.isfinite(v)]
+        batch = [Metric(k, float(v), now, step) for k, v in values.items()
+                 if v is not None and math.isfinite(v)]
         if batch:
             self.client.log_batch(run_id, metrics=batch)
 
@@ -181,7 +185,8 @@ class MLflowReporter:
     def metrics(self, step: int, values: dict[str, float]) -> None:
         self.tracker.log_metrics(self.run_id, step, values)
 
-    def validation(self, step: int, metrics: dict[str, float], images: dict[str, np.ndarray], scores: list) -> None:
+    def validation(self, step: int, metrics: dict[str, float], images: dict[str, np.ndarray],
+                   scores: list) -> None:
         self.tracker.log_metrics(self.run_id, step, metrics)
         for name, image in images.items():
             self.tracker.log_image(self.run_id, step, name, image)

@@ -33,7 +33,8 @@ class RayReporter:
     def metrics(self, step: int, values: dict[str, float]) -> None:
         self.latest = {**values, "step": step}
 
-    def validation(self, step: int, metrics: dict[str, float], images: dict[str, np.ndarray], scores: list) -> None:
+    def validation(self, step: int, metrics: dict[str, float], images: dict[str, np.ndarray],
+                   scores: list) -> None:
         self.pending = (step, metrics, images, scores)
 
     def checkpoint(self, step: int, path: Path) -> None:
@@ -55,7 +56,8 @@ class RayReporter:
             from sweeper.tracking import per_image
 
             (d / SCORES_FILE).write_text(json.dumps(per_image(scores)))
-            tune.report({**self.latest, **metrics, "step": step}, checkpoint=tune.Checkpoint.from_directory(d))
+            tune.report({**self.latest, **metrics, "step": step},
+                        checkpoint=tune.Checkpoint.from_directory(d))
 
 
 def run_trial(params: dict, state: SweepState, threads: int = 1) -> None:

@@ -113,7 +113,8 @@ def test_sweep_end_to_end_then_rerun_the_winner(tmp_path, tiny_data):
     assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"results.parquet", "pareto.png",
                                                                          "winner.yaml", "sweep.yaml"}
     # The winner file is a complete config that `srsweep train` reruns unchanged.
-    res = srsweep("train", d / "winner.yaml", "--out", tmp_path / "rerun", "--set", "train.steps=2", cwd=tmp_path)
+    res = srsweep("train", d / "winner.yaml", "--out", tmp_path / "rerun", "--set", "train.steps=2",
+                  cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     # `best` can be asked again, by experiment name, and tags the same winner.
     res = srsweep("best", "e2e", "--tracking-uri", uri, "--bootstrap", "200", cwd=tmp_path)

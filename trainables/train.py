@@ -51,7 +51,8 @@ class PrintReporter:
 
     @staticmethod
     def _line(step: int, values: dict[str, float], keys) -> None:
-        print(f"step {step:>6}  " + "  ".join(f"{k}={values[k]:.4g}" for k in keys if k in values), flush=True)
+        shown = "  ".join(f"{k}={values[k]:.4g}" for k in keys if k in values)
+        print(f"step {step:>6}  {shown}", flush=True)
 
     def metrics(self, step: int, values: dict[str, float]) -> None:
         self._line(step, values, self.KEYS)
