@@ -10,7 +10,7 @@ import sys
 
 import yaml
 
-from trainables.config import ConfigError
+from trainables.config import ConfigError, SrsweepError
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
@@ -257,12 +257,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def user_errors() -> tuple[type[Exception], ...]:
     """The project's own errors: input a user can fix, reported in one line. Anything
-    else is a bug and keeps its traceback."""
+    else (a plain ValueError included) is a bug and keeps its traceback."""
     from sweeper.select import NoWinnerError
     from trainables.backbones import WeightsNotFoundError
     from trainables.data import DataError
 
-    return ConfigError, DataError, WeightsNotFoundError, NoWinnerError
+    # The last three predate SrsweepError; listed until they derive from it.
+    return SrsweepError, DataError, WeightsNotFoundError, NoWinnerError
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,7 +15,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
-class ConfigError(ValueError):
+class SrsweepError(Exception):
+    """Base of the errors a user can fix (bad input): the CLI prints them in one line.
+    Any other exception is a bug and keeps its traceback."""
+
+
+class ConfigError(SrsweepError, ValueError):
     """A configuration problem, one line per offending key."""
 
 
