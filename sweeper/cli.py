@@ -10,6 +10,8 @@ import sys
 
 import yaml
 
+from trainables.config import ConfigError, SrsweepError
+
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     import torch
@@ -44,7 +46,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if args.model:
         g, cfg = load_generator(args.model, device)
         if cfg.scale != args.scale:
-            raise ValueError(f"{args.model}: generator is x{cfg.scale}, --scale is {args.scale}")
+            raise ConfigError(f"{args.model}: generator is x{cfg.scale}, --scale is {args.scale}")
         upscale, what = (lambda lr: g(lr).clamp(0, 1)), f"generator {args.model}"
     with torch.no_grad():
         rows = evaluate(upscale, items, args.scale, lpips=lpips, device=device)
@@ -79,9 +81,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     import time
     from pathlib import Path
 
-    from mlflow import MlflowClient
-
-    from sweeper.tracking import MLflowReporter, default_tracking_uri, flatten, get_experiment, log_params
+    from sweeper.tracking import MLflowReporter, Tracker, default_tracking_uri
     from trainables.config import config_path, load_config, to_dict
     from trainables.train import PrintReporter, Reporters, Trainer, TrainingDiverged
 
@@ -90,36 +90,33 @@ def _cmd_train(args: argparse.Namespace) -> int:
     ckpt, run_file = out / "last.pt", out / "mlflow_run_id"
     # Build everything that can fail on bad input (data, weights) before touching MLflow.
     trainer = Trainer(cfg, out)
-    client = MlflowClient(args.tracking_uri or default_tracking_uri())
+    tracker = Tracker(args.tracking_uri or default_tracking_uri())
     if args.resume and ckpt.is_file() and run_file.is_file():
         trainer.resume(ckpt)
         run_id = run_file.read_text().strip()
-        client.update_run(run_id, "RUNNING")
+        tracker.reopen(run_id)
         print(f"resuming {out} at step {trainer.step} (MLflow run {run_id})")
     else:
         if ckpt.exists() and not args.resume:
             raise SystemExit(f"srsweep: error: {out} already holds a run; use --resume or another --out")
-        run = client.create_run(get_experiment(client, args.experiment), run_name=cfg.name,
-                                tags={**trainer.info, "config_file": str(config_path(args.config)),
-                                      "out_dir": str(out)})
-        run_id = run.info.run_id
+        run_id = tracker.start_run(tracker.experiment(args.experiment), cfg.name,
+                                   {**trainer.info, "config_file": str(config_path(args.config)), "out_dir": str(out)})
         out.mkdir(parents=True, exist_ok=True)
         run_file.write_text(run_id)
-        log_params(client, run_id, flatten(to_dict(cfg)))
-        client.log_dict(run_id, to_dict(cfg), "config.yaml")
+        tracker.log_config(run_id, to_dict(cfg))
     if trainer.info["backbones"] == "random-init":
         print("note: backbones are random-init (weights: random): perceptual numbers are plumbing checks")
-    trainer.reporter = Reporters(PrintReporter(), MLflowReporter(client, run_id))
+    trainer.reporter = Reporters(PrintReporter(), MLflowReporter(tracker, run_id))
     try:
         trainer.run()
     except (TrainingDiverged, KeyboardInterrupt) as exc:
-        client.set_terminated(run_id, "FAILED" if isinstance(exc, TrainingDiverged) else "KILLED")
+        tracker.end_run(run_id, "FAILED" if isinstance(exc, TrainingDiverged) else "KILLED")
         if isinstance(exc, KeyboardInterrupt):
             raise
         print(f"srsweep: error: {exc}", file=sys.stderr)
         return 1
-    client.set_terminated(run_id, "FINISHED")
-    print(f"done: {out} (MLflow run {run_id} in {client.tracking_uri})")
+    tracker.end_run(run_id, "FINISHED")
+    print(f"done: {out} (MLflow run {run_id} in {tracker.uri})")
     return 0
 
 
@@ -138,9 +135,9 @@ def _cmd_resume(args: argparse.Namespace) -> int:
 
 
 def _cmd_best(args: argparse.Namespace) -> int:
-    from sweeper.best import choose_winner, find_sweep_dir
+    from sweeper.best import choose_winner, find_sweep
 
-    choose_winner(find_sweep_dir(args.target, args.tracking_uri), n_boot=args.bootstrap)
+    choose_winner(find_sweep(args.target, args.tracking_uri), n_boot=args.bootstrap)
     return 0
 
 
@@ -214,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("sweep", help="sweep YAML, e.g. search_spaces/demo.yaml")
     r.add_argument("--address", help="existing Ray cluster ('auto' or ray://host:10001); default: local Ray")
     r.add_argument("--storage", default="ray_results", help="where sweep folders go (shared storage on clusters)")
-    r.add_argument("--tracking-uri", help="MLflow URI; default $MLFLOW_TRACKING_URI or sqlite:///$PWD/mlflow.db")
+    r.add_argument("--tracking-uri", help="MLflow URI; default $MLFLOW_TRACKING_URI or a SQLite store in this folder")
     r.set_defaults(func=_cmd_run)
 
     rs = sub.add_parser("resume", help="continue an interrupted sweep from its folder")
@@ -228,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     be.set_defaults(func=_cmd_best)
 
     u = sub.add_parser("ui", help="start the MLflow dashboard (mlflow server on 127.0.0.1) over the sweep store")
-    u.add_argument("--tracking-uri", help="default $MLFLOW_TRACKING_URI or sqlite:///$PWD/mlflow.db")
+    u.add_argument("--tracking-uri", help="default $MLFLOW_TRACKING_URI or a SQLite store in this folder")
     u.add_argument("--host", default="127.0.0.1", help="bind address (keep 127.0.0.1 unless behind auth)")
     u.add_argument("--port", type=int, default=5000)
     u.add_argument("--background", action="store_true", help="start it and return")
@@ -239,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(t)
     t.add_argument("--out", help="run folder (checkpoints); default runs/NAME-TIMESTAMP")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    t.add_argument("--tracking-uri", help="MLflow URI; default $MLFLOW_TRACKING_URI or sqlite:///$PWD/mlflow.db")
+    t.add_argument("--tracking-uri", help="MLflow URI; default $MLFLOW_TRACKING_URI or a SQLite store in this folder")
     t.add_argument("--experiment", default="srsweep-train", help="MLflow experiment name")
     t.set_defaults(func=_cmd_train)
 
@@ -258,16 +255,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from trainables.backbones import WeightsNotFoundError
-    from trainables.config import ConfigError
+def user_errors() -> tuple[type[Exception], ...]:
+    """The project's own errors: input a user can fix, reported in one line. Anything
+    else (a plain ValueError included) is a bug and keeps its traceback."""
     from sweeper.select import NoWinnerError
+    from trainables.backbones import WeightsNotFoundError
     from trainables.data import DataError
 
+    # The last three predate SrsweepError; listed until they derive from it.
+    return SrsweepError, DataError, WeightsNotFoundError, NoWinnerError
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, DataError, WeightsNotFoundError, ValueError, FileNotFoundError, NoWinnerError) as exc:
+    except user_errors() as exc:
         for line in str(exc).splitlines():
             print(f"srsweep: error: {line}", file=sys.stderr)
         return 2

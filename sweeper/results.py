@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pandas as pd
 
-from sweeper.callbacks import child_runs
-from sweeper.trial import read_checkpoint_files, trial_config
+from sweeper.state import SweepState
+from sweeper.sweep_config import searched
+from sweeper.tracking import Tracker
+from sweeper.trial import read_checkpoint_files
 
 
 def _num(x) -> float:
@@ -24,21 +25,14 @@ def _num(x) -> float:
     return v
 
 
-def results_table(sweep_dir: str | Path) -> pd.DataFrame:
+def results_table(state: SweepState) -> pd.DataFrame:
     from ray.tune import ExperimentAnalysis
 
-    from sweeper.space import decode
-    from trainables.config import validate
-
-    sweep_dir = Path(sweep_dir)
-    state = json.loads((sweep_dir / "sweep.json").read_text())
-    from mlflow import MlflowClient
-
-    client = MlflowClient(state["tracking_uri"])
-    runs = {r.data.tags.get("ray_trial_id"): r.info.run_id
-            for r in reversed(child_runs(client, state["experiment_id"], state["parent_run_id"]))}
-    total = state["total_steps"]
-    ea = ExperimentAnalysis(str(sweep_dir))
+    tracker = Tracker(state.tracking_uri)
+    # trial id -> run id; the newest run of a trial wins
+    runs = dict(reversed(tracker.children(state.experiment_id, state.parent_run_id)))
+    total = state.total_steps
+    ea = ExperimentAnalysis(str(state.dir))
     frames = ea.trial_dataframes
     rows = []
     for trial in ea.trials:
@@ -51,7 +45,7 @@ def results_table(sweep_dir: str | Path) -> pd.DataFrame:
             status = "TERMINATED" if step >= total else "STOPPED"
         else:
             status = trial.status
-        cfg = validate(trial_config(trial.config, state["experiment"]), source=f"trial {trial.trial_id}")
+        cfg = state.trial_config(trial.config, trial.trial_id)
         row = {"trial_id": trial.trial_id, "status": status, "mlflow_run_id": runs.get(trial.trial_id),
                "steps": step, "time_s": _num(last.get("time_total_s")),
                "sa_share": _num(last.get("sa_share")), "beta2": _num(last.get("beta2")),
@@ -61,11 +55,12 @@ def results_table(sweep_dir: str | Path) -> pd.DataFrame:
             series = pd.to_numeric(hist[col], errors="coerce") if col in hist else pd.Series(dtype=float)
             row[f"final_{col}"] = _num(last.get(col))
             row[f"best_{col}"] = float(getattr(series, best)()) if series.notna().any() else math.nan
-        for path, value in decode(trial.config.get("grid_point", trial.config)).items():  # as trial_config
+        for path, value in searched(trial.config).items():
             row[f"param.{path}"] = value
         ckpt = ea.get_last_checkpoint(trial) if trial.last_result else None
         row["checkpoint"] = ckpt.path if ckpt is not None else None
         scores = read_checkpoint_files(ckpt.path)["scores"] if ckpt is not None else {}
-        row["per_image_lpips_json"] = json.dumps({k: v["lpips"] for k, v in scores.items()}) if scores else None
+        lpips = {k: v["lpips"] for k, v in scores.items()}
+        row["per_image_lpips_json"] = json.dumps(lpips) if scores else None
         rows.append(row)
     return pd.DataFrame(rows)

@@ -16,9 +16,9 @@ import types
 import typing
 from typing import Any, Callable, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from trainables.config import ConfigError, ExperimentConfig, format_error, unwrap_model
+from trainables.config import ConfigError, ExperimentConfig, Strict, unwrap_model, validate
 
 # The PSNR pretraining is run once per sweep and shared by every trial, so whatever it
 # depends on is fixed for the sweep: only loss and GAN-stage training knobs may vary.
@@ -68,11 +68,10 @@ def from_label(text: str) -> Any:
     return {"inf": math.inf, "-inf": -math.inf}[text] if text in ("inf", "-inf") else json.loads(text)
 
 
-class Param(BaseModel):
+class Param(Strict):
     """One space entry: ``path`` plus exactly one of float/int/choices/grid/first_k/subset."""
     # inf stays inf in JSON-mode dumps (mu: .inf), not pydantic's default null
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, serialize_by_alias=True,
-                              ser_json_inf_nan="constants")
+    model_config = ConfigDict(populate_by_name=True, serialize_by_alias=True, ser_json_inf_nan="constants")
 
     path: str
     float_: Optional[tuple[float, float]] = Field(None, alias="float")
@@ -164,46 +163,6 @@ class Param(BaseModel):
                 yield from kid.walk(f"{prefix}.when.{key}[{i}]")
 
 
-# --------------------------------------------------------------------- error lines
-def loc_str(loc: tuple) -> str:
-    """('space', 2, 'path') -> 'space[2].path'."""
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
-def _peel(tp: Any) -> Any:
-    """One container level: Optional[X] / list[X] / dict[K, X] -> X."""
-    if typing.get_origin(tp) in (Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        tp = args[0] if len(args) == 1 else tp
-    return typing.get_args(tp)[-1] if typing.get_origin(tp) in (list, tuple, dict) else tp
-
-
-def format_errors(exc: ValidationError, root: type[BaseModel], source: str) -> ConfigError:
-    """trainables.config's one-line messages, with list indices written ``space[2]``."""
-    lines = []
-    for err in exc.errors():
-        loc = tuple(err["loc"])
-        if err["type"] == "extra_forbidden":
-            tp = root
-            for part in loc[:-1]:  # walk fields by alias, peeling lists / dicts / Optional
-                fields = {f.alias or n: f for n, f in tp.model_fields.items()} \
-                    if isinstance(tp, type) and issubclass(tp, BaseModel) else None
-                tp = _peel(fields[part].annotation) if fields and part in fields else _peel(tp)
-            tp = _peel(tp)
-            allowed = ", ".join(f.alias or n for n, f in tp.model_fields.items()) \
-                if isinstance(tp, type) and issubclass(tp, BaseModel) else "?"
-            line = f"{loc_str(loc)}: unknown key (allowed: {allowed})"
-        else:
-            line, dotted = format_error(root, err), ".".join(map(str, loc))
-            if loc and line.startswith(dotted):
-                line = loc_str(loc) + line[len(dotted):]
-        lines.append(f"{source}: {line}")
-    return ConfigError("\n".join(lines))
-
-
 def check_unique(params: list[Param]) -> None:
     """Each config key is searched at most once (Optuna names must be unique too)."""
     seen: dict[str, str] = {}
@@ -214,8 +173,7 @@ def check_unique(params: list[Param]) -> None:
             seen[p.path] = where
 
 
-class _SpaceDoc(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class _SpaceDoc(Strict):
     space: list[Param]
 
     @model_validator(mode="after")
@@ -228,10 +186,7 @@ def parse_space(entries: list, source: str = "space") -> list[Param]:
     """Raw YAML list (or Params) -> validated Params, or ConfigError (one line each)."""
     if entries and all(isinstance(e, Param) for e in entries):
         return list(entries)
-    try:
-        return _SpaceDoc.model_validate({"space": entries}).space
-    except ValidationError as exc:
-        raise format_errors(exc, _SpaceDoc, source) from None
+    return validate({"space": entries}, _SpaceDoc, source).space
 
 
 # ------------------------------------------------------------------- define-by-run
@@ -309,23 +264,10 @@ def decode(params: dict) -> dict:
     return out
 
 
-def to_overrides(assignments: dict) -> dict:
-    """{'loss.dp.mu': 0.5} -> {'loss': {'dp': {'mu': 0.5}}} (deep-merge it on the experiment)."""
-    out: dict = {}
-    for path, value in assignments.items():
-        node, (*parents, leaf) = out, path.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"params: {path} is inside {part}, which is assigned a value")
-        node[leaf] = value
-    return out
-
-
 def grid_points(space: list) -> list[dict]:
     """Cartesian product of the ``grid`` / ``choices`` entries (in order), as params
     {path: value} that :func:`decode` passes through. For ``search.algorithm: grid``."""
-    params = space.params if isinstance(space, SpaceFn) else parse_space(space)
+    params = parse_space(space)
     axes = []
     for i, p in enumerate(params):
         if p.kind not in ("grid", "choices") or p.when:

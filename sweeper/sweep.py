@@ -5,12 +5,12 @@ Flow: sweep YAML -> experiment dict (validated) -> checks that fail before any t
 validation images -> MLflow parent run -> Tuner (OptunaSearch + ASHA) -> results table
 (Parquet), plots and the automatic winner (``sweeper.best``).
 
-The sweep folder is the Ray experiment folder; ``sweep.json`` in it records what
-``resume`` and ``best`` need (absolute paths, MLflow ids, the bicubic PSNR).
+The sweep folder is the Ray experiment folder; ``sweep.json`` in it is the typed
+``SweepState`` (sweeper/state.py), written once here: ``resume``, ``best`` and the
+callbacks read it, never the sweep YAML again.
 """
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import time
@@ -20,7 +20,8 @@ from typing import Optional
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
-STATE_FILE = "sweep.json"
+from sweeper.state import SweepState, absolute_paths  # noqa: E402  (after the environment defaults)
+from trainables.config import ConfigError  # noqa: E402
 
 
 def _git_commit(path: Path) -> str:
@@ -60,22 +61,19 @@ def _bicubic_psnr(cfg) -> float:
     return mean_score(evaluate(bicubic(cfg.scale), load_val_items(cfg), cfg.scale)).psnr
 
 
-def prepare(sweep_path: Path, storage: Path, tracking_uri: str, address: Optional[str]) -> dict:
-    """Everything before the Tuner; returns the sweep state (also written to sweep.json)."""
+def prepare(sweep_path: Path, storage: Path, tracking_uri: str, address: Optional[str]) -> SweepState:
+    """Everything before the Tuner; returns the sweep state, written once to sweep.json."""
     import ray
-    from mlflow import MlflowClient
 
-    from sweeper.space import compile_space  # noqa: F401  (fails early on a bad space)
     from sweeper.sweep_config import experiment_dict, load_sweep
-    from sweeper.tracking import flatten, get_experiment, log_params
+    from sweeper.tracking import Tracker, flatten
     from trainables.backbones import build_info
     from trainables.config import deep_merge, to_dict, validate
     from trainables.train import Trainer
 
-    sweep = load_sweep(sweep_path)
-    raw = experiment_dict(sweep, sweep_path)
-    # Trials report once per validation, each with a checkpoint.
-    raw = deep_merge(raw, {"train": {"checkpoint_every": raw.get("train", {}).get("val_every", 500)}})
+    sweep = load_sweep(sweep_path)  # the space's corners validate: a bad space fails here
+    # Trials run in their own folders: paths are fixed against the launch folder now.
+    raw = absolute_paths(experiment_dict(sweep, sweep_path), Path.cwd())
     cfg = validate(raw, source=str(sweep_path))
     sweep_dir = storage / f"{sweep.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     Trainer(cfg, sweep_dir / "pretrain")  # bad data / missing weights fail here, before anything is written
@@ -90,37 +88,36 @@ def prepare(sweep_path: Path, storage: Path, tracking_uri: str, address: Optiona
         raw = deep_merge(raw, {"train": {"pretrained_g": pre}})
     bicubic_psnr = _bicubic_psnr(cfg)
 
-    client = MlflowClient(tracking_uri)
-    exp_id = get_experiment(client, sweep.experiment_name)
+    tracker = Tracker(tracking_uri)
+    exp_id = tracker.experiment(sweep.experiment_name)
     tags = build_info(cfg.backbones.weights)
-    parent = client.create_run(exp_id, run_name=f"{sweep.name} (sweep)", tags={
+    parent = tracker.start_run(exp_id, f"{sweep.name} (sweep)", {
         **tags, "sweep_file": str(sweep_path), "git_commit": _git_commit(sweep_path.parent),
         "ray_address": address or "local", "sweep_dir": str(sweep_dir), "role": "sweep"})
-    log_params(client, parent.info.run_id, {**flatten(sweep.model_dump(mode="json", exclude={"space"}), "sweep."),
-                                            "bicubic_val_psnr": f"{bicubic_psnr:.4f}"})
-    client.log_artifact(parent.info.run_id, str(sweep_path))
-    client.log_dict(parent.info.run_id, {"space": sweep.model_dump(mode="json")["space"]}, "search_space.yaml")
-    state = {"sweep_file": str(sweep_path), "experiment": raw, "sweep_dir": str(sweep_dir),
-             "tracking_uri": tracking_uri, "experiment_id": exp_id, "parent_run_id": parent.info.run_id,
-             "bicubic_psnr": bicubic_psnr, "total_steps": cfg.train.steps, "address": address,
-             "tags": tags}
-    (sweep_dir / STATE_FILE).write_text(json.dumps(state, indent=1))
-    print(f"sweep folder {sweep_dir}; MLflow parent run {parent.info.run_id} ({tracking_uri}); "
+    tracker.log_params(parent, {**flatten(sweep.model_dump(mode="json", exclude={"space"}), "sweep."),
+                                "bicubic_val_psnr": f"{bicubic_psnr:.4f}"})
+    tracker.log_artifact(parent, sweep_path)
+    tracker.log_dict(parent, {"space": sweep.model_dump(mode="json")["space"]}, "search_space.yaml")
+    state = SweepState(sweep=sweep, sweep_file=str(sweep_path), experiment=raw, sweep_dir=str(sweep_dir),
+                       tracking_uri=tracking_uri, experiment_id=exp_id, parent_run_id=parent,
+                       bicubic_psnr=bicubic_psnr, total_steps=cfg.train.steps, address=address, tags=tags)
+    state.save()
+    print(f"sweep folder {sweep_dir}; MLflow parent run {parent} ({tracking_uri}); "
           f"bicubic val PSNR {bicubic_psnr:.2f} dB", flush=True)
     return state
 
 
-def _trainable(state: dict, sweep):
+def _trainable(state: SweepState):
     from ray import tune
 
     from sweeper.trial import run_trial
 
-    res = sweep.resources
-    fn = tune.with_parameters(run_trial, experiment=state["experiment"], threads=max(1, int(res.cpu)))
+    res = state.sweep.resources
+    fn = tune.with_parameters(run_trial, state=state, threads=max(1, int(res.cpu)))
     return tune.with_resources(fn, {"cpu": res.cpu, "gpu": res.gpu})
 
 
-def build_tuner(state: dict):
+def build_tuner(state: SweepState):
     from optuna.samplers import NSGAIISampler, RandomSampler, TPESampler
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -129,12 +126,11 @@ def build_tuner(state: dict):
 
     from sweeper.callbacks import MLflowCallback, ProgressCallback
     from sweeper.space import compile_space, grid_points
-    from sweeper.sweep_config import load_sweep
 
-    sweep = load_sweep(Path(state["sweep_file"]))
+    sweep = state.sweep
     metrics = [m.name for m in sweep.objective.metrics]
     modes = [m.mode for m in sweep.objective.metrics]
-    total, val_every = state["total_steps"], state["experiment"]["train"]["val_every"]
+    total, val_every = state.total_steps, state.base_config.train.val_every
     algo, seed = sweep.search.algorithm, sweep.search.seed
     param_space, search_alg, num_samples = None, None, sweep.budget.num_samples
     if algo == "grid":  # paper grids: every point once, no sampler
@@ -153,21 +149,18 @@ def build_tuner(state: dict):
         scheduler = ASHAScheduler(time_attr="step", metric=metrics[0], mode=modes[0], max_t=total,
                                   grace_period=sweep.scheduler.grace_period * val_every,
                                   reduction_factor=sweep.scheduler.reduction_factor)
-    sweep_dir = Path(state["sweep_dir"])
     run_config = tune.RunConfig(
-        name=sweep_dir.name, storage_path=str(sweep_dir.parent), verbose=0,
+        name=state.dir.name, storage_path=str(state.dir.parent), verbose=0,
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=metrics[0],
                                                 checkpoint_score_order=modes[0]),
         failure_config=tune.FailureConfig(max_failures=sweep.failure.max_failures),
-        callbacks=[MLflowCallback(state["tracking_uri"], state["experiment_id"], state["parent_run_id"],
-                                  state["experiment"], total, state["tags"]),
+        callbacks=[MLflowCallback(state),
                    ProgressCallback(metrics[0], modes[0], num_samples if algo != "grid" else
                                     len(grid_points(sweep.space)), total)])
     tune_config = tune.TuneConfig(search_alg=search_alg, scheduler=scheduler, num_samples=num_samples,
                                   max_concurrent_trials=sweep.budget.max_concurrent if algo == "grid" else None,
                                   time_budget_s=sweep.budget.time_budget_s)
-    return tune.Tuner(_trainable(state, sweep), param_space=param_space, tune_config=tune_config,
-                      run_config=run_config)
+    return tune.Tuner(_trainable(state), param_space=param_space, tune_config=tune_config, run_config=run_config)
 
 
 def run_sweep(sweep_path: str | Path, storage: str | Path = "ray_results", tracking_uri: Optional[str] = None,
@@ -177,7 +170,7 @@ def run_sweep(sweep_path: str | Path, storage: str | Path = "ray_results", track
     state = prepare(Path(sweep_path).resolve(), Path(storage).resolve(), tracking_uri or default_tracking_uri(),
                     address)
     build_tuner(state).fit()
-    return finish(Path(state["sweep_dir"]))
+    return finish(state)
 
 
 def resume_sweep(sweep_dir: str | Path) -> Path:
@@ -185,55 +178,43 @@ def resume_sweep(sweep_dir: str | Path) -> Path:
     their checkpoints, errored ones are retried, the Optuna study continues."""
     from ray import tune
 
-    from sweeper.sweep_config import load_sweep
-
     sweep_dir = Path(sweep_dir).resolve()
-    state_file = sweep_dir / STATE_FILE
-    if not state_file.is_file() or not tune.Tuner.can_restore(str(sweep_dir)):
-        raise FileNotFoundError(f"{sweep_dir}: not a resumable sweep folder (no {STATE_FILE} or Tune state)")
-    state = json.loads(state_file.read_text())
-    init_ray(state["address"])
-    sweep = load_sweep(Path(state["sweep_file"]))
+    state = SweepState.load(sweep_dir)
+    if not tune.Tuner.can_restore(str(sweep_dir)):
+        raise ConfigError(f"{sweep_dir}: not a resumable sweep folder (no Tune state)")
+    init_ray(state.address)
     print(f"resuming {sweep_dir}", flush=True)
-    tuner = tune.Tuner.restore(str(sweep_dir), _trainable(state, sweep), resume_unfinished=True,
-                               resume_errored=True)
+    tuner = tune.Tuner.restore(str(sweep_dir), _trainable(state), resume_unfinished=True, resume_errored=True)
     tuner.fit()
-    return finish(sweep_dir)
+    return finish(state)
 
 
-def finish(sweep_dir: Path) -> Path:
+def finish(state: SweepState) -> Path:
     """Results table, winner, plots, MLflow parent artifacts; the parent run is closed."""
-    from mlflow import MlflowClient
-
     from sweeper.best import choose_winner
     from sweeper.export import plot_parallel, plot_pareto, write_parquet
     from sweeper.results import results_table
+    from sweeper.tracking import Tracker
 
-    from sweeper.callbacks import child_runs
-
-    state = json.loads((sweep_dir / STATE_FILE).read_text())
-    df = results_table(sweep_dir)
-    client = MlflowClient(state["tracking_uri"])
-    parent = state["parent_run_id"]
+    df = results_table(state)
+    tracker, parent = Tracker(state.tracking_uri), state.parent_run_id
     # A driver killed between starting a trial and saving Tune's state loses that trial
-    # (Tune re-suggests it under a new id). Its partial MLflow run is closed and
-    # soft-deleted (`mlflow gc` purges, the UI can restore), so runs == trials.
-    for run in child_runs(client, state["experiment_id"], parent):
-        if run.data.tags.get("ray_trial_id") not in set(df["trial_id"]):
-            client.set_tag(run.info.run_id, "ray_status", "LOST_ON_RESTORE")
-            client.set_terminated(run.info.run_id, "KILLED")
-            client.delete_run(run.info.run_id)
-            print(f"note: MLflow run {run.info.run_id} of trial {run.data.tags.get('ray_trial_id')} was lost by the "
-                  "interrupted driver (Tune re-ran that configuration); it is now deleted", flush=True)
-    table = write_parquet(df, sweep_dir / "results.parquet")
-    client.log_artifact(parent, str(table))
+    # (Tune re-suggests it under a new id). Its partial run is closed and soft-deleted,
+    # so runs == trials.
+    for trial_id, run_id in tracker.children(state.experiment_id, parent):
+        if trial_id not in set(df["trial_id"]):
+            tracker.discard(run_id, "LOST_ON_RESTORE")
+            print(f"note: MLflow run {run_id} of trial {trial_id} was lost by the interrupted driver "
+                  "(Tune re-ran that configuration); it is now deleted", flush=True)
+    table = write_parquet(df, state.dir / "results.parquet")
+    tracker.log_artifact(parent, table)
     ranked, floor = df, None
     try:
-        sel = choose_winner(sweep_dir, df)
+        sel = choose_winner(state, df)
         ranked, floor = sel.ranked, sel.rule.psnr_floor
     finally:  # plots and the closed parent run even when no trial qualifies
-        for path in (plot_pareto(ranked, sweep_dir / "pareto.png", psnr_floor=floor),
-                     plot_parallel(ranked, sweep_dir / "parallel.png")):
-            client.log_artifact(parent, str(path))
-        client.set_terminated(parent, "FINISHED")
-    return sweep_dir
+        for path in (plot_pareto(ranked, state.dir / "pareto.png", psnr_floor=floor),
+                     plot_parallel(ranked, state.dir / "parallel.png")):
+            tracker.log_artifact(parent, path)
+        tracker.end_run(parent, "FINISHED")
+    return state.dir

@@ -10,16 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
-from sweeper.space import (Param, check_unique, format_errors, grid_points, label,
-                           suggest_all, to_overrides)
-from trainables.config import (ConfigError, ExperimentConfig, unwrap_model, deep_merge, read_yaml,
-                               resolve_bases, validate)
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", ser_json_inf_nan="constants")  # dumps keep mu: .inf
+from sweeper.space import Param, check_unique, decode, grid_points, label, suggest_all
+from trainables.config import (ConfigError, ExperimentConfig, Strict, deep_merge, nested, read_yaml,
+                               resolve_bases, unwrap_model, validate)
 
 
 class Metric(Strict):
@@ -80,6 +75,8 @@ class Selection(Strict):
 
 
 class SweepConfig(Strict):
+    model_config = ConfigDict(ser_json_inf_nan="constants")  # dumps keep mu: .inf (the root decides)
+
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     base: Union[str, list[str], None] = None  # presets by name or YAML files next to the sweep
     set: dict[str, Any] = Field(default_factory=dict)  # fixed overrides, nested mapping
@@ -95,9 +92,6 @@ class SweepConfig(Strict):
     @property
     def experiment_name(self) -> str:  # the MLflow experiment of every sweep with this name
         return f"srsweep-{self.name}"
-
-    def experiment_dict(self, sweep_path: str | Path) -> dict:
-        return experiment_dict(self, sweep_path)
 
     @model_validator(mode="after")
     def _cross_checks(self):
@@ -227,12 +221,18 @@ def experiment_dict(sweep: SweepConfig, sweep_path: str | Path) -> dict:
 
 
 def validate_sweep(data: Any, source: str = "sweep") -> SweepConfig:
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
-    try:
-        return SweepConfig.model_validate(data)
-    except ValidationError as exc:
-        raise format_errors(exc, SweepConfig, source) from None
+    return validate(data, SweepConfig, source)
+
+
+def searched(params: dict) -> dict:
+    """Ray's trial params -> config assignments {dotted path: value}. Grid sweeps pass
+    one point as ``{"grid_point": {...}}`` (tune.grid_search over points)."""
+    return decode(params.get("grid_point", params))
+
+
+def experiment_at(experiment: dict, assignments: dict, source: str) -> ExperimentConfig:
+    """The one way a point of the space becomes a validated experiment config."""
+    return validate(deep_merge(experiment, nested(assignments)), ExperimentConfig, source=source)
 
 
 def missing_section(exp: dict, path: str) -> Optional[str]:
@@ -260,8 +260,7 @@ def load_sweep(path: str | Path) -> SweepConfig:
                 raise ConfigError(f"{path}: {where}.path: {p.path}: the experiment (base + set) has no "
                                   f"{section} section; add it under set")
     for what, assignments in corners(sweep.space):
-        cfg = validate(deep_merge(exp, to_overrides(assignments)), ExperimentConfig,
-                       source=f"{path} (base + set + space at {what})")
+        cfg = experiment_at(exp, assignments, f"{path} (base + set + space at {what})")
         first = first or cfg
     reports = first.train.steps // first.train.val_every
     if sweep.scheduler.type == "asha" and sweep.scheduler.grace_period > reports:

@@ -1,10 +1,12 @@
-"""MLflow in one place: tracking URI, experiments, runs, and the training Reporter.
+"""MLflow in one place: every MLflow call of srsweep goes through this module.
 
-Everything goes through an explicit ``MlflowClient`` and run id (no global active run),
-so the driver can log several runs at once (the sweep's parent and its children).
-Default store: ``sqlite:///<cwd>/mlflow.db`` with artifacts in ``<cwd>/mlartifacts``,
-absolute so Ray trials (whose working directory is their trial folder) hit the same
-files.
+Everything goes through an explicit client and run id (no global active run), so the
+driver can log several runs at once (the sweep's parent and its children). Default
+store: a SQLite file in the current folder with artifacts beside it, absolute so Ray
+trials (whose working directory is their trial folder) hit the same files.
+
+Metric names are the same for ``srsweep train`` and sweep runs: ``val_psnr``,
+``val_ssim``, ``val_lpips``, ``loss_<term>``, ``sa_share``, ``beta2``, ``lr``.
 """
 from __future__ import annotations
 
@@ -22,10 +24,12 @@ from mlflow import MlflowClient  # noqa: E402
 from mlflow.entities import Metric, Param, RunTag  # noqa: E402
 
 MAX_PARAM_LEN = 6000  # MLflow's limit on a param value
+PARENT_TAG = "mlflow.parentRunId"  # what the MLflow UI nests child runs by
+STORE_FILE = "mlflow.db"
 
 
 def default_tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd().resolve() / STORE_FILE}"
 
 
 def _artifact_root(uri: str) -> Optional[str]:
@@ -35,14 +39,6 @@ def _artifact_root(uri: str) -> Optional[str]:
     return None
 
 
-def get_experiment(client: MlflowClient, name: str) -> str:
-    exp = client.get_experiment_by_name(name)
-    if exp is not None:
-        return exp.experiment_id
-    root = _artifact_root(client.tracking_uri)
-    return client.create_experiment(name, artifact_location=f"{root}/{name}" if root else None)
-
-
 def server_command(tracking_uri: str, host: str = "127.0.0.1", port: int = 5000) -> tuple[list[str], dict]:
     """``mlflow server`` over a SQLite store (the dashboard), and its environment.
 
@@ -50,8 +46,11 @@ def server_command(tracking_uri: str, host: str = "127.0.0.1", port: int = 5000)
     import shutil
     import sys
 
+    from trainables.config import ConfigError
+
     if not tracking_uri.startswith(("sqlite:///", "postgresql", "mysql")):
-        raise ValueError(f"{tracking_uri}: srsweep ui serves a database store (sqlite:///..., postgresql://...)")
+        raise ConfigError(f"{tracking_uri}: srsweep ui serves a database store "
+                          "(sqlite:///..., postgresql://...)")
     exe = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
     cmd = [exe, "server", "--backend-store-uri", tracking_uri, "--host", host, "--port", str(port)]
     root = _artifact_root(tracking_uri)
@@ -73,30 +72,125 @@ def flatten(d: dict, prefix: str = "") -> dict[str, str]:
     return out
 
 
-def log_params(client: MlflowClient, run_id: str, params: dict[str, Any]) -> None:
-    items = [Param(k, str(v)) for k, v in params.items()]
-    for i in range(0, len(items), 100):  # MLflow caps a batch at 100 params
-        client.log_batch(run_id, params=items[i:i + 100])
+def per_image(rows: list) -> dict[str, dict[str, float]]:
+    """Per-image validation scores as logged (and read back by ``srsweep best``)."""
+    return {r.name: {"psnr": r.psnr, "ssim": r.ssim, "lpips": r.lpips} for r in rows}
+
+
+class Tracker:
+    """One tracking store. Picklable (Ray pickles the driver callbacks into the Tuner
+    state): the client is rebuilt lazily after unpickling."""
+
+    def __init__(self, uri: str):
+        self.uri = uri
+        self._client: Optional[MlflowClient] = None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_client": None}
+
+    @property
+    def client(self) -> MlflowClient:
+        if self._client is None:
+            self._client = MlflowClient(self.uri)
+        return self._client
+
+    # ---------------------------------------------------------------- experiments
+    def experiment(self, name: str) -> str:
+        """The id of experiment ``name``, created (artifacts beside a SQLite store) if new."""
+        exp = self.client.get_experiment_by_name(name)
+        if exp is not None:
+            return exp.experiment_id
+        root = _artifact_root(self.uri)
+        return self.client.create_experiment(name, artifact_location=f"{root}/{name}" if root else None)
+
+    def latest_sweep_dir(self, names: list[str]) -> Optional[str]:
+        """The sweep folder of the newest sweep parent run in the first named experiment
+        that has one (read-only: an unknown name finds nothing)."""
+        for name in names:
+            exp = self.client.get_experiment_by_name(name)
+            if exp is None:
+                continue
+            runs = self.client.search_runs([exp.experiment_id], "tags.role = 'sweep'",
+                                           order_by=["start_time DESC"], max_results=1)
+            if runs:
+                return runs[0].data.tags["sweep_dir"]
+        return None
+
+    # ----------------------------------------------------------------------- runs
+    def start_run(self, experiment_id: str, name: str, tags: dict[str, str],
+                  parent: Optional[str] = None) -> str:
+        tags = {**tags, PARENT_TAG: parent} if parent else tags
+        return self.client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
+
+    def reopen(self, run_id: str) -> None:
+        self.client.update_run(run_id, "RUNNING")
+
+    def end_run(self, run_id: str, status: str = "FINISHED") -> None:
+        """status: FINISHED, FAILED or KILLED."""
+        self.client.set_terminated(run_id, status)
+
+    def children(self, experiment_id: str, parent: str,
+                 trial_id: Optional[str] = None) -> list[tuple[str, str]]:
+        """(ray trial id, run id) of the sweep's trial runs (optionally of one trial), newest first."""
+        query = f"tags.`{PARENT_TAG}` = '{parent}'"
+        if trial_id is not None:
+            query += f" and tags.ray_trial_id = '{trial_id}'"
+        runs = self.client.search_runs([experiment_id], query, order_by=["start_time DESC"], max_results=5000)
+        return [(r.data.tags.get("ray_trial_id"), r.info.run_id) for r in runs]
+
+    def discard(self, run_id: str, reason: str) -> None:
+        """Close and soft-delete a run that must not count (``mlflow gc`` purges it, the UI
+        can restore it)."""
+        self.set_tags(run_id, {"ray_status": reason})
+        self.end_run(run_id, "KILLED")
+        self.client.delete_run(run_id)
+
+    # ------------------------------------------------------------------- contents
+    def log_params(self, run_id: str, params: dict[str, Any]) -> None:
+        items = [Param(k, str(v)[:MAX_PARAM_LEN]) for k, v in params.items()]
+        for i in range(0, len(items), 100):  # MLflow caps a batch at 100 params
+            self.client.log_batch(run_id, params=items[i:i + 100])
+
+    def log_config(self, run_id: str, config: dict, extra: Optional[dict[str, Any]] = None) -> None:
+        """A run's full config: one param per key, and ``config.yaml`` to rerun it."""
+        self.log_params(run_id, {**flatten(config), **(extra or {})})
+        self.client.log_dict(run_id, config, "config.yaml")
+
+    def log_metrics(self, run_id: str, step: int, values: dict[str, float]) -> None:
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step) for k, v in values.items()
+                 if v is not None and math.isfinite(v)]
+        if batch:
+            self.client.log_batch(run_id, metrics=batch)
+
+    def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
+        self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_artifact(self, run_id: str, path: str | Path, folder: Optional[str] = None) -> None:
+        self.client.log_artifact(run_id, str(path), folder)
+
+    def log_dict(self, run_id: str, data: dict, name: str) -> None:
+        self.client.log_dict(run_id, data, name)
+
+    def log_image(self, run_id: str, step: int, name: str, image: np.ndarray) -> None:
+        self.client.log_image(run_id, image, key=name, step=step)
 
 
 class MLflowReporter:
     """The trainer's :class:`~trainables.train.Reporter`, writing to one MLflow run."""
 
-    def __init__(self, client: MlflowClient, run_id: str):
-        self.client, self.run_id = client, run_id
+    def __init__(self, tracker: Tracker, run_id: str):
+        self.tracker, self.run_id = tracker, run_id
 
     def metrics(self, step: int, values: dict[str, float]) -> None:
-        now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, step) for k, v in values.items() if v is not None and math.isfinite(v)]
-        if batch:
-            self.client.log_batch(self.run_id, metrics=batch)
+        self.tracker.log_metrics(self.run_id, step, values)
 
-    def image(self, step: int, name: str, image: np.ndarray) -> None:
-        self.client.log_image(self.run_id, image, key=name, step=step)
-
-    def scores(self, step: int, rows: list) -> None:
-        per_image = {r.name: {"psnr": r.psnr, "ssim": r.ssim, "lpips": r.lpips} for r in rows}
-        self.client.log_dict(self.run_id, per_image, f"val_scores/step_{step:07d}.json")
+    def validation(self, step: int, metrics: dict[str, float], images: dict[str, np.ndarray],
+                   scores: list) -> None:
+        self.tracker.log_metrics(self.run_id, step, metrics)
+        for name, image in images.items():
+            self.tracker.log_image(self.run_id, step, name, image)
+        self.tracker.log_dict(self.run_id, per_image(scores), f"val_scores/step_{step:07d}.json")
 
     def checkpoint(self, step: int, path: Path) -> None:
-        self.client.log_batch(self.run_id, tags=[RunTag(f"checkpoint.{path.stem}", str(path.resolve()))])
+        self.tracker.set_tags(self.run_id, {f"checkpoint.{path.stem}": str(path.resolve())})

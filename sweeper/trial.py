@@ -2,9 +2,9 @@
 
 The Ray calls of the worker side live here (``tune.report``, ``tune.get_checkpoint``,
 ``tune.get_context``). Each report is one validation: the scheduler metric, the
-latest training losses, and a checkpoint folder holding the trainer state, the sample
-grid and the per-image scores (the driver's MLflow callback and ``srsweep best`` read
-those two files).
+latest training losses, and a checkpoint folder holding the trainer state of that same
+step, the sample grids and the per-image scores (the driver's MLflow callback and
+``srsweep best`` read those files).
 """
 from __future__ import annotations
 
@@ -13,75 +13,65 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
-CKPT_FILE, SAMPLE_FILE, SCORES_FILE = "last.pt", "sample.png", "scores.json"
+from sweeper.state import SweepState
 
-
-def metric_key(name: str) -> str:
-    """Trainer metric names (``val/psnr``) -> Ray result keys (``val_psnr``)."""
-    return name.replace("/", "_")
-
-
-def trial_config(params: dict, experiment: dict) -> dict:
-    """Sampled params (Optuna names) merged onto the sweep's experiment dict."""
-    from sweeper.space import decode, to_overrides
-    from trainables.config import deep_merge
-
-    # Grid sweeps pass one point as {"grid_point": {...}} (tune.grid_search over points).
-    return deep_merge(experiment, to_overrides(decode(params.get("grid_point", params))))
+CKPT_FILE, SCORES_FILE, IMAGES_DIR = "last.pt", "scores.json", "images"
 
 
 class RayReporter:
-    """Trainer Reporter that turns each validation into one ``tune.report``."""
+    """Trainer Reporter: a validation, then the checkpoint the trainer saves right after
+    it at the same step, make one ``tune.report`` (Trainer(checkpoint_on_validation=True))."""
 
     def __init__(self):
         self.latest: dict[str, float] = {}
-        self.sample: np.ndarray | None = None
-        self.rows: list = []
+        self.pending: Optional[tuple[int, dict, dict, list]] = None
 
     def metrics(self, step: int, values: dict[str, float]) -> None:
-        self.latest.update({metric_key(k): float(v) for k, v in values.items()})
-        self.latest["step"] = step
+        self.latest = {**values, "step": step}
 
-    def image(self, step: int, name: str, image: np.ndarray) -> None:
-        self.sample = image
-
-    def scores(self, step: int, rows: list) -> None:
-        self.rows = rows
+    def validation(self, step: int, metrics: dict[str, float], images: dict[str, np.ndarray],
+                   scores: list) -> None:
+        self.pending = (step, metrics, images, scores)
 
     def checkpoint(self, step: int, path: Path) -> None:
         from ray import tune
 
-        if path.name != CKPT_FILE or "val_lpips" not in self.latest:
-            return
+        if self.pending is None or self.pending[0] != step:
+            return  # a periodic save between validations: nothing to report
+        _, metrics, images, scores = self.pending
+        self.pending = None
         with tempfile.TemporaryDirectory() as tmp:
             d = Path(tmp)
             shutil.copy2(path, d / CKPT_FILE)
-            if self.sample is not None:
+            if images:
                 import cv2
 
-                cv2.imwrite(str(d / SAMPLE_FILE), self.sample[:, :, ::-1])
-            scores = {r.name: {"psnr": r.psnr, "ssim": r.ssim, "lpips": r.lpips} for r in self.rows}
-            (d / SCORES_FILE).write_text(json.dumps(scores))
-            tune.report(dict(self.latest), checkpoint=tune.Checkpoint.from_directory(d))
+                (d / IMAGES_DIR).mkdir()
+                for name, image in images.items():
+                    cv2.imwrite(str(d / IMAGES_DIR / f"{name}.png"), image[:, :, ::-1])
+            from sweeper.tracking import per_image
+
+            (d / SCORES_FILE).write_text(json.dumps(per_image(scores)))
+            tune.report({**self.latest, **metrics, "step": step},
+                        checkpoint=tune.Checkpoint.from_directory(d))
 
 
-def run_trial(params: dict, experiment: dict, threads: int = 1) -> None:
+def run_trial(params: dict, state: SweepState, threads: int = 1) -> None:
     """The Ray function trainable (bound with ``tune.with_parameters``)."""
     import torch
     from ray import tune
 
-    from trainables.config import validate
     from trainables.train import Trainer
 
-    cfg = validate(trial_config(params, experiment), source="trial config")
+    context = tune.get_context()
+    cfg = state.trial_config(params, context.get_trial_id() or "")
     # One trial per CPU slot: more intra-op threads only oversubscribe the node.
     torch.set_num_threads(max(1, threads))
-    out = Path(tune.get_context().get_trial_dir())
-    trainer = Trainer(cfg, out, RayReporter())
+    trainer = Trainer(cfg, Path(context.get_trial_dir()), RayReporter(), checkpoint_on_validation=True)
     ckpt = tune.get_checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as d:
@@ -90,7 +80,7 @@ def run_trial(params: dict, experiment: dict, threads: int = 1) -> None:
 
 
 def read_checkpoint_files(path: str | os.PathLike) -> dict[str, Any]:
-    """Per-image scores and the sample path from a reported checkpoint folder."""
+    """Per-image scores and the sample images from a reported checkpoint folder."""
     p = Path(path)
     scores = json.loads((p / SCORES_FILE).read_text()) if (p / SCORES_FILE).is_file() else {}
-    return {"scores": scores, "sample": p / SAMPLE_FILE if (p / SAMPLE_FILE).is_file() else None}
+    return {"scores": scores, "images": sorted((p / IMAGES_DIR).glob("*.png"))}

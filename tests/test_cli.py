@@ -106,7 +106,7 @@ def test_train_logs_a_complete_run_to_mlflow(tmp_path, shared_data):
     (r,) = client.search_runs([exp.experiment_id])
     assert r.info.status == "FINISHED" and r.data.tags["backbones"] == "random-init"
     assert r.data.params["loss.pixel.sa.beta2"] == "20.0" and r.data.params["model.generator.num_feat"] == "16"
-    hist = client.get_metric_history(r.info.run_id, "val/psnr")
+    hist = client.get_metric_history(r.info.run_id, "val_psnr")
     assert [m.step for m in hist] == [4, 8] and all(m.value > 10 for m in hist)
     shares = client.get_metric_history(r.info.run_id, "sa_share")
     assert shares and all(0 < m.value < 1 for m in shares)

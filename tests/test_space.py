@@ -10,9 +10,9 @@ import pytest
 import yaml
 from optuna.trial import FixedTrial
 
-from sweeper.space import Param, compile_space, decode, grid_points, to_overrides
-from sweeper.sweep_config import encode, experiment_dict, load_sweep, validate_sweep
-from trainables.config import ConfigError, deep_merge, validate
+from sweeper.space import Param, compile_space, decode, grid_points
+from sweeper.sweep_config import encode, experiment_at, experiment_dict, load_sweep, validate_sweep
+from trainables.config import ConfigError, nested, validate
 
 REPO = Path(__file__).resolve().parents[1]
 SWEEPS = sorted((REPO / "search_spaces").glob("*.yaml"))
@@ -59,7 +59,7 @@ def test_sweep_samples_valid_configs_with_tpe(path):
         assert fn(trial) is None  # constants-free: everything comes back through decode
         out = decode(trial.params)
         assert _check_assignments(sweep.space, out) == set(out)
-        cfg = validate(deep_merge(exp, to_overrides(out)), source=f"{path.name} trial {trial.number}")
+        cfg = experiment_at(exp, out, f"{path.name} trial {trial.number}")
         sampled.append(out)
         return cfg.loss.pixel.beta1 + len(out)  # any number: the sampler only needs feedback
 
@@ -139,8 +139,8 @@ def test_combined_full_assignment_and_overrides():
     assert out == {"loss.pixel.sa.sa_share_target": 0.15, "loss.pixel.sa.edge": "lv", "loss.pixel.sa.lv.delta": 0.01,
                    "loss.dp.mu": math.inf, "loss.dp.resnet_stage": 4, "loss.fm.blocks": [0, 1, 2, 3],
                    "loss.perceptual.layer": "conv4_4"}
-    assert to_overrides(out)["loss"]["dp"] == {"mu": math.inf, "resnet_stage": 4}
-    assert to_overrides(out)["loss"]["pixel"]["sa"] == {"sa_share_target": 0.15, "edge": "lv", "lv": {"delta": 0.01}}
+    assert nested(out)["loss"]["dp"] == {"mu": math.inf, "resnet_stage": 4}
+    assert nested(out)["loss"]["pixel"]["sa"] == {"sa_share_target": 0.15, "edge": "lv", "lv": {"delta": 0.01}}
 
 
 def test_int_step_and_log_distributions():
@@ -187,7 +187,7 @@ def test_ray_optuna_search_drives_the_compiled_space():
     exp = experiment_dict(sweep, REPO / "search_spaces" / "combined.yaml")
     for i in range(3):
         config = search.suggest(f"t{i}")
-        validate(deep_merge(exp, to_overrides(decode(config))))
+        experiment_at(exp, decode(config), "combined")
         search.on_trial_complete(f"t{i}", {"val_lpips": 0.3 - 0.1 * i, "val_psnr": 20.0 + i})
 
 

@@ -6,6 +6,7 @@ trials), so marked ``slow``; CI runs it.
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,21 +21,23 @@ SRSWEEP = str(Path(sys.executable).with_name("srsweep"))
 pytestmark = pytest.mark.slow
 
 
-def write_sweep(tmp_path: Path, tiny_data: Path, num_samples: int, concurrent: int, steps: int = 6) -> Path:
+def write_sweep(tmp_path: Path, tiny_data: Path, num_samples: int, concurrent: int, steps: int = 6,
+                where: str = ".") -> Path:
+    """``tiny_data`` may be relative: to the folder srsweep is started from, not the sweep file's."""
     sweep = {
         "name": "e2e",
         "base": ["sa_esrgan_lv", "tiny_cpu"],
         "set": {
             "data": {"train": str(tiny_data / "train"), "val": str(tiny_data / "val"),
                      "patch_size": 32, "batch_size": 2},
-            "loss": {"pixel": {"sa": {"beta2": None, "sa_share": 0.15, "calibration_batches": 1}},
+            "loss": {"pixel": {"sa": {"beta2": None, "sa_share_target": 0.15, "calibration_batches": 1}},
                      "dp": {"mu": 0.5, "resnet_stage": 1},
                      "fm": {"blocks": [0, 1], "weight": 1.0}},
             "train": {"pretrain_steps": 4, "steps": steps, "val_every": 2, "val_images": 2, "val_crop": 64,
                       "log_every": 2},
         },
         "space": [
-            {"path": "loss.pixel.sa.sa_share", "float": [0.05, 0.3]},
+            {"path": "loss.pixel.sa.sa_share_target", "float": [0.05, 0.3]},
             {"path": "loss.dp.mu", "float": [0.2, 20], "log": True, "or": [float("inf")]},
             {"path": "loss.dp.resnet_stage", "choices": [1, 2]},
         ],
@@ -45,7 +48,8 @@ def write_sweep(tmp_path: Path, tiny_data: Path, num_samples: int, concurrent: i
         "resources": {"cpu": 1, "gpu": 0},
         "selection": {"psnr_margin": -10.0},
     }
-    path = tmp_path / "sweep.yaml"
+    path = tmp_path / where / "sweep.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(sweep))
     return path
 
@@ -71,12 +75,18 @@ def _children(uri: str, parent: str):
 
 
 def test_sweep_end_to_end_then_rerun_the_winner(tmp_path, tiny_data):
-    sweep = write_sweep(tmp_path, tiny_data, num_samples=4, concurrent=2)
+    """Data paths relative to the launch folder (as DESIGN's ../shared/data), the sweep file
+    in another folder: every trial (running in its own Ray folder) still finds the data."""
+    shutil.copytree(tiny_data, tmp_path / "images")
+    sweep = write_sweep(tmp_path, Path("images"), num_samples=4, concurrent=2, where="sweeps")
     res = srsweep("run", sweep, cwd=tmp_path)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "best val_lpips" in res.stdout and "winner: trial" in res.stdout
     d = _sweep_dir(tmp_path)
     state = json.loads((d / "sweep.json").read_text())
+    assert state["experiment"]["data"]["train"] == str(tmp_path / "images" / "train")
+    # Editing the sweep file after launch changes nothing: the state holds the snapshot.
+    sweep.write_text("name: [broken")
     df = pd.read_parquet(d / "results.parquet")
     assert len(df) == 4 and set(df["status"]) <= {"TERMINATED", "STOPPED"}
     assert ((df["status"] == "TERMINATED") == (df["steps"] == 6)).all()
@@ -93,12 +103,18 @@ def test_sweep_end_to_end_then_rerun_the_winner(tmp_path, tiny_data):
     assert len(winners) == 1
     hist = client.get_metric_history(winners[0].info.run_id, "val_lpips")
     assert len(hist) >= 1 and all(m.value >= 0 for m in hist)
+    # One report per validation (val_every 2), each with the checkpoint of its own step.
+    steps = [m.step for m in hist]
+    assert steps == sorted(set(steps)) and all(s % 2 == 0 for s in steps)
+    arts = {a.path for a in client.list_artifacts(winners[0].info.run_id, "samples")}
+    assert arts == {f"samples/step_{s:07d}" for s in steps}
     parent = client.get_run(state["parent_run_id"])
     assert parent.data.tags["winner_run_id"] == winners[0].info.run_id
     assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"results.parquet", "pareto.png",
                                                                          "winner.yaml", "sweep.yaml"}
     # The winner file is a complete config that `srsweep train` reruns unchanged.
-    res = srsweep("train", d / "winner.yaml", "--out", tmp_path / "rerun", "--set", "train.steps=2", cwd=tmp_path)
+    res = srsweep("train", d / "winner.yaml", "--out", tmp_path / "rerun", "--set", "train.steps=2",
+                  cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     # `best` can be asked again, by experiment name, and tags the same winner.
     res = srsweep("best", "e2e", "--tracking-uri", uri, "--bootstrap", "200", cwd=tmp_path)

@@ -10,16 +10,15 @@ from trainables.train import Trainer, TrainingDiverged
 
 class ListReporter:
     def __init__(self):
-        self.rows, self.images, self.checkpoints = [], [], []
+        self.rows, self.vals, self.images, self.checkpoints = [], [], [], []
 
     def metrics(self, step, values):
         self.rows.append((step, dict(values)))
 
-    def image(self, step, name, image):
-        self.images.append((step, name, image))
-
-    def scores(self, step, rows):
-        self.scores_at = (step, rows)
+    def validation(self, step, metrics, images, scores):
+        self.vals.append((step, dict(metrics)))
+        self.images += [(step, name, image) for name, image in images.items()]
+        self.scores_at = (step, scores)
 
     def checkpoint(self, step, path):
         self.checkpoints.append((step, Path(path).name))
@@ -79,15 +78,15 @@ def test_resume_gives_the_same_losses_as_an_uninterrupted_run(tiny_data, tmp_pat
 def test_validation_reports_metrics_and_a_sample_grid(tiny_data, tmp_path):
     rep = ListReporter()
     Trainer(_cfg(tiny_data, steps=1, val_every=3), tmp_path, rep).run()
-    vals = {s: v for s, v in rep.rows if "val/psnr" in v}
-    assert set(vals) == {3, 4}
-    assert all(v["val/psnr"] > 5 and 0 < v["val/ssim"] <= 1 and v["val/lpips"] >= 0 for v in vals.values())
+    vals = dict(rep.vals)
+    assert set(vals) == {3, 4} and {3, 4} <= {s for s, _ in rep.rows}  # a validation step is a log step
+    assert all(v["val_psnr"] > 5 and 0 < v["val_ssim"] <= 1 and v["val_lpips"] >= 0 for v in vals.values())
     step, name, grid = rep.images[0]
     assert name == "val_sample" and grid.dtype == np.uint8 and grid.shape == (64, 4 * 64, 3)
     assert ("pretrain_g.pt" in {n for _, n in rep.checkpoints})
     step, rows = rep.scores_at  # per-image scores of the last validation (for the bootstrap)
     assert step == 4 and [r.name for r in rows] == ["img_002", "img_003"]
-    assert np.mean([r.lpips for r in rows]) == pytest.approx(vals[4]["val/lpips"])
+    assert np.mean([r.lpips for r in rows]) == pytest.approx(vals[4]["val_lpips"])
 
 
 def test_nan_loss_stops_with_a_clear_reason(tiny_data, tmp_path):
@@ -120,6 +119,6 @@ def test_presets_train_at_tiny_size(preset, tiny_data, tmp_path):
                                "data.patch_size=32"], ["tiny_cpu"])
     rep = ListReporter()
     last = Trainer(cfg, tmp_path, rep).run()
-    assert np.isfinite(last["loss_g_total"]) and "val/psnr" in last
+    assert np.isfinite(last["loss_g_total"]) and "val_psnr" in last
     full = load_config(preset)  # the paper-size preset itself validates
     assert full.model.generator.num_feat == 64 and full.backbones.weights == "pretrained"

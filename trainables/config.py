@@ -15,7 +15,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
-class ConfigError(ValueError):
+class SrsweepError(Exception):
+    """Base of the errors a user can fix (bad input): the CLI prints them in one line.
+    Any other exception is a bug and keeps its traceback."""
+
+
+class ConfigError(SrsweepError, ValueError):
     """A configuration problem, one line per offending key."""
 
 
@@ -279,33 +284,49 @@ def unwrap_model(tp: Any) -> Any:
     return next(iter(_members(tp)), None)
 
 
+def loc_str(loc: tuple) -> str:
+    """('space', 2, 'path') -> 'space[2].path' (the key path an error names)."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
 def _tag(model: type[BaseModel]) -> Any:
     field = model.model_fields.get("arch")
     return field.default if field is not None else None
 
 
 def _walk(root: type[BaseModel], loc: tuple) -> tuple[type[BaseModel] | None, tuple]:
-    """The model at ``loc`` and ``loc`` without discriminated-union tags (pydantic puts the
-    chosen ``arch`` into error locations: model.generator.rrdbnet.x -> model.generator.x)."""
-    members, out = [root], []
+    """The model at ``loc`` (fields by name or alias, through Optional, unions, lists and
+    dicts) and ``loc`` without discriminated-union tags (pydantic puts the chosen ``arch``
+    into error locations: model.generator.rrdbnet.x -> model.generator.x)."""
+    tp: Any = root
+    out = []
     for part in loc:
+        members = _members(tp)
         tagged = [m for m in members if _tag(m) == part]
         if len(members) > 1 and tagged:
-            members = tagged
+            tp = tagged[0]
             continue
         out.append(part)
-        field = members[0].model_fields.get(part) if members and isinstance(part, str) else None
-        members = _members(field.annotation) if field is not None else []
-    return (members[0] if members else None), tuple(out)
+        if members:
+            fields = {f.alias or n: f for n, f in members[0].model_fields.items()}
+            tp = fields[part].annotation if part in fields else None
+        elif typing.get_origin(tp) in (list, tuple, dict):
+            tp = typing.get_args(tp)[-1]
+        else:
+            tp = None
+    return unwrap_model(tp), tuple(out)
 
 
 def format_error(root: type[BaseModel], err: dict) -> str:
     _, loc = _walk(root, tuple(err["loc"]))
-    path = ".".join(str(p) for p in loc) or "<top level>"
+    path = loc_str(loc) or "<top level>"
     kind, value, ctx = err["type"], err.get("input"), err.get("ctx") or {}
     if kind == "extra_forbidden":
         parent, _ = _walk(root, tuple(err["loc"])[:-1])
-        allowed = ", ".join(parent.model_fields) if parent else "?"
+        allowed = ", ".join(f.alias or n for n, f in parent.model_fields.items()) if parent else "?"
         return f"{path}: unknown key (allowed: {allowed})"
     if kind == "union_tag_invalid":
         return f"{path}.{ctx.get('discriminator', '').strip(chr(39))}: {ctx.get('tag')!r} is not one of " \
@@ -319,7 +340,7 @@ def format_error(root: type[BaseModel], err: dict) -> str:
         msg = str(ctx.get("error", err["msg"]))
         head, sep, rest = msg.partition(": ")
         if sep and " " not in head:
-            return f"{'.'.join([*map(str, loc), head])}: {rest}"
+            return f"{loc_str((*loc, head))}: {rest}"
         return f"{path}: {msg}"
     return f"{path}: {err['msg'][0].lower() + err['msg'][1:]} (got {value!r})"
 
@@ -379,19 +400,28 @@ def resolve_bases(data: dict, origin: Path, _seen: tuple = ()) -> dict:
     return deep_merge(merged, data)
 
 
+def nested(assignments: dict[str, Any], source: str = "params") -> dict:
+    """``{"loss.dp.mu": 0.5}`` -> ``{"loss": {"dp": {"mu": 0.5}}}`` (deep-merge it on a config)."""
+    out: dict = {}
+    for path, value in assignments.items():
+        node, (*parents, leaf) = out, path.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{source}: {path} is inside {part}, which is assigned a value")
+        node[leaf] = value
+    return out
+
+
 def parse_overrides(items: list[str]) -> dict:
     """``["train.steps=100", "loss.dp.mu=.inf"]`` -> nested dict (values parsed as YAML)."""
-    out: dict = {}
+    flat: dict = {}
     for item in items:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"--set {item!r}: expected KEY.PATH=VALUE")
-        node = out
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(raw)
-    return out
+        flat[key] = yaml.safe_load(raw)
+    return nested(flat, "--set")
 
 
 def config_path(name_or_path: str | Path) -> Path:

@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from trainables.backbones import build_info
-from trainables.config import ExperimentConfig, to_dict, validate
+from trainables.config import ConfigError, ExperimentConfig, to_dict, validate
 from trainables.data import PairedImages, TrainPatches, open_dataset
 from trainables.edges import CannySpec
 from trainables.evaluate import ImageScore, center_crop, evaluate, mean_score, sample_grid
@@ -36,32 +36,37 @@ class TrainingDiverged(RuntimeError):
 
 
 class Reporter(Protocol):
-    def metrics(self, step: int, values: dict[str, float]) -> None: ...
-    def image(self, step: int, name: str, image: np.ndarray) -> None: ...
-    def scores(self, step: int, rows: list[ImageScore]) -> None: ...  # per-image validation
-    def checkpoint(self, step: int, path: Path) -> None: ...
+    """What the trainer tells the outside world, as three separate events."""
+
+    def metrics(self, step: int, values: dict[str, float]) -> None: ...  # log steps: losses, shares, lr
+    def validation(self, step: int, metrics: dict[str, float], images: dict[str, np.ndarray],
+                   scores: list[ImageScore]) -> None: ...  # val_psnr/ssim/lpips, sample grids, per image
+    def checkpoint(self, step: int, path: Path) -> None: ...  # a file written at this step
 
 
 class PrintReporter:
-    """Default reporter: one progress line per report."""
+    """Default reporter: one progress line per log step and per validation."""
+
+    KEYS = ("loss_pretrain_pixel", "loss_g_total", "loss_pixel", "sa_share", "beta2")
+
+    @staticmethod
+    def _line(step: int, values: dict[str, float], keys) -> None:
+        shown = "  ".join(f"{k}={values[k]:.4g}" for k in keys if k in values)
+        print(f"step {step:>6}  {shown}", flush=True)
 
     def metrics(self, step: int, values: dict[str, float]) -> None:
-        keys = [k for k in ("loss/pretrain_pixel", "loss/g_total", "loss/pixel", "sa_share", "beta2",
-                            "val/psnr", "val/ssim", "val/lpips") if k in values]
-        print(f"step {step:>6}  " + "  ".join(f"{k}={values[k]:.4g}" for k in keys), flush=True)
+        self._line(step, values, self.KEYS)
 
-    def image(self, step: int, name: str, image: np.ndarray) -> None:
-        pass
-
-    def scores(self, step: int, rows: list[ImageScore]) -> None:
-        pass
+    def validation(self, step: int, metrics: dict[str, float], images: dict[str, np.ndarray],
+                   scores: list[ImageScore]) -> None:
+        self._line(step, metrics, sorted(metrics))
 
     def checkpoint(self, step: int, path: Path) -> None:
         pass
 
 
 class Reporters:
-    """Fan one report out to several reporters (console + MLflow, say)."""
+    """Fan each event out to several reporters (console + MLflow, say)."""
 
     def __init__(self, *reporters: Reporter):
         self.reporters = reporters
@@ -70,13 +75,10 @@ class Reporters:
         for r in self.reporters:
             r.metrics(step, values)
 
-    def image(self, step: int, name: str, image: np.ndarray) -> None:
+    def validation(self, step: int, metrics: dict[str, float], images: dict[str, np.ndarray],
+                   scores: list[ImageScore]) -> None:
         for r in self.reporters:
-            r.image(step, name, image)
-
-    def scores(self, step: int, rows: list[ImageScore]) -> None:
-        for r in self.reporters:
-            r.scores(step, rows)
+            r.validation(step, metrics, images, scores)
 
     def checkpoint(self, step: int, path: Path) -> None:
         for r in self.reporters:
@@ -111,7 +113,7 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu") -> tupl
         state = torch.load(path, map_location=device, weights_only=False)
         cfg = validate(state["config"], source=f"{path} config")
     except (OSError, KeyError, RuntimeError) as exc:
-        raise ValueError(f"{path}: not an srsweep checkpoint ({type(exc).__name__}: {exc})") from None
+        raise ConfigError(f"{path}: not an srsweep checkpoint ({type(exc).__name__}: {exc})") from None
     g = build_generator(cfg.model.generator, cfg.scale).to(device)
     g.load_state_dict(state["G"])
     return g.eval(), cfg
@@ -119,15 +121,20 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu") -> tupl
 
 def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device is 'cuda' but no CUDA device is visible")
+        raise ConfigError("train.device is 'cuda' but no CUDA device is visible")
     return torch.device("cuda" if name == "auto" and torch.cuda.is_available() else
                         ("cpu" if name == "auto" else name))
 
 
 class Trainer:
-    def __init__(self, cfg: ExperimentConfig, out_dir: str | Path, reporter: Optional[Reporter] = None):
+    """``checkpoint_on_validation``: also save the full state right after each validation
+    (a Ray trial does, so each report carries the checkpoint of its own step)."""
+
+    def __init__(self, cfg: ExperimentConfig, out_dir: str | Path, reporter: Optional[Reporter] = None,
+                 checkpoint_on_validation: bool = False):
         self.cfg, self.out = cfg, Path(out_dir)
         self.reporter = reporter or PrintReporter()
+        self.checkpoint_on_validation = checkpoint_on_validation
         self.device = resolve_device(cfg.train.device)
         self.info = build_info(cfg.backbones.weights)
         torch.manual_seed(cfg.seed)  # model init is the only random draw outside the data
@@ -227,17 +234,17 @@ class Trainer:
 
     # ------------------------------------------------------------ validation
     @torch.no_grad()
-    def validate(self) -> tuple[dict[str, float], list[ImageScore]]:
+    def score_validation(self) -> tuple[dict[str, float], dict[str, np.ndarray], list[ImageScore]]:
+        """G on the validation images: mean metrics, the sample grid, per-image scores."""
         self.G.eval()
         rows = evaluate(lambda lr: self.G(lr).clamp(0, 1), self.val_items, self.cfg.scale,
                         lpips=self.lpips, device=self.device)
         first = self.val_items[0]
         sr = self.G(first["lr"][None].to(self.device)).clamp(0, 1)[0].cpu()
         self.G.train()
-        self.reporter.image(self.step, "val_sample", sample_grid(first["lr"], sr, first["hr"], self.cfg.scale))
-        self.reporter.scores(self.step, rows)
         m = mean_score(rows)
-        return {"val/psnr": m.psnr, "val/ssim": m.ssim, "val/lpips": m.lpips}, rows
+        images = {"val_sample": sample_grid(first["lr"], sr, first["hr"], self.cfg.scale)}
+        return {"val_psnr": m.psnr, "val_ssim": m.ssim, "val_lpips": m.lpips}, images, rows
 
     # ------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:
@@ -277,6 +284,7 @@ class Trainer:
         return path
 
     def resume(self, path: str | Path) -> None:
+        """Continue from a ``last.pt`` written by :meth:`save` (same config only)."""
         self.load_state_dict(torch.load(path, map_location=self.device, weights_only=False))
 
     # ------------------------------------------------------------------- run
@@ -294,19 +302,22 @@ class Trainer:
             for batch in self.batches(self.step):
                 values = self.gan_step(batch) if stage2 else self.pretrain_step(batch)
                 self.step += 1
-                done = self.step in (self.stage1, self.total_steps)
-                if self.step % t.val_every == 0 or done:
-                    val, _ = self.validate()
-                    values.update(val)
-                if self.step % t.log_every == 0 or "val/psnr" in values or self.step == until:
+                validating = self.step % t.val_every == 0 or self.step in (self.stage1, self.total_steps)
+                if self.step % t.log_every == 0 or validating or self.step == until:
                     values["stage"] = 2.0 if stage2 else 1.0
-                    values = {k: float(v) for k, v in values.items()}
+                    values = {k: float(v) for k, v in values.items()}  # tensors sync only here
                     self.reporter.metrics(self.step, values)
+                if validating:
+                    val, images, rows = self.score_validation()
+                    self.reporter.validation(self.step, val, images, rows)
+                    values = {**values, **val}
                 last = values
+                # The full state first: a reporter pairs a validation with the next checkpoint.
+                if self.step % t.checkpoint_every == 0 or self.step == until or \
+                        (validating and self.checkpoint_on_validation):
+                    self.reporter.checkpoint(self.step, self.save(self.out / "last.pt"))
                 if self.step == self.stage1 and self.stage1 > 0:
                     self.reporter.checkpoint(self.step, self.save_generator(self.out / "pretrain_g.pt"))
-                if self.step % t.checkpoint_every == 0 or self.step == until:
-                    self.reporter.checkpoint(self.step, self.save(self.out / "last.pt"))
                 if self.step >= end:
                     break
         return {k: float(v) for k, v in last.items()}
