@@ -260,8 +260,9 @@ _HEADERS = {"trial_id": "trial", "final_val_lpips": "LPIPS", "final_val_psnr": "
             "final_val_ssim": "SSIM", **{c: "sa_share_target" for c in SA_TARGET_PARAMS}}
 _DIGITS = {"final_val_lpips": 5, "final_val_psnr": 2, "final_val_ssim": 4, "sa_share": 3, "sa_share_mean": 3,
            **{c: 3 for c in SA_TARGET_PARAMS}}
-SA_LEGEND = ("sa_share_target: SA share of the generator loss asked for; sa_share: share reached "
-             "(last value); sa_share_mean: reached, mean over the GAN stage")
+SA_LEGEND = {"sa_share_target": "SA share of the generator loss asked for",
+             "sa_share": "share reached (last value)",
+             "sa_share_mean": "share reached, mean over the GAN stage"}
 
 
 def _cell(col: str, v: Any) -> str:
@@ -319,8 +320,10 @@ def format_ranking(choice: WinnerChoice, columns: Sequence[str] | None = None) -
     head = (f"{n} trials ({n_done} ran the full budget; stopped and failed trials listed after them, "
             f"unranked); winner {choice.winner['trial_id']} by {choice.rule.describe()}")
     table = ranking_table(ranked, columns)
-    shown = default_columns(ranked) if columns is None else columns
-    legend = [SA_LEGEND] if any(c in shown for c in (*SA_TARGET_PARAMS, *SA_REACHED)) else []
+    shown = {"sa_share_target" if c in SA_TARGET_PARAMS else c
+             for c in (default_columns(ranked) if columns is None else columns)}
+    legend = ["; ".join(f"{k}: {v}" for k, v in SA_LEGEND.items() if k in shown)]
+    legend = legend if shown & set(SA_LEGEND) else []
     return "\n".join([head, table, *legend, significance_line(choice)])
 
 

@@ -121,7 +121,8 @@ def test_sweep_file_constraint_section(tmp_path):
     (p,) = sweep.space
     assert (p.path, p.float_, p.log) == ("loss.pixel.sa.beta2", (2.0, 200.0), True)  # raw beta2, log scale
     raw = yaml.safe_load(path.read_text())
-    for bad, msg in (({"metric": "m", "band": [0.2, 0.1]}, "constraint.band: [0.2, 0.1] is not a finite interval"),
+    for bad, msg in (({"metric": "m", "band": [0.2, 0.1]},
+                      "constraint.band: [0.2, 0.1] is not a finite interval"),
                      ({"metric": "m"}, "constraint.band"),
                      ({"metric": "m", "band": [0.1, 0.2], "x": 1}, "constraint.x")):
         with pytest.raises(ConfigError, match=msg.replace("[", r"\[").replace("]", r"\]")) as e:

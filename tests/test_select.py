@@ -238,7 +238,7 @@ def test_format_ranking_winner_first_and_significance_sentence():
     rows = [l.split() for l in lines[header + 2:header + 7]]
     assert [r[-1] for r in rows] == ["yes", "yes", "yes", "no", "no"]
     assert [r[-3] for r in rows] == ["100"] * 5  # steps
-    same = with_images(FIVE, n=8, sd=0.0).assign(per_image_lpips_json=json.dumps({f"i{k}": 0.2 for k in range(8)}))
+    same = FIVE.assign(per_image_lpips_json=json.dumps({f"i{k}": 0.2 for k in range(8)}))
     assert format_ranking(select(same, FLOOR)).endswith("p = 1 (exact over 256 sign patterns, two-sided), "
                                                        "8 images: not significant at 0.05")
     assert "significance not tested (no per-image LPIPS" in format_ranking(select(FIVE, FLOOR))
@@ -264,11 +264,14 @@ def test_sa_share_target_and_reached_side_by_side():
     assert head[i:i + 3] == ["sa_share_target", "sa_share", "sa_share_mean"] and head[i + 3] == "LPIPS"
     row = next(l.split() for l in lines if l.split()[:1] == ["1"])
     assert row[i:i + 3] == ["0.170", "0.150", "0.200"]
-    assert any(l.startswith("sa_share_target: SA share of the generator loss asked for") for l in lines)
+    assert ("sa_share_target: SA share of the generator loss asked for; sa_share: share reached (last value); "
+            "sa_share_mean: share reached, mean over the GAN stage") in lines
     # the old key name (before the rename) gets the same clear header
     old = FIVE.assign(**{"param.loss.pixel.sa.sa_share": 0.15})
-    head = next(l for l in format_ranking(select(old, FLOOR)).splitlines() if l.startswith("rank")).split()
+    lines = format_ranking(select(old, FLOOR)).splitlines()
+    head = next(l for l in lines if l.startswith("rank")).split()
     assert head[head.index("sa_share_target") + 1] == "sa_share"
+    assert "sa_share_target: SA share of the generator loss asked for; sa_share: share reached (last value)" in lines
 
 
 def test_short_param_names_do_not_collide():
