@@ -30,10 +30,21 @@ def find_sweep(target: str, tracking_uri: str | None = None) -> SweepState:
     return SweepState.load(found)
 
 
-def choose_winner(state: SweepState, df: pd.DataFrame | None = None, n_boot: int = 10000):
-    """Rank, print, write winner.yaml, tag MLflow; returns the ``Selection``."""
+def selection_rule(state: SweepState):
+    """The winner rule of a sweep: full budget, PSNR floor, and the Optuna constraint band."""
+    from sweeper.select import SelectionRule
+
+    sweep, c = state.sweep, state.sweep.constraint
+    return SelectionRule(psnr_floor=state.bicubic_psnr + sweep.selection.psnr_margin,
+                         total_steps=state.total_steps, constraint_metric=c.metric if c else None,
+                         constraint_band=tuple(c.band) if c else None)
+
+
+def choose_winner(state: SweepState, df: pd.DataFrame | None = None, n_resamples: int = 9999):
+    """Rank, print, write winner.yaml, tag MLflow; returns the ``WinnerChoice``.
+    ``n_resamples``: random sign patterns of the paired test beyond 16 images."""
     from sweeper.export import read_parquet
-    from sweeper.select import SelectionRule, format_ranking, pareto_front, select, winner_config
+    from sweeper.select import format_ranking, pareto_front, select, winner_config
     from sweeper.tracking import Tracker
 
     sweep_dir, sweep = state.dir, state.sweep
@@ -45,15 +56,14 @@ def choose_winner(state: SweepState, df: pd.DataFrame | None = None, n_boot: int
             from sweeper.results import results_table
 
             df = results_table(state)
-    floor = state.bicubic_psnr + sweep.selection.psnr_margin
-    rule = SelectionRule(psnr_floor=floor)
-    sel = select(df, rule, n_boot=n_boot)
+    rule = selection_rule(state)
+    sel = select(df, rule, n_resamples=n_resamples)
     print(f"selection: min final LPIPS s.t. PSNR >= bicubic {state.bicubic_psnr:.2f} "
-          f"{sweep.selection.psnr_margin:+.2f} dB = {floor:.2f} dB")
+          f"{sweep.selection.psnr_margin:+.2f} dB = {rule.psnr_floor:.2f} dB")
     print(format_ranking(sel))
     if len(sweep.objective.metrics) > 1:
-        front = pareto_front(df)
-        print(f"Pareto front (LPIPS vs PSNR): {', '.join(front['trial_id'])}")
+        front = pareto_front(sel.ranked, total_steps=rule.total_steps)
+        print(f"Pareto front (LPIPS vs PSNR, finished trials only): {', '.join(front['trial_id'])}")
     cfg = winner_config(sel.winner)
     out = sweep_dir / WINNER_FILE
     header = (f"# Winner of sweep {sweep_dir.name}: trial {sel.winner['trial_id']} "

@@ -137,7 +137,7 @@ def _cmd_resume(args: argparse.Namespace) -> int:
 def _cmd_best(args: argparse.Namespace) -> int:
     from sweeper.best import choose_winner, find_sweep
 
-    choose_winner(find_sweep(args.target, args.tracking_uri), n_boot=args.bootstrap)
+    choose_winner(find_sweep(args.target, args.tracking_uri), n_resamples=args.resamples)
     return 0
 
 
@@ -221,7 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
     be = sub.add_parser("best", help="rank a sweep's trials, write the winner config, tag its MLflow run")
     be.add_argument("target", help="sweep folder, or the MLflow experiment name of a sweep")
     be.add_argument("--tracking-uri", help="MLflow URI (when TARGET is an experiment name)")
-    be.add_argument("--bootstrap", type=int, default=10000, help="bootstrap resamples for the significance test")
+    be.add_argument("--resamples", type=int, default=9999,
+                    help="random sign patterns of the paired test beyond 16 images (exact below)")
     be.set_defaults(func=_cmd_best)
 
     u = sub.add_parser("ui", help="start the MLflow dashboard (mlflow server on 127.0.0.1) over the sweep store")

@@ -101,8 +101,8 @@ def _winner(df: pd.DataFrame) -> np.ndarray:
     if "rank" not in df.columns:
         return np.zeros(len(df), dtype=bool)
     w = pd.to_numeric(df["rank"], errors="coerce").to_numpy(dtype=float, na_value=np.nan) == 1
-    if "feasible" in df.columns:  # rank 1 below the PSNR floor is not a winner
-        w &= df["feasible"].fillna(False).to_numpy(dtype=bool)
+    if "may_win" in df.columns:  # rank 1 below the PSNR floor is not a winner
+        w &= df["may_win"].fillna(False).to_numpy(dtype=bool)
     return w
 
 
@@ -115,21 +115,30 @@ def _save(fig: Figure, path: str | os.PathLike) -> Path:
 
 def plot_pareto(df: pd.DataFrame, path: str | os.PathLike,
                 objectives: Sequence[tuple[str, str]] = DEFAULT_OBJECTIVES,
-                psnr_floor: float | None = None) -> Path:
-    """Scatter of finished trials (x: first objective, y: second), the Pareto front as a
-    line, the winner starred when ``df`` is a ``rank`` output, the PSNR floor dashed."""
+                psnr_floor: float | None = None, total_steps: int | None = None) -> Path:
+    """Scatter of trials that ran the full budget (x: first objective, y: second), the
+    Pareto front (of those) as a line, ASHA-stopped trials as small grey crosses (scored
+    after fewer steps: shown, not compared), the winner starred when ``df`` is a ``rank``
+    output, the PSNR floor dashed."""
     (xc, xm), (yc, ym) = objectives[:2]
     require_columns(df, ["status", xc, yc], "plot_pareto")
     x = pd.to_numeric(df[xc], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
     y = pd.to_numeric(df[yc], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
-    ok = finished_mask(df) & np.isfinite(x) & np.isfinite(y)
-    feas = df["feasible"].fillna(False).to_numpy(dtype=bool) if "feasible" in df.columns else np.ones(len(df), bool)
+    shown = np.isfinite(x) & np.isfinite(y)
+    ok = finished_mask(df, total_steps) & shown
+    early = ~ok & shown & df["status"].astype(str).str.upper().isin(["TERMINATED", "STOPPED"]).to_numpy()
+    can = (df["may_win"].fillna(False).to_numpy(dtype=bool) if "may_win" in df.columns
+           else np.ones(len(df), dtype=bool))
     fig = Figure(figsize=(6.4, 4.8), layout="constrained")
     ax = fig.add_subplot()
-    ax.scatter(x[ok & feas], y[ok & feas], s=22, color="tab:blue", alpha=0.7, label="trials")
-    if (ok & ~feas).any():
-        ax.scatter(x[ok & ~feas], y[ok & ~feas], s=22, facecolors="none", edgecolors="grey", label="below PSNR floor")
-    front = pareto_front(df, objectives[:2])
+    ax.scatter(x[ok & can], y[ok & can], s=22, color="tab:blue", alpha=0.7, label="finished trials")
+    if (ok & ~can).any():
+        ax.scatter(x[ok & ~can], y[ok & ~can], s=22, facecolors="none", edgecolors="grey",
+                   label="may not win (PSNR floor / constraint)")
+    if early.any():
+        ax.scatter(x[early], y[early], s=16, marker="x", color="lightgrey",
+                   label="stopped early (not compared)")
+    front = pareto_front(df, objectives[:2], total_steps)
     if len(front):
         front = front.sort_values(xc)
         ax.plot(front[xc].astype(float), front[yc].astype(float), "-o", color="tab:red", ms=4,

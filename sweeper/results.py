@@ -48,7 +48,8 @@ def results_table(state: SweepState) -> pd.DataFrame:
         cfg = state.trial_config(trial.config, trial.trial_id)
         row = {"trial_id": trial.trial_id, "status": status, "mlflow_run_id": runs.get(trial.trial_id),
                "steps": step, "time_s": _num(last.get("time_total_s")),
-               "sa_share": _num(last.get("sa_share")), "beta2": _num(last.get("beta2")),
+               "sa_share": _num(last.get("sa_share")), "sa_share_mean": _num(last.get("sa_share_mean")),
+               "beta2": _num(last.get("beta2")),
                "config_json": json.dumps(cfg.model_dump(mode="json"))}
         for m, best in (("lpips", "min"), ("psnr", "max"), ("ssim", "max")):
             col = f"val_{m}"

@@ -125,6 +125,7 @@ def build_tuner(state: SweepState):
     from ray.tune.search.optuna import OptunaSearch
 
     from sweeper.callbacks import MLflowCallback, ProgressCallback
+    from sweeper.constraints import BandConstraint, ConstrainedOptunaSearch
     from sweeper.space import compile_space, grid_points
 
     sweep = state.sweep
@@ -140,10 +141,14 @@ def build_tuner(state: SweepState):
         sampler = {"tpe": lambda: TPESampler(seed=seed), "nsga2": lambda: NSGAIISampler(seed=seed),
                    "random": lambda: RandomSampler(seed=seed)}[algo]()
         multi = len(metrics) > 1
-        search_alg = ConcurrencyLimiter(OptunaSearch(
+        searcher, extra = OptunaSearch, {}
+        if sweep.constraint is not None:  # Optuna learns the band from each trial's reached value
+            searcher = ConstrainedOptunaSearch
+            extra = {"constraint": BandConstraint(sweep.constraint.metric, sweep.constraint.band)}
+        search_alg = ConcurrencyLimiter(searcher(
             space=compile_space(sweep.space), metric=metrics if multi else metrics[0],
             mode=modes if multi else modes[0], sampler=sampler,
-            points_to_evaluate=sweep.search.points_to_evaluate or None), sweep.budget.max_concurrent)
+            points_to_evaluate=sweep.search.points_to_evaluate or None, **extra), sweep.budget.max_concurrent)
     scheduler = None
     if sweep.scheduler.type == "asha":  # steps as time: grace counted in validation rounds
         scheduler = ASHAScheduler(time_attr="step", metric=metrics[0], mode=modes[0], max_t=total,
@@ -212,8 +217,10 @@ def finish(state: SweepState) -> Path:
     try:
         sel = choose_winner(state, df)
         ranked, floor = sel.ranked, sel.rule.psnr_floor
+        # The ranked table (rank, may_win, constraint_ok) beside the raw one.
+        tracker.log_artifact(parent, write_parquet(ranked, state.dir / "ranked.parquet"))
     finally:  # plots and the closed parent run even when no trial qualifies
-        for path in (plot_pareto(ranked, state.dir / "pareto.png", psnr_floor=floor),
+        for path in (plot_pareto(ranked, state.dir / "pareto.png", psnr_floor=floor, total_steps=state.total_steps),
                      plot_parallel(ranked, state.dir / "parallel.png")):
             tracker.log_artifact(parent, path)
         tracker.end_run(parent, "FINISHED")

@@ -7,6 +7,7 @@ as for experiment configs (trainables/config.py). No torch here.
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
@@ -74,6 +75,20 @@ class Selection(Strict):
     psnr_margin: float = 0.0
 
 
+class Constraint(Strict):
+    # A trial is feasible iff the metric it reports (e.g. the reached SA share) lies in
+    # band; Optuna's sampler learns it (constraints_func), and only feasible trials win.
+    metric: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    band: tuple[float, float]
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        lo, hi = self.band
+        if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+            raise ValueError(f"band: [{lo:g}, {hi:g}] is not a finite interval with low < high")
+        return self
+
+
 class SweepConfig(Strict):
     model_config = ConfigDict(ser_json_inf_nan="constants")  # dumps keep mu: .inf (the root decides)
 
@@ -88,6 +103,7 @@ class SweepConfig(Strict):
     resources: Resources = Resources()
     failure: Failure = Failure()
     selection: Selection = Selection()
+    constraint: Optional[Constraint] = None
 
     @property
     def experiment_name(self) -> str:  # the MLflow experiment of every sweep with this name
@@ -105,6 +121,9 @@ class SweepConfig(Strict):
                 grid_points(self.space)
             except ConfigError as exc:
                 raise ValueError(f"{exc} (search.algorithm: grid)") from None
+        if self.constraint is not None and self.search.algorithm not in ("tpe", "nsga2"):
+            raise ValueError(f"constraint: search.algorithm {self.search.algorithm} has no sampler that reads "
+                             "constraints (use tpe or nsga2)")
         self.search.points_to_evaluate = [self._encoded(i, p) for i, p in enumerate(self.search.points_to_evaluate)]
         return self
 

@@ -63,7 +63,7 @@ def test_parquet_round_trip_with_inf_lists_none_and_strings(tmp_path):
     assert back["param.loss.fm.real_lists"][3] == [1, 2, 3] and back["param.loss.dp.mixed"][2] == math.inf
     assert back["param.loss.fm.blocks"][1] == "[0, 1]"  # strings stay strings
     assert pq.read_schema(path).field("param.loss.fm.real_lists").type == "string"  # stored as JSON text
-    # a ranked table (rank NaN, feasible bool) round-trips too, and overwriting works
+    # a ranked table (rank NaN, may_win bool) round-trips too, and overwriting works
     r = rank(df, SelectionRule(psnr_floor=27.0))
     back = read_parquet(write_parquet(r, path))
     assert_same(back, r.reset_index(drop=True))

@@ -198,7 +198,7 @@ BASE = {"name": "bad", "base": "esrgan_dp", "space": [{"path": "loss.dp.mu", "fl
 @pytest.mark.parametrize("change, message", [
     ({"budgett": {"num_samples": 2}},
      "budgett: unknown key (allowed: name, base, set, space, objective, search, budget, scheduler, resources, "
-     "failure, selection)"),
+     "failure, selection, constraint)"),
     ({"space": [{"path": "loss.dp.mu", "float": [0.1, 1]}, {"path": "loss.dp.resnet_stage", "choices": [1, 2]},
                 {"path": "loss.dp.mux", "float": [0.1, 1]}]},
      "space[2].path: loss.dp.mux is not a config key"),

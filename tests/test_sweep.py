@@ -117,7 +117,7 @@ def test_sweep_end_to_end_then_rerun_the_winner(tmp_path, tiny_data):
                   cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     # `best` can be asked again, by experiment name, and tags the same winner.
-    res = srsweep("best", "e2e", "--tracking-uri", uri, "--bootstrap", "200", cwd=tmp_path)
+    res = srsweep("best", "e2e", "--tracking-uri", uri, "--resamples", "200", cwd=tmp_path)
     assert res.returncode == 0 and winners[0].data.tags["ray_trial_id"] in res.stdout, res.stderr[-2000:]
 
 

@@ -84,7 +84,7 @@ def test_validation_reports_metrics_and_a_sample_grid(tiny_data, tmp_path):
     step, name, grid = rep.images[0]
     assert name == "val_sample" and grid.dtype == np.uint8 and grid.shape == (64, 4 * 64, 3)
     assert ("pretrain_g.pt" in {n for _, n in rep.checkpoints})
-    step, rows = rep.scores_at  # per-image scores of the last validation (for the bootstrap)
+    step, rows = rep.scores_at  # per-image scores of the last validation (for the paired test)
     assert step == 4 and [r.name for r in rows] == ["img_002", "img_003"]
     assert np.mean([r.lpips for r in rows]) == pytest.approx(vals[4]["val_lpips"])
 

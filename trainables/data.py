@@ -25,9 +25,12 @@ from trainables.imresize import imresize_uint8
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
-# scikit-image photos that ship inside the wheel (no pooch download). Natural RGB only:
-# gray test charts, logos and the colour wheel would teach a generator nothing useful.
-EMBEDDED_VAL = ("chelsea", "coffee")
+# scikit-image photos that ship inside the wheel (no pooch download). Training: natural
+# RGB only (gray test charts, logos and the colour wheel would teach a generator nothing
+# useful). Validation: 8 images, so a paired test between two trials has power (6 is
+# the fewest for which a sign-flip p can fall below 0.05); the gray photos and textures
+# load as RGB (equal channels). Not motorcycle_right: the stereo twin of a train image.
+EMBEDDED_VAL = ("chelsea", "coffee", "camera", "moon", "coins", "brick", "grass", "gravel")
 EMBEDDED_TRAIN = ("astronaut", "rocket", "motorcycle_left", "hubble_deep_field", "ihc")
 
 
@@ -223,7 +226,7 @@ def embedded_folder() -> Path:
 
 
 def embedded(split: str, scale: int = 4, cache: bool = True) -> ImageSet:
-    """scikit-image's bundled natural photos: fixed split, 2 for ``val``, rest ``train``."""
+    """scikit-image's bundled photos: fixed split, 8 for ``val``, 5 for ``train``."""
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
     folder = embedded_folder()

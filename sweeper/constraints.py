@@ -1,0 +1,64 @@
+"""Optuna constraints through Ray Tune: a metric the trial reports must stay in a band.
+
+The mission's literal form of the SA share: Optuna searches raw ``beta2`` and the share
+the trial reaches (``sa_share_mean``) is a constraint, "within a band around 15%"
+(sweep file: ``constraint: {metric: sa_share_mean, band: [0.10, 0.20]}``).
+
+Optuna 5 samplers (TPE, NSGA-II, GP) read each trial's constraint values (<= 0 feasible)
+from the trial itself, set with ``Trial.set_constraint``; the older
+``constraints_func=`` sampler argument does the same but is deprecated since Optuna 5.0
+(FutureWarning, removal planned for 7.0). Ray's ``OptunaSearch`` tells the study the
+objective in ``on_trial_complete`` and a finished trial cannot be changed afterwards, so
+:class:`ConstrainedOptunaSearch` records the reached value (user attribute) and the band
+violation (constraint) on the Optuna trial first, then lets OptunaSearch tell the study.
+A trial that never reported the metric counts as infeasible (it never showed that it
+complied); a crashed trial is told as FAIL and samplers ignore it anyway.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Optional
+
+from ray.tune.search.optuna import OptunaSearch
+
+from sweeper.select import band_violation
+
+# Violation given to a trial without the metric: finite (Optuna refuses NaN) and worse
+# than any share could be, so TPE ranks it last among the infeasible.
+MISSING_VIOLATION = 1e6
+
+
+class BandConstraint:
+    """``metric`` must lie in ``band``; ``violation`` follows Optuna's sign convention."""
+
+    def __init__(self, metric: str, band: tuple[float, float]):
+        lo, hi = (float(b) for b in band)
+        if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+            raise ValueError(f"constraint band [{lo:g}, {hi:g}] is not a finite interval with low < high")
+        self.metric, self.band = metric, (lo, hi)
+
+    def violation(self, value: Any) -> float:
+        """<= 0 inside the band, else the distance to it; MISSING_VIOLATION without a value."""
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return MISSING_VIOLATION
+        return band_violation(float(value), self.band)
+
+
+class ConstrainedOptunaSearch(OptunaSearch):
+    """``OptunaSearch`` whose sampler learns a band constraint on a reported metric.
+    Takes OptunaSearch's arguments plus ``constraint``; any Optuna 5 sampler works."""
+
+    def __init__(self, *args, constraint: BandConstraint, **kwargs):
+        self.constraint = constraint  # a plain attribute: saved and restored with the searcher state
+        super().__init__(*args, **kwargs)
+
+    def on_trial_complete(self, trial_id: str, result: Optional[dict] = None, error: bool = False) -> None:
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is not None and trial_id not in self._completed_trials and not error:
+            value = (result or {}).get(self.constraint.metric)
+            v = self.constraint.violation(value)
+            if v != MISSING_VIOLATION:
+                ot_trial.set_user_attr(self.constraint.metric, float(value))
+            # Before tell: the study is told below, and a finished trial is read-only.
+            ot_trial.set_constraint(self.constraint.metric, v)
+        super().on_trial_complete(trial_id, result, error)
