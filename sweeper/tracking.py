@@ -134,6 +134,13 @@ class Tracker:
         self.client.set_tag(parent_run_id, "dashboard_view", key)
         return key
 
+    def newest_sweep(self) -> Optional[tuple[str, str]]:
+        """(experiment id, parent run id) of the newest sweep in the store, or None."""
+        exps = [e.experiment_id for e in self.client.search_experiments()]
+        runs = self.client.search_runs(exps, "tags.role = 'sweep'", order_by=["start_time DESC"],
+                                       max_results=1) if exps else []
+        return (runs[0].info.experiment_id, runs[0].info.run_id) if runs else None
+
     # ----------------------------------------------------------------------- runs
     def start_run(self, experiment_id: str, name: str, tags: dict[str, str],
                   parent: Optional[str] = None) -> str:
