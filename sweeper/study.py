@@ -57,12 +57,16 @@ def importances(sweep_dir: str | Path, seed: int = 0) -> tuple[Optional[dict[str
     result = optuna.importance.get_param_importances(
         study, target=target, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=seed))
     note = f"fANOVA over {len(done)} completed trials (stopped trials count with their last report)"
-    return {k: float(v) for k, v in result.items()}, note
+    by_path: dict[str, float] = {}
+    for name, value in result.items():  # Optuna names: "loss.dp.mu", "loss.dp.mu#choice" (the or: branch)
+        path = name.split("#")[0]
+        by_path[path] = by_path.get(path, 0.0) + float(value)
+    return dict(sorted(by_path.items(), key=lambda kv: -kv[1])), note
 
 
 def format_importances(values: Optional[dict[str, float]], note: str, names: dict[str, str]) -> str:
     if values is None:
-        return f"parameter importance: not available ({note})"
+        return f"parameter importance: not available: {note}"
     width = max(len(names.get(k, k)) for k in values)
     rows = [f"  {names.get(k, k):<{width}}  {v:.3f}  {'#' * round(v * 40)}" for k, v in values.items()]
-    return "\n".join([f"parameter importance ({note}):", *rows])
+    return "\n".join([f"parameter importance of the objective, {note}:", *rows])

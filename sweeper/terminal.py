@@ -49,6 +49,7 @@ def quiet(verbose: bool) -> None:
     VERBOSE = verbose
     if verbose:
         return
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # MLflow sets its loggers up at import
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # the new engine prints the box and hint at any verbosity
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     for name, level in (("ray", logging.ERROR), ("ray.tune", logging.ERROR), ("ray.train", logging.ERROR),
