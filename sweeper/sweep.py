@@ -145,9 +145,9 @@ def build_tuner(state: SweepState):
     from sweeper.callbacks import MLflowCallback
     from sweeper.constraints import BandConstraint, ConstrainedOptunaSearch
     from sweeper.report import short_names
+    from sweeper.space import compile_space, grid_points
     from sweeper.study import study_storage
     from sweeper.terminal import ProgressCallback
-    from sweeper.space import compile_space, grid_points
 
     sweep = state.sweep
     metrics = [m.name for m in sweep.objective.metrics]

@@ -23,10 +23,10 @@ from trainables.config import ConfigError, ExperimentConfig, to_dict, validate
 from trainables.data import PairedImages, TrainPatches, open_dataset
 from trainables.edges import CannySpec
 from trainables.evaluate import ImageScore, center_crop, evaluate, mean_score, sample_grid
-from trainables.panels import N_SAMPLES, image_key, label_panels
 from trainables.losses import weighted_distance
 from trainables.metrics import LPIPSMetric
 from trainables.models import build_discriminator, build_generator
+from trainables.panels import N_SAMPLES, image_key, label_panels
 from trainables.objective import GeneratorObjective, d_loss
 
 STREAM_LENGTH = 2**40  # virtual length of the patch stream (never exhausted)
