@@ -71,11 +71,13 @@ def ui(args: argparse.Namespace) -> int:
             print(" ".join(cmd))
             return 0
         base = server.base_url(args.host, args.port)
-        newest = Tracker(uri).newest_sweep() if Path(uri[10:]).is_file() or not uri.startswith("sqlite") else None
+        exists = Path(uri[10:]).is_file() or not uri.startswith("sqlite")  # never create a store here
+        newest = Tracker(uri).newest_sweep() if exists else None
         link = dashboard.runs_url(base, *newest) if newest else f"{base}/#/experiments"
         if args.background:
             base, pid = server.serve(uri, args.host, args.port, background=True)
-            print(f"dashboard: {link}\nmlflow server pid {pid} (log {server.state_dir(uri) / server.LOG_FILE}); "
+            log = server.state_dir(uri) / server.LOG_FILE
+            print(f"dashboard: {link}\nmlflow server pid {pid} (log {log}); "
                   "stop it with: srsweep ui --stop", flush=True)
             return 0
         print(f"dashboard: {link}\n(serving {uri}; Ctrl-C stops it)", flush=True)

@@ -59,7 +59,8 @@ def _bases(data: dict) -> list[str]:
 
 def tiny_overlay(data: dict) -> tuple[str, dict]:
     """(overlay name, its dict) for a sweep file: the video overlay for video presets."""
-    video = any("vsr" in Path(str(b)).stem for b in _bases(data)) and (PRESETS_DIR / f"{TINY_VIDEO}.yaml").is_file()
+    video = (any("vsr" in Path(str(b)).stem for b in _bases(data))
+             and (PRESETS_DIR / f"{TINY_VIDEO}.yaml").is_file())
     name = TINY_VIDEO if video else TINY
     return name, read_yaml(PRESETS_DIR / f"{name}.yaml")
 

@@ -20,7 +20,8 @@ def describe(p: Param) -> str:
         lo, hi = p.float_ or p.int_
         s = f"{k} [{lo:g}, {hi:g}]" + (" log" if p.log else "") + (f" step {p.step:g}" if p.step else "")
         if p.or_:
-            s += ", or " + ", ".join(".inf" if isinstance(v, float) and math.isinf(v) else str(v) for v in p.or_)
+            s += ", or " + ", ".join(".inf" if isinstance(v, float) and math.isinf(v) else str(v)
+                                     for v in p.or_)
         return s
     if k == "first_k":
         return f"first k blocks, k in {p.first_k[0]}..{p.first_k[1]}"

@@ -20,7 +20,6 @@ from typing import Optional
 from ray.tune import Callback
 
 
-
 def fmt_metric(name: str, value) -> str:
     """The one format of a metric value in terminal output: the ranking table's decimals
     (sweeper/select.py: LPIPS 5, PSNR 2, SSIM 4), so a number reads the same everywhere."""
@@ -52,8 +51,9 @@ def quiet(verbose: bool) -> None:
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # MLflow sets its loggers up at import
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # the new engine prints the box and hint at any verbosity
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
-    for name, level in (("ray", logging.ERROR), ("ray.tune", logging.ERROR), ("ray.train", logging.ERROR),
-                        ("mlflow", logging.WARNING), ("alembic", logging.WARNING), ("optuna", logging.WARNING)):
+    levels = {"ray": logging.ERROR, "ray.tune": logging.ERROR, "ray.train": logging.ERROR,
+              "mlflow": logging.WARNING, "alembic": logging.WARNING, "optuna": logging.WARNING}
+    for name, level in levels.items():
         logging.getLogger(name).setLevel(level)
     import optuna
 
@@ -192,13 +192,13 @@ class ProgressCallback(Callback):
             self.ended[trial.trial_id] = "finished"
             what = "finished"
         last = fmt_metric(self.metric, (trial.last_result or {}).get(self.metric))
-        print(f"{self._stamp()} trial {trial.trial_id} {what} ({self.metric} {last}) | {self._counts(trials)}",
-              flush=True)
+        print(f"{self._stamp()} trial {trial.trial_id} {what} ({self.metric} {last}) | "
+              f"{self._counts(trials)}", flush=True)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.ended[trial.trial_id] = "failed"
-        print(f"{self._stamp()} trial {trial.trial_id} failed: {error_reason(trial)} | {self._counts(trials)}",
-              flush=True)
+        print(f"{self._stamp()} trial {trial.trial_id} failed: {error_reason(trial)} | "
+              f"{self._counts(trials)}", flush=True)
 
 
 def _short(v) -> str:

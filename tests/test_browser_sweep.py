@@ -23,7 +23,8 @@ from test_browser import CHROMIUM, _cdp_page, _devtools_port, _free_port  # noqa
 REPO = Path(__file__).resolve().parents[1]
 SRSWEEP = str(Path(sys.executable).parent / "srsweep")
 pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (apt-get install chromium)")]
+              pytest.mark.skipif(CHROMIUM is None,
+                                 reason="chromium not installed (apt-get install chromium)")]
 
 
 def _srsweep(*args, cwd: Path, timeout: int = 900) -> subprocess.CompletedProcess:
@@ -36,7 +37,8 @@ def _srsweep(*args, cwd: Path, timeout: int = 900) -> subprocess.CompletedProces
 
 def test_tiny_sweep_opens_in_the_browser_with_metrics_and_winner(tmp_path):
     res = _srsweep("run", REPO / "search_spaces" / "demo.yaml", "--tiny", "--set", "budget.num_samples=2",
-                   "--set", "train.pretrain_steps=10", "--set", "train.steps=10", "--set", "train.val_every=5",
+                   "--set", "train.pretrain_steps=10", "--set", "train.steps=10",
+                   "--set", "train.val_every=5",
                    "--set", "scheduler.type=none", cwd=tmp_path)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     out = res.stdout
@@ -63,8 +65,8 @@ def test_tiny_sweep_opens_in_the_browser_with_metrics_and_winner(tmp_path):
         flags = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-sync",
                  "--disable-background-networking", "--disable-component-update", "--disable-dev-shm-usage",
                  f"--user-data-dir={profile}", "--remote-debugging-port=0", "--window-size=3600,900"]
-        browser = subprocess.Popen([CHROMIUM, *flags, url], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.DEVNULL, start_new_session=True)
+        browser = subprocess.Popen([CHROMIUM, *flags, url], stdin=subprocess.DEVNULL,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         names = [f"trial-{t}" for t in df["trial_id"]]
         try:
             text, rows = asyncio.run(_cdp_page(_devtools_port(profile, browser), "/experiments/",

@@ -54,7 +54,8 @@ def test_one_metric_format_matches_the_ranking_table():
     assert terminal.fmt_metric("final_val_lpips", 0.2) == "0.20000"
     assert terminal.fmt_metric("val_psnr", 27.4567) == "27.46"
     assert terminal.fmt_metric("val_ssim", 0.73344) == "0.7334"
-    assert terminal.fmt_metric("val_lpips", None) == "-" and terminal.fmt_metric("val_lpips", float("nan")) == "-"
+    assert terminal.fmt_metric("val_lpips", None) == "-"
+    assert terminal.fmt_metric("val_lpips", float("nan")) == "-"
 
 
 def _trial(tid, step):
