@@ -66,7 +66,8 @@ def test_tiny_sweep_opens_in_the_browser_with_metrics_and_winner(tmp_path):
                  "--disable-background-networking", "--disable-component-update", "--disable-dev-shm-usage",
                  f"--user-data-dir={profile}", "--remote-debugging-port=0", "--window-size=3600,900"]
         browser = subprocess.Popen([CHROMIUM, *flags, url], stdin=subprocess.DEVNULL,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                   start_new_session=True)
         names = [f"trial-{t}" for t in df["trial_id"]]
         try:
             text, rows = asyncio.run(_cdp_page(_devtools_port(profile, browser), "/experiments/",
