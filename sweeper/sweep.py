@@ -35,21 +35,26 @@ def _git_commit(path: Path) -> str:
 def init_ray(address: Optional[str]) -> None:
     import ray
 
+    from sweeper.terminal import ray_logging_level
+
     if ray.is_initialized():
         return
     if address:  # an existing cluster: "auto" or ray://host:port
-        ray.init(address=address, log_to_driver=False)
+        ray.init(address=address, log_to_driver=False, logging_level=ray_logging_level())
     else:  # embedded local Ray sized for this machine (STACK-NOTES)
-        ray.init(object_store_memory=2 * 2**30, include_dashboard=False, log_to_driver=False)
+        ray.init(object_store_memory=2 * 2**30, include_dashboard=False, log_to_driver=False,
+                 logging_level=ray_logging_level())
 
 
-def _pretrain(experiment: dict, out_dir: str) -> str:
-    """Stage 1 once per sweep (a Ray task); every trial starts from its generator."""
+def _pretrain(experiment: dict, out_dir: str, progress: Optional[str] = None) -> str:
+    """Stage 1 once per sweep (a Ray task); every trial starts from its generator.
+    ``progress``: a file the driver tails for progress lines (sweeper/terminal.py)."""
+    from sweeper.terminal import FileProgressReporter
     from trainables.config import validate
     from trainables.train import Trainer
 
     cfg = validate(experiment, source="sweep experiment")
-    trainer = Trainer(cfg, out_dir)
+    trainer = Trainer(cfg, out_dir, FileProgressReporter(progress) if progress else None)
     trainer.run(until=trainer.stage1)
     return str(Path(out_dir) / "pretrain_g.pt")
 
@@ -61,8 +66,11 @@ def _bicubic_psnr(cfg) -> float:
     return mean_score(evaluate(bicubic(cfg.scale), load_val_items(cfg), cfg.scale)).psnr
 
 
-def prepare(sweep_path: Path, storage: Path, tracking_uri: str, address: Optional[str]) -> SweepState:
-    """Everything before the Tuner; returns the sweep state, written once to sweep.json."""
+def prepare(sweep_path: Path, storage: Path, tracking_uri: str, address: Optional[str],
+            overrides: tuple[str, ...] = (), tiny: bool = False) -> SweepState:
+    """Everything before the Tuner; returns the sweep state, written once to sweep.json.
+    ``overrides`` (``--set KEY=VALUE``) and ``tiny`` patch the sweep file before validation
+    (sweeper/overrides.py), so the state holds them."""
     import ray
 
     from sweeper.sweep_config import experiment_dict, load_sweep
@@ -71,7 +79,10 @@ def prepare(sweep_path: Path, storage: Path, tracking_uri: str, address: Optiona
     from trainables.config import deep_merge, to_dict, validate
     from trainables.train import Trainer
 
-    sweep = load_sweep(sweep_path)  # the space's corners validate: a bad space fails here
+    from sweeper.overrides import patcher
+
+    # the space's corners validate: a bad space fails here
+    sweep = load_sweep(sweep_path, patcher(overrides, tiny, sweep_path))
     # Trials run in their own folders: paths are fixed against the launch folder now.
     raw = absolute_paths(experiment_dict(sweep, sweep_path), Path.cwd())
     cfg = validate(raw, source=str(sweep_path))
@@ -82,9 +93,13 @@ def prepare(sweep_path: Path, storage: Path, tracking_uri: str, address: Optiona
     init_ray(address)
     res = sweep.resources
     if cfg.train.pretrain_steps and not cfg.train.pretrained_g:
+        from sweeper.terminal import wait_pretraining
+
         print(f"pretraining G once for the sweep ({cfg.train.pretrain_steps} steps)...", flush=True)
         task = ray.remote(num_cpus=res.cpu, num_gpus=res.gpu)(_pretrain)
-        pre = ray.get(task.remote(to_dict(cfg), str(sweep_dir / "pretrain")))
+        progress = sweep_dir / "pretrain_progress.jsonl"
+        pre = wait_pretraining(task.remote(to_dict(cfg), str(sweep_dir / "pretrain"), str(progress)),
+                               progress, cfg.train.pretrain_steps)
         raw = deep_merge(raw, {"train": {"pretrained_g": pre}})
     bicubic_psnr = _bicubic_psnr(cfg)
 
@@ -102,6 +117,9 @@ def prepare(sweep_path: Path, storage: Path, tracking_uri: str, address: Optiona
                        tracking_uri=tracking_uri, experiment_id=exp_id, parent_run_id=parent,
                        bicubic_psnr=bicubic_psnr, total_steps=cfg.train.steps, address=address, tags=tags)
     state.save()
+    from sweeper.report import configure_dashboard
+
+    configure_dashboard(tracker, state)
     print(f"sweep folder {sweep_dir}; MLflow parent run {parent} ({tracking_uri}); "
           f"bicubic val PSNR {bicubic_psnr:.2f} dB", flush=True)
     return state
@@ -124,9 +142,12 @@ def build_tuner(state: SweepState):
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
-    from sweeper.callbacks import MLflowCallback, ProgressCallback
+    from sweeper.callbacks import MLflowCallback
     from sweeper.constraints import BandConstraint, ConstrainedOptunaSearch
+    from sweeper.report import short_names
     from sweeper.space import compile_space, grid_points
+    from sweeper.study import study_storage
+    from sweeper.terminal import ProgressCallback
 
     sweep = state.sweep
     metrics = [m.name for m in sweep.objective.metrics]
@@ -148,7 +169,8 @@ def build_tuner(state: SweepState):
         search_alg = ConcurrencyLimiter(searcher(
             space=compile_space(sweep.space), metric=metrics if multi else metrics[0],
             mode=modes if multi else modes[0], sampler=sampler,
-            points_to_evaluate=sweep.search.points_to_evaluate or None, **extra), sweep.budget.max_concurrent)
+            points_to_evaluate=sweep.search.points_to_evaluate or None, **study_storage(state.dir),
+            **extra), sweep.budget.max_concurrent)
     scheduler = None
     if sweep.scheduler.type == "asha":  # steps as time: grace counted in validation rounds
         scheduler = ASHAScheduler(time_attr="step", metric=metrics[0], mode=modes[0], max_t=total,
@@ -161,7 +183,7 @@ def build_tuner(state: SweepState):
         failure_config=tune.FailureConfig(max_failures=sweep.failure.max_failures),
         callbacks=[MLflowCallback(state),
                    ProgressCallback(metrics[0], modes[0], num_samples if algo != "grid" else
-                                    len(grid_points(sweep.space)), total)])
+                                    len(grid_points(sweep.space)), total, short_names(state))])
     tune_config = tune.TuneConfig(search_alg=search_alg, scheduler=scheduler, num_samples=num_samples,
                                   max_concurrent_trials=sweep.budget.max_concurrent if algo == "grid" else None,
                                   time_budget_s=sweep.budget.time_budget_s)
@@ -169,11 +191,11 @@ def build_tuner(state: SweepState):
 
 
 def run_sweep(sweep_path: str | Path, storage: str | Path = "ray_results", tracking_uri: Optional[str] = None,
-              address: Optional[str] = None) -> Path:
+              address: Optional[str] = None, overrides: tuple[str, ...] = (), tiny: bool = False) -> Path:
     from sweeper.tracking import default_tracking_uri
 
     state = prepare(Path(sweep_path).resolve(), Path(storage).resolve(), tracking_uri or default_tracking_uri(),
-                    address)
+                    address, overrides, tiny)
     build_tuner(state).fit()
     return finish(state)
 
@@ -189,6 +211,11 @@ def resume_sweep(sweep_dir: str | Path) -> Path:
         raise ConfigError(f"{sweep_dir}: not a resumable sweep folder (no Tune state)")
     init_ray(state.address)
     print(f"resuming {sweep_dir}", flush=True)
+    from sweeper.report import configure_dashboard, dashboard_lines
+    from sweeper.tracking import Tracker
+
+    configure_dashboard(Tracker(state.tracking_uri), state)
+    print("\n".join(dashboard_lines(state)), flush=True)
     tuner = tune.Tuner.restore(str(sweep_dir), _trainable(state), resume_unfinished=True, resume_errored=True)
     tuner.fit()
     return finish(state)
@@ -213,7 +240,7 @@ def finish(state: SweepState) -> Path:
                   "(Tune re-ran that configuration); it is now deleted", flush=True)
     table = write_parquet(df, state.dir / "results.parquet")
     tracker.log_artifact(parent, table)
-    ranked, floor = df, None
+    ranked, floor, sel = df, None, None
     try:
         sel = choose_winner(state, df)
         ranked, floor = sel.ranked, sel.rule.psnr_floor
@@ -223,5 +250,13 @@ def finish(state: SweepState) -> Path:
         for path in (plot_pareto(ranked, state.dir / "pareto.png", psnr_floor=floor, total_steps=state.total_steps),
                      plot_parallel(ranked, state.dir / "parallel.png")):
             tracker.log_artifact(parent, path)
+        from sweeper import report
+
+        report.parent_outputs(tracker, state, df, sel)
+        if sel is not None:
+            report.print_lines([report.importance_report(tracker, state),
+                                *report.closing_lines(state, sel, report.winner_file(state))])
+        else:
+            report.print_lines(report.dashboard_lines(state))
         tracker.end_run(parent, "FINISHED")
     return state.dir

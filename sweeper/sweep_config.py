@@ -268,10 +268,12 @@ def missing_section(exp: dict, path: str) -> Optional[str]:
     return None
 
 
-def load_sweep(path: str | Path) -> SweepConfig:
+def load_sweep(path: str | Path, patch=None) -> SweepConfig:
     """Sweep YAML -> SweepConfig, after checking that the experiment validates at the
-    space's corners (so a bad base/set/space fails here, not in trial 17)."""
-    sweep = validate_sweep(read_yaml(path), str(path))
+    space's corners (so a bad base/set/space fails here, not in trial 17). ``patch``:
+    dict -> dict applied before validation (``--set`` / ``--tiny``, sweeper/overrides.py)."""
+    data = read_yaml(path)
+    sweep = validate_sweep(patch(data) if patch else data, str(path))
     exp, first = experiment_dict(sweep, path), None
     for i, top in enumerate(sweep.space):
         for where, p in top.walk(f"space[{i}]"):

@@ -116,6 +116,31 @@ class Tracker:
                 return runs[0].data.tags["sweep_dir"]
         return None
 
+    def configure_experiment(self, experiment_id: str) -> None:
+        """Mark the experiment as model training (the UI labels it "Machine learning")."""
+        from sweeper import dashboard
+
+        self.client.set_experiment_tag(experiment_id, dashboard.KIND_TAG, dashboard.KIND_TRAINING)
+
+    def configure_parent(self, experiment_id: str, parent_run_id: str, objective: str, mode: str,
+                         searched: list[str], reserved: Any = ()) -> str:
+        """Write the sweep's shared dashboard view (an experiment tag, sweeper/dashboard.py)
+        and point the parent at it; returns the view key. Idempotent (a resume rewrites it)."""
+        from sweeper import dashboard
+
+        key = dashboard.view_key(parent_run_id)
+        value = dashboard.view_json(parent_run_id, objective, mode, searched, reserved=reserved)
+        self.client.set_experiment_tag(experiment_id, dashboard.VIEW_TAG_PREFIX + key, value)
+        self.client.set_tag(parent_run_id, "dashboard_view", key)
+        return key
+
+    def newest_sweep(self) -> Optional[tuple[str, str]]:
+        """(experiment id, parent run id) of the newest sweep in the store, or None."""
+        exps = [e.experiment_id for e in self.client.search_experiments()]
+        runs = self.client.search_runs(exps, "tags.role = 'sweep'", order_by=["start_time DESC"],
+                                       max_results=1) if exps else []
+        return (runs[0].info.experiment_id, runs[0].info.run_id) if runs else None
+
     # ----------------------------------------------------------------------- runs
     def start_run(self, experiment_id: str, name: str, tags: dict[str, str],
                   parent: Optional[str] = None) -> str:

@@ -20,6 +20,7 @@ import numpy as np
 from sweeper.state import SweepState
 
 CKPT_FILE, SCORES_FILE, IMAGES_DIR = "last.pt", "scores.json", "images"
+CURVES_FILE = "curves.json"  # every log step since the previous report: [{step, loss_*, sa_share, ...}]
 
 
 class RayReporter:
@@ -29,9 +30,11 @@ class RayReporter:
     def __init__(self):
         self.latest: dict[str, float] = {}
         self.pending: Optional[tuple[int, dict, dict, list]] = None
+        self.curves: list[dict[str, float]] = []  # log steps buffered until the next report
 
     def metrics(self, step: int, values: dict[str, float]) -> None:
         self.latest = {**values, "step": step}
+        self.curves.append(self.latest)
 
     def validation(self, step: int, metrics: dict[str, float], images: dict[str, np.ndarray],
                    scores: list) -> None:
@@ -56,6 +59,8 @@ class RayReporter:
             from sweeper.tracking import per_image
 
             (d / SCORES_FILE).write_text(json.dumps(per_image(scores)))
+            (d / CURVES_FILE).write_text(json.dumps(self.curves))
+            self.curves = []
             tune.report({**self.latest, **metrics, "step": step},
                         checkpoint=tune.Checkpoint.from_directory(d))
 
@@ -80,7 +85,9 @@ def run_trial(params: dict, state: SweepState, threads: int = 1) -> None:
 
 
 def read_checkpoint_files(path: str | os.PathLike) -> dict[str, Any]:
-    """Per-image scores and the sample images from a reported checkpoint folder."""
+    """Per-image scores, the sample images and the buffered log-step curves from a
+    reported checkpoint folder."""
     p = Path(path)
     scores = json.loads((p / SCORES_FILE).read_text()) if (p / SCORES_FILE).is_file() else {}
-    return {"scores": scores, "images": sorted((p / IMAGES_DIR).glob("*.png"))}
+    curves = json.loads((p / CURVES_FILE).read_text()) if (p / CURVES_FILE).is_file() else []
+    return {"scores": scores, "images": sorted((p / IMAGES_DIR).glob("*.png")), "curves": curves}

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from sweeper import dashboard, ui
+from sweeper.tracking import Tracker
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (apt-get install chromium)")
@@ -50,10 +51,11 @@ def _log_sweep(uri: str) -> tuple[str, str]:
 
     client = MlflowClient(uri)
     exp = client.create_experiment("srsweep-browser", artifact_location=str(Path(uri[10:]).parent / "art"))
-    dashboard.configure_experiment(client, exp)
+    tracker = Tracker(uri)
+    tracker.configure_experiment(exp)
     parent = client.create_run(exp, run_name="browser (sweep)", tags={"role": "sweep"}).info.run_id
     searched = list(next(iter(TRIALS.values()))[5])
-    dashboard.configure_parent(client, exp, parent, "val_lpips", "min", searched)
+    tracker.configure_parent(exp, parent, "val_lpips", "min", searched)
     for trial, (lpips, psnr, ssim, steps, status, params) in TRIALS.items():
         run = client.create_run(exp, run_name=f"trial-{trial}", tags={
             "mlflow.parentRunId": parent, "ray_trial_id": trial}).info.run_id

@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 
 from sweeper import dashboard, ui
+from sweeper.tracking import Tracker
 
 
 def test_short_names_are_the_shortest_distinct_suffixes():
@@ -61,8 +62,9 @@ def test_configure_writes_experiment_tags_the_ui_reads(tmp_path):
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     exp = client.create_experiment("e", artifact_location=str(tmp_path / "art"))
     parent = client.create_run(exp, run_name="s (sweep)").info.run_id
-    dashboard.configure_experiment(client, exp)
-    key = dashboard.configure_parent(client, exp, parent, "val_lpips", "min", ["loss.dp.mu"])
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    tracker.configure_experiment(exp)
+    key = tracker.configure_parent(exp, parent, "val_lpips", "min", ["loss.dp.mu"])
     tags = client.get_experiment(exp).tags
     assert tags["mlflow.experimentKind"] == "custom_model_development"
     state = json.loads(tags[f"mlflow.sharedViewState.{key}"])

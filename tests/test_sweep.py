@@ -106,8 +106,10 @@ def test_sweep_end_to_end_then_rerun_the_winner(tmp_path, tiny_data):
     # One report per validation (val_every 2), each with the checkpoint of its own step.
     steps = [m.step for m in hist]
     assert steps == sorted(set(steps)) and all(s % 2 == 0 for s in steps)
-    arts = {a.path for a in client.list_artifacts(winners[0].info.run_id, "samples")}
-    assert arts == {f"samples/step_{s:07d}" for s in steps}
+    # Labelled sample grids as step-indexed MLflow images (the UI's slider), one key per val image.
+    arts = [a.path for a in client.list_artifacts(winners[0].info.run_id, "images")]
+    assert {p.split("/")[-1].split("+")[0] for p in arts if p.endswith(".png")} == \
+        {"val_sample_0_img_002", "val_sample_1_img_003"}, arts
     parent = client.get_run(state["parent_run_id"])
     assert parent.data.tags["winner_run_id"] == winners[0].info.run_id
     assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"results.parquet", "pareto.png",
@@ -131,7 +133,7 @@ def test_killed_driver_resumes_without_duplicates(tmp_path, tiny_data):
     seen, trials = [], set()
     for line in proc.stdout:
         seen.append(line)
-        m = re.match(r"\[\s*[\d.]+ min\] (\w+) step (\d+):", line)
+        m = re.match(r"\[\s*[\d.]+ min\] trial (\w+) step (\d+)/", line)
         if m:
             trials.add(m.group(1))
         if len(trials) >= 2:

@@ -26,6 +26,7 @@ from trainables.evaluate import ImageScore, center_crop, evaluate, mean_score, s
 from trainables.losses import weighted_distance
 from trainables.metrics import LPIPSMetric
 from trainables.models import build_discriminator, build_generator
+from trainables.panels import N_SAMPLES, image_key, label_panels
 from trainables.objective import GeneratorObjective, d_loss
 
 STREAM_LENGTH = 2**40  # virtual length of the patch stream (never exhausted)
@@ -239,11 +240,13 @@ class Trainer:
         self.G.eval()
         rows = evaluate(lambda lr: self.G(lr).clamp(0, 1), self.val_items, self.cfg.scale,
                         lpips=self.lpips, device=self.device)
-        first = self.val_items[0]
-        sr = self.G(first["lr"][None].to(self.device)).clamp(0, 1)[0].cpu()
+        images = {}
+        for i, item in enumerate(self.val_items[:N_SAMPLES]):  # the same few images every time
+            sr = self.G(item["lr"][None].to(self.device)).clamp(0, 1)[0].cpu()
+            images[image_key(i, item.get("name", ""))] = label_panels(
+                sample_grid(item["lr"], sr, item["hr"], self.cfg.scale))
         self.G.train()
         m = mean_score(rows)
-        images = {"val_sample": sample_grid(first["lr"], sr, first["hr"], self.cfg.scale)}
         return {"val_psnr": m.psnr, "val_ssim": m.ssim, "val_lpips": m.lpips}, images, rows
 
     # ------------------------------------------------------------ checkpoints
