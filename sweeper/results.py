@@ -12,6 +12,7 @@ import math
 import pandas as pd
 
 from sweeper.cluster import PLACEMENT_KEYS
+from sweeper.sharing import checkpoint_dir
 from sweeper.state import SweepState
 from sweeper.sweep_config import searched
 from sweeper.tracking import Tracker
@@ -61,8 +62,9 @@ def results_table(state: SweepState) -> pd.DataFrame:
         for path, value in searched(trial.config).items():
             row[f"param.{path}"] = value
         ckpt = ea.get_last_checkpoint(trial) if trial.last_result else None
-        row["checkpoint"] = ckpt.path if ckpt is not None else None
-        scores = read_checkpoint_files(ckpt.path)["scores"] if ckpt is not None else {}
+        path = checkpoint_dir(state, ckpt.path) if ckpt is not None else None
+        row["checkpoint"] = path
+        scores = read_checkpoint_files(path)["scores"] if ckpt is not None else {}
         lpips = {k: v["lpips"] for k, v in scores.items()}
         row["per_image_lpips_json"] = json.dumps(lpips) if scores else None
         rows.append(row)

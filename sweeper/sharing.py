@@ -66,6 +66,14 @@ def publish(view: SweepState, sweep_dir: str) -> list[str]:
     return done
 
 
+def checkpoint_dir(state: SweepState, path: str) -> str:
+    """A trial checkpoint as a folder of ``state.dir``: Ray 2.60's ExperimentAnalysis of a
+    mirrored experiment prefixes the recorded path with the mirror's (``mirror//mirror/...``)."""
+    p = Path(path)
+    here = state.dir / p.parent.name / p.name
+    return str(here) if here.is_dir() else path
+
+
 def remote_checkpoints(df, view: SweepState, sweep_dir: str):
     """The results table's checkpoint column pointed back at the remote sweep folder."""
     if view.sweep_dir == sweep_dir or "checkpoint" not in df:
