@@ -37,7 +37,8 @@ def fit_guarded(state: SweepState, tuner) -> None:
         tracker.set_tags(parent, {"failure": f"Ray cluster {gcs} lost"})
         tracker.end_run(parent, "FAILED")
 
-    gcs = ray.get_runtime_context().gcs_address
+    joined = state.address or ""
+    gcs = joined if joined.startswith("ray://") else ray.get_runtime_context().gcs_address
     watch = ClusterWatch(gcs, lost) if state.address else None
     try:
         if watch:
