@@ -73,7 +73,7 @@ def test_sweep_through_the_cli_uses_both_nodes(cluster, tmp_path, tiny_data):  #
     header = next(ln for ln in best.stdout.splitlines() if ln.lstrip().startswith("rank"))
     assert header.split()[-3:] == ["host", "node", "gpu"], header
     for trial_id, node in zip(df["trial_id"], df["node_id"]):
-        row = next(ln for ln in best.stdout.splitlines() if f" {trial_id} " in f" {ln} ")
+        row = next(ln for ln in best.stdout.splitlines() if ln.split()[1:2] == [trial_id])  # rank, trial
         assert row.split()[-3:] == [socket.gethostname(), node[:8], "-"], row
 
 
