@@ -19,7 +19,9 @@ WINNER_FILE = "winner.yaml"
 def find_sweep(target: str, tracking_uri: str | None = None) -> SweepState:
     """A sweep folder, or an MLflow experiment name (latest sweep parent run in it)."""
     if is_sweep_dir(target):
-        return SweepState.load(Path(target).resolve())
+        from sweeper.storage import is_remote
+
+        return SweepState.load(target if is_remote(target) else Path(target).resolve())
     from sweeper.tracking import Tracker, default_tracking_uri
 
     tracker = Tracker(tracking_uri or default_tracking_uri())
@@ -40,9 +42,11 @@ def selection_rule(state: SweepState):
                          constraint_band=tuple(c.band) if c else None)
 
 
-def choose_winner(state: SweepState, df: pd.DataFrame | None = None, n_resamples: int = 9999):
+def choose_winner(state: SweepState, df: pd.DataFrame | None = None, n_resamples: int = 9999,
+                  verbose: bool = False):
     """Rank, print, write winner.yaml, tag MLflow; returns the ``WinnerChoice``.
-    ``n_resamples``: random sign patterns of the paired test beyond 16 images."""
+    ``n_resamples``: random sign patterns of the paired test beyond 16 images;
+    ``verbose``: the table also shows where each trial ran (host, node, GPU)."""
     from sweeper.export import read_parquet
     from sweeper.select import format_ranking, pareto_front, select, winner_config
     from sweeper.tracking import Tracker
@@ -60,7 +64,15 @@ def choose_winner(state: SweepState, df: pd.DataFrame | None = None, n_resamples
     sel = select(df, rule, n_resamples=n_resamples)
     print(f"selection: min final LPIPS s.t. PSNR >= bicubic {state.bicubic_psnr:.2f} "
           f"{sweep.selection.psnr_margin:+.2f} dB = {rule.psnr_floor:.2f} dB")
-    print(format_ranking(sel))
+    if verbose:
+        import dataclasses
+
+        from sweeper.cluster import PLACEMENT_VIEW, placement_view
+
+        print(format_ranking(dataclasses.replace(sel, ranked=placement_view(sel.ranked)),
+                             extra_columns=PLACEMENT_VIEW))
+    else:
+        print(format_ranking(sel))
     if len(sweep.objective.metrics) > 1:
         front = pareto_front(sel.ranked, total_steps=rule.total_steps)
         print(f"Pareto front (LPIPS vs PSNR, finished trials only): {', '.join(front['trial_id'])}")

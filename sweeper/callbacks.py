@@ -11,6 +11,7 @@ from __future__ import annotations
 from ray.tune import Callback
 
 from sweeper.report import child_extras, status_word
+from sweeper.cluster import PLACEMENT_KEYS, placement_tags
 from sweeper.state import SweepState
 from sweeper.sweep_config import searched
 from sweeper.terminal import ProgressCallback as _ProgressCallback
@@ -20,7 +21,7 @@ from sweeper.trial import read_checkpoint_files
 # Result keys that are bookkeeping, not metrics worth a chart.
 _SKIP = {"step", "stage", "done", "training_iteration", "trial_id", "date", "timestamp", "pid", "hostname",
          "node_ip", "time_this_iter_s", "time_total_s", "time_since_restore", "iterations_since_restore",
-         "checkpoint_dir_name"}
+         "checkpoint_dir_name", *PLACEMENT_KEYS}
 
 
 def _read_rgb(path):
@@ -37,9 +38,10 @@ class MLflowCallback(Callback):
     def __init__(self, state: SweepState):
         self.state, self.tracker = state, Tracker(state.tracking_uri)
         self._runs: dict[str, str] = {}
+        self._nodes: dict[str, str] = {}  # trial id -> the node its run is tagged with
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_runs": {}}
+        return {**self.__dict__, "_runs": {}, "_nodes": {}}
 
     def run_id(self, trial) -> str:
         if trial.trial_id in self._runs:
@@ -69,6 +71,10 @@ class MLflowCallback(Callback):
                   if k not in _SKIP and isinstance(v, (int, float)) and not isinstance(v, bool)}
         self.tracker.log_metrics(self.run_id(trial), int(result.get("step", 0)), values)
         self.tracker.set_tags(self.run_id(trial), {"steps": str(int(result.get("step", 0)))})
+        where = placement_tags(result)
+        if where and self.__dict__.setdefault("_nodes", {}).get(trial.trial_id) != result.get("node_id"):
+            self.tracker.set_tags(self.run_id(trial), where)  # a trial restored on another node: re-tag
+            self._nodes[trial.trial_id] = result.get("node_id")
 
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
         run_id = self.run_id(trial)

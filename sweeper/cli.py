@@ -144,7 +144,7 @@ def _cmd_resume(args: argparse.Namespace) -> int:
         return 0
     from sweeper.sweep import resume_sweep
 
-    resume_sweep(args.sweep_dir)
+    resume_sweep(args.sweep_dir, address=args.address)
     return 0
 
 
@@ -152,8 +152,12 @@ def _cmd_best(args: argparse.Namespace) -> int:
     from sweeper.best import choose_winner, find_sweep
     from sweeper.cli_sweep import after_best
 
+    from sweeper.sharing import local_view, publish
+
     state = find_sweep(args.target, args.tracking_uri)
-    after_best(state, choose_winner(state, n_resamples=args.resamples))
+    view = local_view(state)  # a sweep on S3: a local mirror, winner.yaml uploaded back
+    after_best(view, choose_winner(view, n_resamples=args.resamples, verbose=args.verbose))
+    publish(view, state.sweep_dir)
     return 0
 
 
@@ -226,14 +230,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="run a sweep: Ray Tune trials, Optuna search, ASHA, MLflow, automatic winner")
     r.add_argument("sweep", help="sweep YAML, e.g. search_spaces/demo.yaml")
-    r.add_argument("--address", help="existing Ray cluster ('auto' or ray://host:10001); default: local Ray")
-    r.add_argument("--storage", default="ray_results", help="where sweep folders go (shared storage on clusters)")
+    r.add_argument("--address", help="existing Ray cluster: auto, HOST:PORT or ray://HOST:10001; "
+                   "default: local Ray")
+    r.add_argument("--storage", default="ray_results",
+                   help="where sweep folders go: a folder (shared, e.g. NFS, on clusters) or s3://bucket/prefix")
     r.add_argument("--tracking-uri", help="MLflow URI; default $MLFLOW_TRACKING_URI or a SQLite store in this folder")
     _sweep_args(r)
     r.set_defaults(func=_cmd_run)
 
     rs = sub.add_parser("resume", help="continue an interrupted sweep from its folder")
-    rs.add_argument("sweep_dir")
+    rs.add_argument("sweep_dir", help="the sweep folder, or its s3://bucket/prefix/NAME")
+    rs.add_argument("--address", help="the Ray cluster to resume on (default: the one the sweep started on)")
     _sweep_args(rs, resume=True)
     rs.set_defaults(func=_cmd_resume)
 
@@ -242,6 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--tracking-uri", help="MLflow URI (when TARGET is an experiment name)")
     be.add_argument("--resamples", type=int, default=9999,
                     help="random sign patterns of the paired test beyond 16 images (exact below)")
+    be.add_argument("--verbose", action="store_true", help="also show where each trial ran (host, node, GPU)")
     be.set_defaults(func=_cmd_best)
 
     u = sub.add_parser("ui", help="start the MLflow dashboard (mlflow server on 127.0.0.1) over the sweep store")

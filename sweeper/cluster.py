@@ -15,6 +15,8 @@ import sys
 from dataclasses import asdict, dataclass
 from typing import Optional
 
+from trainables.config import SrsweepError
+
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 PROBE_TIMEOUT_S = 5.0
@@ -27,7 +29,7 @@ AUTH_HELP = ("export RAY_AUTH_MODE=token and the cluster's token as RAY_AUTH_TOK
 SCALE_UP_ENV = "SRSWEEP_ALLOW_SCALE_UP"
 
 
-class ClusterError(ValueError):
+class ClusterError(SrsweepError, ValueError):
     """One line (one per failure for path checks) the CLI prints instead of a traceback."""
 
 
@@ -274,6 +276,60 @@ def check_paths_on_workers(paths: list[str]) -> None:
             lines.append(f"{names[node_id]}: path check failed ({str(exc).splitlines()[0][:200]})")
     if lines:
         raise ClusterError("\n".join(lines))
+
+
+def placement_view(df):
+    """Short placement columns for the ranked table (``srsweep best --verbose``): host,
+    node (first 8 characters of the node id) and gpu ("2x NVIDIA H100", "-" on CPU)."""
+    out = df.copy()
+    out["host"] = df["host"] if "host" in df else None
+    out["node"] = [v[:8] if isinstance(v, str) else None for v in df.get("node_id", [None] * len(df))]
+    counts = df.get("gpu_count", [None] * len(df))
+    names = df.get("gpu_name", [None] * len(df))
+    out["gpu"] = [f"{int(c)}x {n}" if isinstance(c, (int, float)) and c == c and c > 0 else
+                  ("-" if c == 0 else None) for c, n in zip(counts, names)]
+    return out
+
+
+PLACEMENT_VIEW = ("host", "node", "gpu")
+
+
+class ClusterWatch:
+    """While a sweep runs on a joined cluster, probe its GCS port every ``every`` s. Lost for
+    ``misses`` probes in a row: ``on_lost`` runs once (the parent MLflow run is marked FAILED
+    then, because Ray ends a driver whose GCS is gone without running Python cleanup)."""
+
+    def __init__(self, address: str, on_lost, every: float = 5.0, misses: int = 3):
+        import threading
+
+        self.address, self.on_lost, self.every, self.misses = address, on_lost, every, misses
+        self.lost = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="srsweep-cluster-watch", daemon=True)
+
+    def _reachable(self) -> bool:
+        host, port = _host_port(self.address)
+        try:
+            socket.create_connection((host, port), timeout=PROBE_TIMEOUT_S).close()
+            return True
+        except OSError:
+            return False
+
+    def _run(self) -> None:
+        missed = 0
+        while not self._stop.wait(self.every):
+            missed = 0 if self._reachable() else missed + 1
+            if missed >= self.misses and not self.lost:
+                self.lost = True
+                self.on_lost()
+
+    def __enter__(self) -> "ClusterWatch":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=self.every + PROBE_TIMEOUT_S)
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -11,6 +11,8 @@ import math
 
 import pandas as pd
 
+from sweeper.cluster import PLACEMENT_KEYS
+from sweeper.sharing import checkpoint_dir
 from sweeper.state import SweepState
 from sweeper.sweep_config import searched
 from sweeper.tracking import Tracker
@@ -56,11 +58,13 @@ def results_table(state: SweepState) -> pd.DataFrame:
             series = pd.to_numeric(hist[col], errors="coerce") if col in hist else pd.Series(dtype=float)
             row[f"final_{col}"] = _num(last.get(col))
             row[f"best_{col}"] = float(getattr(series, best)()) if series.notna().any() else math.nan
+        row.update({k: last.get(k) for k in PLACEMENT_KEYS})  # where the trial last reported from
         for path, value in searched(trial.config).items():
             row[f"param.{path}"] = value
         ckpt = ea.get_last_checkpoint(trial) if trial.last_result else None
-        row["checkpoint"] = ckpt.path if ckpt is not None else None
-        scores = read_checkpoint_files(ckpt.path)["scores"] if ckpt is not None else {}
+        path = checkpoint_dir(state, ckpt.path) if ckpt is not None else None
+        row["checkpoint"] = path
+        scores = read_checkpoint_files(path)["scores"] if ckpt is not None else {}
         lpips = {k: v["lpips"] for k, v in scores.items()}
         row["per_image_lpips_json"] = json.dumps(lpips) if scores else None
         rows.append(row)

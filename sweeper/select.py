@@ -313,9 +313,14 @@ def significance_line(choice: WinnerChoice) -> str:
             + choice.test.describe())
 
 
-def format_ranking(choice: WinnerChoice, columns: Sequence[str] | None = None) -> str:
-    """Rule line, ranking table (winner first), SA legend, winner-vs-runner-up sentence."""
+def format_ranking(choice: WinnerChoice, columns: Sequence[str] | None = None,
+                   extra_columns: Sequence[str] = ()) -> str:
+    """Rule line, ranking table (winner first), SA legend, winner-vs-runner-up sentence.
+    ``extra_columns`` (present ones only) follow the default or given columns."""
     ranked = choice.ranked
+    if extra_columns:
+        columns = [*(default_columns(ranked) if columns is None else columns),
+                   *(c for c in extra_columns if c in ranked.columns)]
     n, n_done = len(ranked), int(ranked["rank"].notna().sum())
     head = (f"{n} trials ({n_done} ran the full budget; stopped and failed trials listed after them, "
             f"unranked); winner {choice.winner['trial_id']} by {choice.rule.describe()}")

@@ -14,6 +14,7 @@ from typing import Any, Optional
 
 from pydantic import ConfigDict, ValidationError
 
+from sweeper import storage
 from sweeper.sweep_config import SweepConfig, experiment_at, searched
 from trainables.config import ConfigError, ExperimentConfig, Strict, validate
 
@@ -71,6 +72,10 @@ class SweepState(Strict):
         return experiment_at(self.experiment, searched(params), f"trial {trial_id}".strip())
 
     def save(self) -> Path:
+        if storage.is_remote(self.sweep_dir):  # s3://...: through the storage's filesystem
+            where, fs = storage.resolve_storage(self.sweep_dir)
+            storage.write_text(storage.join(where, STATE_FILE), self.model_dump_json(indent=1), fs)
+            return Path(STATE_FILE)
         path = self.dir / STATE_FILE
         tmp = path.with_suffix(".tmp")
         tmp.write_text(self.model_dump_json(indent=1))
@@ -79,6 +84,11 @@ class SweepState(Strict):
 
     @classmethod
     def load(cls, sweep_dir: str | Path) -> SweepState:
+        if storage.is_remote(sweep_dir):
+            where, fs = storage.resolve_storage(sweep_dir)
+            if not storage.exists(storage.join(where, STATE_FILE), fs):
+                raise ConfigError(f"{sweep_dir}: not a sweep folder (no {STATE_FILE})")
+            return cls.model_validate_json(storage.read_text(storage.join(where, STATE_FILE), fs))
         path = Path(sweep_dir) / STATE_FILE
         if not path.is_file():
             raise ConfigError(f"{Path(sweep_dir)}: not a sweep folder (no {STATE_FILE})")
@@ -90,4 +100,7 @@ class SweepState(Strict):
 
 
 def is_sweep_dir(path: str | Path) -> bool:
+    if storage.is_remote(path):
+        where, fs = storage.resolve_storage(path)
+        return storage.exists(storage.join(where, STATE_FILE), fs)
     return (Path(path) / STATE_FILE).is_file()

@@ -16,8 +16,12 @@ from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
 
+from trainables.config import SrsweepError
 
-class StorageError(ValueError):
+CACHE_ENV = "SRSWEEP_CACHE"  # where the driver mirrors a sweep kept on S3 (default ~/.cache/srsweep)
+
+
+class StorageError(SrsweepError, ValueError):
     """One line naming the storage location and what is wrong with it."""
 
 
@@ -104,3 +108,49 @@ def upload_file(src: str | os.PathLike, path: str, fs: Optional[pafs.FileSystem]
         fs = pafs.LocalFileSystem()
         fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
     pafs.copy_files(str(src), path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+
+
+# ------------------------------------------------------------------ sweep folders as URIs
+def is_remote(uri: str | os.PathLike) -> bool:
+    """``s3://...`` (a sweep folder, a pretrained G) rather than a path on this machine."""
+    return str(uri).startswith("s3://")
+
+
+def uri_of(storage_path: str, fs: Optional[pafs.FileSystem]) -> str:
+    """(storage path, filesystem) -> what sweep.json and the CLI show: a folder or s3://..."""
+    return f"s3://{storage_path}" if isinstance(fs, pafs.S3FileSystem) else storage_path
+
+
+def local_cache(uri: str) -> Path:
+    """The driver's local mirror of a remote sweep folder (results, plots, winner.yaml)."""
+    root = Path(os.environ.get(CACHE_ENV) or "~/.cache/srsweep").expanduser()
+    return root / str(uri).removeprefix("s3://")
+
+
+def mirror_dir(path: str, fs: pafs.FileSystem, dest: str | os.PathLike, skip_suffixes=(".pt",)) -> Path:
+    """Like ``download_dir``, without the files the driver never reads (model checkpoints:
+    the bulk of a sweep). Files already mirrored with the same size are not fetched again."""
+    dest, local = Path(dest), pafs.LocalFileSystem()
+    for info in fs.get_file_info(pafs.FileSelector(path, recursive=True)):
+        if info.type != pafs.FileType.File or info.path.endswith(tuple(skip_suffixes)):
+            continue
+        target = dest / info.path[len(path.rstrip("/")) + 1:]
+        if target.is_file() and target.stat().st_size == info.size:
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        pafs.copy_files(info.path, str(target), source_filesystem=fs, destination_filesystem=local)
+    dest.mkdir(parents=True, exist_ok=True)
+    return dest
+
+
+def fetch_file(uri: str, dest: str | os.PathLike) -> Path:
+    """Copy one ``s3://`` object to a local path (atomically: parallel trials on one node)."""
+    dest = Path(dest)
+    if dest.is_file():
+        return dest
+    path, fs = resolve_storage(uri)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}")
+    pafs.copy_files(path, str(tmp), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+    os.replace(tmp, dest)
+    return dest

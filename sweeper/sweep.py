@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
+import tempfile
 from pathlib import Path
 from typing import Optional
 
@@ -32,31 +32,20 @@ def _git_commit(path: Path) -> str:
         return "unknown"
 
 
-def init_ray(address: Optional[str]) -> None:
-    import ray
-
-    from sweeper.terminal import ray_logging_level
-
-    if ray.is_initialized():
-        return
-    if address:  # an existing cluster: "auto" or ray://host:port
-        ray.init(address=address, log_to_driver=False, logging_level=ray_logging_level())
-    else:  # embedded local Ray sized for this machine (STACK-NOTES)
-        ray.init(object_store_memory=2 * 2**30, include_dashboard=False, log_to_driver=False,
-                 logging_level=ray_logging_level())
-
-
-def _pretrain(experiment: dict, out_dir: str, progress: Optional[str] = None) -> str:
-    """Stage 1 once per sweep (a Ray task); every trial starts from its generator.
-    ``progress``: a file the driver tails for progress lines (sweeper/terminal.py)."""
+def _pretrain(experiment: dict, sweep_dir: str, progress: Optional[str] = None) -> str:
+    """Stage 1 once per sweep (a Ray task, on any node); every trial starts from its generator:
+    in the shared sweep folder, or uploaded into the sweep's S3 prefix. ``progress``: a file
+    the driver tails for progress lines (sweeper/terminal.py)."""
+    from sweeper.sharing import pretrain_out_dir, publish_pretrained
     from sweeper.terminal import FileProgressReporter
     from trainables.config import validate
     from trainables.train import Trainer
 
     cfg = validate(experiment, source="sweep experiment")
+    out_dir = pretrain_out_dir(sweep_dir)
     trainer = Trainer(cfg, out_dir, FileProgressReporter(progress) if progress else None)
     trainer.run(until=trainer.stage1)
-    return str(Path(out_dir) / "pretrain_g.pt")
+    return publish_pretrained(str(Path(out_dir) / "pretrain_g.pt"), sweep_dir)
 
 
 def _bicubic_psnr(cfg) -> float:
@@ -66,13 +55,14 @@ def _bicubic_psnr(cfg) -> float:
     return mean_score(evaluate(bicubic(cfg.scale), load_val_items(cfg), cfg.scale)).psnr
 
 
-def prepare(sweep_path: Path, storage: Path, tracking_uri: str, address: Optional[str],
+def prepare(sweep_path: Path, storage: str | Path, tracking_uri: str, address: Optional[str],
             overrides: tuple[str, ...] = (), tiny: bool = False) -> SweepState:
     """Everything before the Tuner; returns the sweep state, written once to sweep.json.
     ``overrides`` (``--set KEY=VALUE``) and ``tiny`` patch the sweep file before validation
     (sweeper/overrides.py), so the state holds them."""
     import ray
 
+    from sweeper.driver import connect_ray
     from sweeper.sweep_config import experiment_dict, load_sweep
     from sweeper.tracking import Tracker, flatten
     from trainables.backbones import build_info
@@ -86,20 +76,27 @@ def prepare(sweep_path: Path, storage: Path, tracking_uri: str, address: Optiona
     # Trials run in their own folders: paths are fixed against the launch folder now.
     raw = absolute_paths(experiment_dict(sweep, sweep_path), Path.cwd())
     cfg = validate(raw, source=str(sweep_path))
-    sweep_dir = storage / f"{sweep.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    Trainer(cfg, sweep_dir / "pretrain")  # bad data / missing weights fail here, before anything is written
-    sweep_dir.mkdir(parents=True)
-
-    init_ray(address)
+    Trainer(cfg, Path("pretrain"))  # bad data / missing weights fail here, before anything is written
     res = sweep.resources
+    info = connect_ray(address, cfg, res)  # too small, bad token, files missing on a node: one line
+    from sweeper.sharing import new_sweep_dir
+    from sweeper.storage import is_remote
+
+    sweep_dir = new_sweep_dir(storage, sweep.name)  # a folder or s3://bucket/prefix/NAME-TIME
+    if not is_remote(sweep_dir):
+        Path(sweep_dir).mkdir(parents=True)
+
     if cfg.train.pretrain_steps and not cfg.train.pretrained_g:
         from sweeper.terminal import wait_pretraining
 
         print(f"pretraining G once for the sweep ({cfg.train.pretrain_steps} steps)...", flush=True)
         task = ray.remote(num_cpus=res.cpu, num_gpus=res.gpu)(_pretrain)
-        progress = sweep_dir / "pretrain_progress.jsonl"
-        pre = wait_pretraining(task.remote(to_dict(cfg), str(sweep_dir / "pretrain"), str(progress)),
-                               progress, cfg.train.pretrain_steps)
+        # Progress lines: the task writes them to a file the driver tails (local folders;
+        # with S3 storage only when the task runs on the driver's node).
+        progress = (Path(tempfile.mkdtemp(prefix="srsweep-progress-")) if is_remote(sweep_dir)
+                    else Path(sweep_dir)) / "pretrain_progress.jsonl"
+        pre = wait_pretraining(task.remote(to_dict(cfg), sweep_dir, str(progress)), progress,
+                               cfg.train.pretrain_steps)
         raw = deep_merge(raw, {"train": {"pretrained_g": pre}})
     bicubic_psnr = _bicubic_psnr(cfg)
 
@@ -108,7 +105,7 @@ def prepare(sweep_path: Path, storage: Path, tracking_uri: str, address: Optiona
     tags = build_info(cfg.backbones.weights)
     parent = tracker.start_run(exp_id, f"{sweep.name} (sweep)", {
         **tags, "sweep_file": str(sweep_path), "git_commit": _git_commit(sweep_path.parent),
-        "ray_address": address or "local", "sweep_dir": str(sweep_dir), "role": "sweep"})
+        **info.tags(), "ray_requested": address or "local", "sweep_dir": str(sweep_dir), "role": "sweep"})
     tracker.log_params(parent, {**flatten(sweep.model_dump(mode="json", exclude={"space"}), "sweep."),
                                 "bicubic_val_psnr": f"{bicubic_psnr:.4f}"})
     tracker.log_artifact(parent, sweep_path)
@@ -176,8 +173,11 @@ def build_tuner(state: SweepState):
         scheduler = ASHAScheduler(time_attr="step", metric=metrics[0], mode=modes[0], max_t=total,
                                   grace_period=sweep.scheduler.grace_period * val_every,
                                   reduction_factor=sweep.scheduler.reduction_factor)
+    from sweeper.sharing import experiment_location
+
+    storage_path, name, fs = experiment_location(state.sweep_dir)  # a folder or S3
     run_config = tune.RunConfig(
-        name=state.dir.name, storage_path=str(state.dir.parent), verbose=0,
+        name=name, storage_path=storage_path, storage_filesystem=fs, verbose=0,
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=metrics[0],
                                                 checkpoint_score_order=modes[0]),
         failure_config=tune.FailureConfig(max_failures=sweep.failure.max_failures),
@@ -192,32 +192,45 @@ def build_tuner(state: SweepState):
 
 def run_sweep(sweep_path: str | Path, storage: str | Path = "ray_results", tracking_uri: Optional[str] = None,
               address: Optional[str] = None, overrides: tuple[str, ...] = (), tiny: bool = False) -> Path:
+    from sweeper.driver import fit_guarded
     from sweeper.tracking import default_tracking_uri
 
-    state = prepare(Path(sweep_path).resolve(), Path(storage).resolve(), tracking_uri or default_tracking_uri(),
-                    address, overrides, tiny)
-    build_tuner(state).fit()
+    state = prepare(Path(sweep_path).resolve(), storage, tracking_uri or default_tracking_uri(), address,
+                    overrides, tiny)
+    fit_guarded(state, build_tuner(state))
     return finish(state)
 
 
-def resume_sweep(sweep_dir: str | Path) -> Path:
+def resume_sweep(sweep_dir: str | Path, address: Optional[str] = None) -> Path:
     """Continue an interrupted sweep: finished trials stay, unfinished ones resume from
-    their checkpoints, errored ones are retried, the Optuna study continues."""
+    their checkpoints, errored ones are retried, the Optuna study continues. ``sweep_dir``:
+    a folder or s3://...; ``address``: the cluster now (default: the one it started on)."""
     from ray import tune
 
-    sweep_dir = Path(sweep_dir).resolve()
+    from sweeper.driver import connect_ray
+    from sweeper.storage import is_remote, resolve_storage
+
+    sweep_dir = str(sweep_dir) if is_remote(sweep_dir) else str(Path(sweep_dir).resolve())
     state = SweepState.load(sweep_dir)
-    if not tune.Tuner.can_restore(str(sweep_dir)):
+    exp_path, fs = resolve_storage(sweep_dir)
+    if not tune.Tuner.can_restore(exp_path, storage_filesystem=fs):
         raise ConfigError(f"{sweep_dir}: not a resumable sweep folder (no Tune state)")
-    init_ray(state.address)
+    if address:
+        state = state.model_copy(update={"address": address})
+    connect_ray(state.address, state.base_config, state.sweep.resources)
     print(f"resuming {sweep_dir}", flush=True)
     from sweeper.report import configure_dashboard, dashboard_lines
     from sweeper.tracking import Tracker
 
-    configure_dashboard(Tracker(state.tracking_uri), state)
+    tracker = Tracker(state.tracking_uri)
+    tracker.reopen(state.parent_run_id)  # FAILED by a lost cluster: running again
+    configure_dashboard(tracker, state)
     print("\n".join(dashboard_lines(state)), flush=True)
-    tuner = tune.Tuner.restore(str(sweep_dir), _trainable(state), resume_unfinished=True, resume_errored=True)
-    tuner.fit()
+    tuner = tune.Tuner.restore(exp_path, _trainable(state), resume_unfinished=True, resume_errored=True,
+                               storage_filesystem=fs)
+    from sweeper.driver import fit_guarded
+
+    fit_guarded(state, tuner)
     return finish(state)
 
 
@@ -226,9 +239,11 @@ def finish(state: SweepState) -> Path:
     from sweeper.best import choose_winner
     from sweeper.export import plot_parallel, plot_pareto, write_parquet
     from sweeper.results import results_table
+    from sweeper.sharing import local_view, publish, remote_checkpoints
     from sweeper.tracking import Tracker
 
-    df = results_table(state)
+    sweep_dir, state = state.sweep_dir, local_view(state)  # S3: a local mirror, uploaded back at the end
+    df = remote_checkpoints(results_table(state), state, sweep_dir)
     tracker, parent = Tracker(state.tracking_uri), state.parent_run_id
     # A driver killed between starting a trial and saving Tune's state loses that trial
     # (Tune re-suggests it under a new id). Its partial run is closed and soft-deleted,
@@ -259,4 +274,6 @@ def finish(state: SweepState) -> Path:
         else:
             report.print_lines(report.dashboard_lines(state))
         tracker.end_run(parent, "FINISHED")
+        for uri in publish(state, sweep_dir):
+            print(f"wrote {uri}", flush=True)
     return state.dir

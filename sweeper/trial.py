@@ -28,9 +28,12 @@ class RayReporter:
     it at the same step, make one ``tune.report`` (Trainer(checkpoint_on_validation=True))."""
 
     def __init__(self):
+        from sweeper.cluster import placement
+
         self.latest: dict[str, float] = {}
         self.pending: Optional[tuple[int, dict, dict, list]] = None
         self.curves: list[dict[str, float]] = []  # log steps buffered until the next report
+        self.where = placement()  # node id, host, GPU: in every report (results table, MLflow tags)
 
     def metrics(self, step: int, values: dict[str, float]) -> None:
         self.latest = {**values, "step": step}
@@ -61,7 +64,7 @@ class RayReporter:
             (d / SCORES_FILE).write_text(json.dumps(per_image(scores)))
             (d / CURVES_FILE).write_text(json.dumps(self.curves))
             self.curves = []
-            tune.report({**self.latest, **metrics, "step": step},
+            tune.report({**self.latest, **metrics, "step": step, **self.where},
                         checkpoint=tune.Checkpoint.from_directory(d))
 
 
@@ -74,6 +77,9 @@ def run_trial(params: dict, state: SweepState, threads: int = 1) -> None:
 
     context = tune.get_context()
     cfg = state.trial_config(params, context.get_trial_id() or "")
+    from sweeper.sharing import localize_pretrained
+
+    cfg = localize_pretrained(cfg)  # a shared G uploaded to S3: read from a node-local copy
     # One trial per CPU slot: more intra-op threads only oversubscribe the node.
     torch.set_num_threads(max(1, threads))
     trainer = Trainer(cfg, Path(context.get_trial_dir()), RayReporter(), checkpoint_on_validation=True)
