@@ -112,12 +112,22 @@ class TwoNodeCluster:
         shutil.rmtree(self.temp, ignore_errors=True)
 
 
+def _reset_ray_auth_cache() -> None:
+    """Ray caches the auth mode and token per process at first use; tests change both."""
+    try:
+        from ray._private.authentication_test_utils import reset_auth_token_state
+    except ImportError:
+        return
+    reset_auth_token_state()
+
+
 @pytest.fixture(scope="module")
 def cluster():
     c = TwoNodeCluster()
     saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
     try:
         os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=c.token)  # this process is the driver
+        _reset_ray_auth_cache()  # an earlier test in this process may have cached mode 'disabled'
         c.start()
         yield c
     finally:
@@ -126,12 +136,7 @@ def cluster():
         ray.shutdown()
         for k, v in saved.items():
             os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
-        try:  # drop the token Ray cached for this process, so later tests start clean
-            from ray._private.authentication_test_utils import reset_auth_token_state
-
-            reset_auth_token_state()
-        except ImportError:
-            pass
+        _reset_ray_auth_cache()  # drop the token Ray cached for this process: later tests start clean
         c.stop()
         assert not _our_pids(c.temp), "Ray processes of this test are still running"
 
