@@ -45,16 +45,23 @@ class BandConstraint:
 
 
 class ConstrainedOptunaSearch(OptunaSearch):
-    """``OptunaSearch`` whose sampler learns a band constraint on a reported metric.
+    """``OptunaSearch`` that records each trial's reached ``steps`` on the Optuna trial, and
+    whose sampler learns a band constraint on a reported metric when ``constraint`` is given.
     Takes OptunaSearch's arguments plus ``constraint``; any Optuna 5 sampler works."""
 
-    def __init__(self, *args, constraint: BandConstraint, **kwargs):
+    def __init__(self, *args, constraint: Optional[BandConstraint] = None, **kwargs):
         self.constraint = constraint  # a plain attribute: saved and restored with the searcher state
         super().__init__(*args, **kwargs)
 
     def on_trial_complete(self, trial_id: str, result: Optional[dict] = None, error: bool = False) -> None:
         ot_trial = self._ot_trials.get(trial_id)
         if ot_trial is not None and trial_id not in self._completed_trials and not error:
+            # The step the trial reached (ASHA stops some early): importances and any later
+            # analysis of the study can then compare trials at equal training.
+            step = (result or {}).get("step")
+            if isinstance(step, (int, float)) and not isinstance(step, bool):
+                ot_trial.set_user_attr("steps", int(step))
+        if ot_trial is not None and trial_id not in self._completed_trials and not error and self.constraint:
             value = (result or {}).get(self.constraint.metric)
             v = self.constraint.violation(value)
             if v != MISSING_VIOLATION:

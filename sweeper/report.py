@@ -136,7 +136,7 @@ def importance_report(tracker, state: SweepState, log: bool = True) -> str:
     """Optuna's parameter importances as text; logged to the parent (metrics + JSON)."""
     from sweeper.study import format_importances, importances
 
-    values, note = importances(state.dir, seed=state.sweep.search.seed)
+    values, note = importances(state.dir, seed=state.sweep.search.seed, total_steps=state.total_steps)
     names = short_names(state)
     if values is not None and log:
         tracker.log_metrics(state.parent_run_id, state.total_steps,

@@ -33,9 +33,12 @@ def dashboard_command(sweep_dir: str | Path) -> str:
     return f"optuna-dashboard {storage_url(sweep_dir)}"
 
 
-def importances(sweep_dir: str | Path, seed: int = 0) -> tuple[Optional[dict[str, float]], str]:
+def importances(sweep_dir: str | Path, seed: int = 0,
+                total_steps: Optional[int] = None) -> tuple[Optional[dict[str, float]], str]:
     """(param -> importance of the first objective, note). None with the reason when the
-    study is missing or has fewer than ``MIN_TRIALS`` completed trials."""
+    study is missing or has fewer than ``MIN_TRIALS`` completed trials. With
+    ``total_steps``, only trials that ran the full budget count (the searcher records the
+    step each trial reached): an ASHA-stopped trial's last value is not comparable."""
     import optuna
 
     if not (Path(sweep_dir) / STUDY_FILE).is_file():
@@ -46,17 +49,25 @@ def importances(sweep_dir: str | Path, seed: int = 0) -> tuple[Optional[dict[str
     except KeyError:
         return None, f"{storage_url(sweep_dir)} holds no study named {study_name(sweep_dir)}"
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    which = "completed trials"
+    if total_steps is not None:
+        done = [t for t in done if t.user_attrs.get("steps") == total_steps]
+        which = f"trials that ran the full budget ({total_steps} steps; ASHA-stopped ones left out)"
     if len(done) < MIN_TRIALS:
-        return None, (f"parameter importance needs >= {MIN_TRIALS} completed trials; the study has "
+        return None, (f"parameter importance needs >= {MIN_TRIALS} {which}; the study has "
                       f"{len(done)}")
     varied = {k for t in done for k in t.params if len({str(u.params.get(k)) for u in done}) > 1}
     if not varied:
         return None, "every completed trial has the same parameters: no importance to measure"
     multi = len(study.directions) > 1
     target = (lambda t: t.values[0]) if multi else None
+    if len(done) < len(study.trials):  # importance of the kept trials only
+        kept = optuna.create_study(directions=study.directions)
+        kept.add_trials(done)
+        study = kept
     result = optuna.importance.get_param_importances(
         study, target=target, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=seed))
-    note = f"fANOVA over {len(done)} completed trials (stopped trials count with their last report)"
+    note = f"fANOVA over {len(done)} {which}"
     by_path: dict[str, float] = {}
     for name, value in result.items():  # Optuna names: "loss.dp.mu", "loss.dp.mu#choice" (the or: branch)
         path = name.split("#")[0]

@@ -137,8 +137,6 @@ def build_tuner(state: SweepState):
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import ConcurrencyLimiter
-    from ray.tune.search.optuna import OptunaSearch
-
     from sweeper.callbacks import MLflowCallback
     from sweeper.constraints import BandConstraint, ConstrainedOptunaSearch
     from sweeper.report import short_names
@@ -159,9 +157,8 @@ def build_tuner(state: SweepState):
         sampler = {"tpe": lambda: TPESampler(seed=seed), "nsga2": lambda: NSGAIISampler(seed=seed),
                    "random": lambda: RandomSampler(seed=seed)}[algo]()
         multi = len(metrics) > 1
-        searcher, extra = OptunaSearch, {}
+        searcher, extra = ConstrainedOptunaSearch, {}  # records each trial's reached steps
         if sweep.constraint is not None:  # Optuna learns the band from each trial's reached value
-            searcher = ConstrainedOptunaSearch
             extra = {"constraint": BandConstraint(sweep.constraint.metric, sweep.constraint.band)}
         search_alg = ConcurrencyLimiter(searcher(
             space=compile_space(sweep.space), metric=metrics if multi else metrics[0],
