@@ -1,10 +1,10 @@
 """One model family per sweep: every trial starts from one shared pretraining run.
 
 ``srsweep run`` pretrains the generator once and hands it to every trial, so the trials
-of a sweep must share the generator (its architecture and sizes) and the kind of sample
-(image or clip) it was pretrained on. A space that searches ``model.*`` (or switches
-``data.kind``), or a ``base`` list mixing image presets with video presets, is refused at
-load time in one line. No torch here.
+of a sweep must share the generator and the kind of sample (image or clip) it was
+pretrained on. A space searching ``model.*`` / ``data.*`` is refused by sweeper/space.py
+(FROZEN); this module refuses a ``base`` list that mixes image presets with video presets,
+in one line, before the merged experiment would fail with a less telling error. No torch.
 """
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from typing import Optional
 from trainables.config import ConfigError, VSRResFeatGenConfig, resolve_bases
 
 VIDEO_ARCHS = {VSRResFeatGenConfig.model_fields["arch"].default}
-SHARED_PREFIXES = ("model.", "data.kind", "data.num_frames")  # fixed by the shared pretraining
 
 
 def family(experiment: dict) -> Optional[str]:
@@ -30,13 +29,7 @@ def family(experiment: dict) -> Optional[str]:
 
 
 def check_one_family(sweep, path: str | Path) -> None:
-    """ConfigError (one line) if the sweep's space or base would need several pretrainings."""
-    for i, top in enumerate(sweep.space):
-        for where, p in top.walk(f"space[{i}]"):
-            if p.path.startswith(SHARED_PREFIXES):
-                raise ConfigError(f"{path}: {where}.path: {p.path}: every trial starts from one shared "
-                                  f"pretrained generator, so model.* and the sample kind cannot be searched "
-                                  f"(set them under set; one sweep per model)")
+    """ConfigError (one line) if the sweep's base mixes image and video presets."""
     bases = [sweep.base] if isinstance(sweep.base, str) else list(sweep.base or [])
     origin = Path(path).parent
     kinds = {name: family(resolve_bases({"base": name}, origin)) for name in bases}

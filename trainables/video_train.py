@@ -20,7 +20,7 @@ from trainables.data import IMAGE_EXTENSIONS, DataError
 from trainables.edges import CannySpec
 from trainables.evaluate import ImageScore, mean_score
 from trainables.video_data import HR_DIRS, TrainClips, VideoClips, VideoSet, lr_dirs, open_video
-from trainables.video_metrics import overall, sequence_rows
+from trainables.video_metrics import evaluate_video, format_video_table, overall, sequence_rows
 
 EMBEDDED_VIDEO = "embedded-video"  # `srsweep eval` name of the synthetic sequences
 
@@ -102,8 +102,21 @@ def looks_like_video(spec: str | os.PathLike, scale: int) -> bool:
     return bool(seqs) and not images
 
 
-def eval_videos(spec: str, scale: int, data: Optional[VideoDataConfig] = None) -> VideoSet:
-    """The validation sequences of ``srsweep eval``: ``embedded-video`` synthesised with the
-    checkpoint's data settings (defaults without one), or a Vid4-layout folder."""
-    opts = data or VideoDataConfig()
+def eval_videos(spec: str, scale: int, num_frames: int = 5) -> VideoSet:
+    """The sequences of ``srsweep eval``: ``embedded-video`` (always the default synthesis, so
+    bicubic and every checkpoint are scored on the same frames) or a Vid4-layout folder."""
+    opts = VideoDataConfig(num_frames=num_frames)
     return open_video("embedded" if spec == EMBEDDED_VIDEO else spec, scale, "val", cache=False, opts=opts)
+
+
+def eval_video(spec: str, scale: int, upscale: Callable[[torch.Tensor], torch.Tensor], what: str,
+               cfg: Optional[ExperimentConfig] = None, lpips=None, device: str | torch.device = "cpu") -> str:
+    """``srsweep eval`` on clips: ``upscale`` (an image upscaler or a video G, per ``cfg``) on
+    every frame's clip; returns the per-sequence table (last row: mean over sequences)."""
+    video_g = cfg is not None and is_video(cfg)
+    num_frames = cfg.data.num_frames if video_g else VideoDataConfig().num_frames
+    videos = eval_videos(EMBEDDED_VIDEO if spec == "embedded" else spec, scale, num_frames)
+    frames = evaluate_video(upscale if video_g else clip_bicubic(upscale), videos, num_frames, lpips, device)
+    title = (f"{spec} x{scale}, {what}; centre frame of {num_frames}-frame clips, Y channel, {scale}px border "
+             f"shaved; mean over sequences")
+    return format_video_table(sequence_rows(frames), title)
