@@ -54,7 +54,7 @@ def overall(seq_rows: list[ImageScore]) -> ImageScore:
 
 
 def table_dict(seq_rows: list[ImageScore]) -> dict[str, list]:
-    """Column dict of the per-sequence table plus its mean row (for ``mlflow.log_table``)."""
+    """Column dict of the per-sequence table plus its mean row (for MLflow's log_table)."""
     rows = [*seq_rows, overall(seq_rows)]
     out = {"sequence": [r.name for r in rows], "psnr_y": [r.psnr for r in rows],
            "ssim_y": [r.ssim for r in rows]}
