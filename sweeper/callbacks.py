@@ -91,6 +91,7 @@ class MLflowCallback(Callback):
                 self.tracker.log_image(run_id, step, image.stem, _read_rgb(image))
             if files["scores"]:
                 self.tracker.log_dict(run_id, files["scores"], f"val_scores/step_{step:07d}.json")
+                self.tracker.log_sequences(run_id, step, files["scores"])
         self.tracker.set_tags(run_id, {"checkpoint": str(checkpoint.path)})
 
     def on_trial_complete(self, iteration, trials, trial, **info):

@@ -19,9 +19,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from trainables.data import PairedImages, open_dataset
     from trainables.evaluate import bicubic, evaluate, format_table
     from trainables.metrics import LPIPSMetric
+    from trainables.video_train import looks_like_video
 
-    source = open_dataset(args.dataset, args.scale, split="val")
-    items = PairedImages(source)
+    video = looks_like_video(args.dataset, args.scale)  # embedded-video or a Vid4-layout folder
+    if not video:
+        items = PairedImages(open_dataset(args.dataset, args.scale, split="val"))
     lpips = None
     if args.lpips != "none":
         from trainables.backbones import WeightsNotFoundError, resolve_weights_dir
@@ -48,6 +50,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         if cfg.scale != args.scale:
             raise ConfigError(f"{args.model}: generator is x{cfg.scale}, --scale is {args.scale}")
         upscale, what = (lambda lr: g(lr).clamp(0, 1)), f"generator {args.model}"
+    if video or (args.model and cfg.data.kind == "video"):
+        from trainables.video_train import eval_video
+
+        print(eval_video(args.dataset, args.scale, upscale, what, cfg if args.model else None, lpips, device))
+        return 0
     with torch.no_grad():
         rows = evaluate(upscale, items, args.scale, lpips=lpips, device=device)
     print(format_table(rows, f"{args.dataset} x{args.scale}, {what}; Y channel, {args.scale}px border shaved"))
@@ -208,7 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     e = sub.add_parser("eval", help="score bicubic or a trained generator on a data set (PSNR/SSIM on Y, LPIPS)")
-    e.add_argument("dataset", help="folder (HR/ + LR_bicubic/X{scale}/, or HR images only) or 'embedded'")
+    e.add_argument("dataset", help="folder (HR/ + LR_bicubic/X{scale}/, or HR images only), 'embedded', "
+                   "a Vid4-layout video folder (HR/<seq>/ frames) or 'embedded-video'")
     e.add_argument("--scale", type=int, default=4, choices=(2, 3, 4))
     e.add_argument("--model", help="a checkpoint from srsweep train / a sweep (last.pt, pretrain_g.pt); default bicubic")
     e.add_argument("--lpips", choices=("auto", "pretrained", "random", "none"), default="auto",

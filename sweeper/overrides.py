@@ -18,9 +18,9 @@ from typing import Any, Callable, Optional
 
 import yaml
 
-from trainables.config import PRESETS_DIR, ConfigError, deep_merge, nested, read_yaml
+from trainables.config import PRESETS_DIR, TINY_VIDEO, ConfigError, deep_merge, nested, read_yaml, resolve_bases
 
-TINY, TINY_VIDEO = "tiny_cpu", "tiny_cpu_video"
+TINY = "tiny_cpu"
 
 
 def sweep_keys() -> set[str]:
@@ -57,20 +57,21 @@ def _bases(data: dict) -> list[str]:
     return [base] if isinstance(base, str) else list(base or [])
 
 
-def tiny_overlay(data: dict) -> tuple[str, dict]:
-    """(overlay name, its dict) for a sweep file: the video overlay for video presets."""
-    video = (any("vsr" in Path(str(b)).stem for b in _bases(data))
-             and (PRESETS_DIR / f"{TINY_VIDEO}.yaml").is_file())
+def tiny_overlay(data: dict, origin: Path | str = ".") -> tuple[str, dict]:
+    """(overlay name, its dict) for a sweep file: the video overlay when the experiment its
+    bases (presets or files next to the sweep) and ``set`` describe is a video one."""
+    merged = deep_merge(resolve_bases({"base": _bases(data)}, Path(origin)), data.get("set") or {})
+    video = isinstance(merged.get("data"), dict) and merged["data"].get("kind") == "video"
     name = TINY_VIDEO if video else TINY
     return name, read_yaml(PRESETS_DIR / f"{name}.yaml")
 
 
-def apply(data: dict, overrides: tuple[str, ...] | list[str], tiny: bool) -> dict:
+def apply(data: dict, overrides: tuple[str, ...] | list[str], tiny: bool, origin: Path | str = ".") -> dict:
     """The sweep file's dict with ``--tiny`` and ``--set`` applied (not yet validated)."""
     out = copy.deepcopy(data)
     to_sweep, to_exp = parse(overrides)
     if tiny:
-        _, overlay = tiny_overlay(out)
+        _, overlay = tiny_overlay(out, origin)
         out["set"] = deep_merge(out.get("set") or {}, overlay)
         out = deep_merge(out, {"resources": {"gpu": 0}, "scheduler": {"grace_period": 1}})
     if to_exp:
@@ -84,7 +85,7 @@ def patcher(overrides, tiny: bool, source: Path | str = "") -> Optional[Callable
     """A ``load_sweep`` hook, or None when there is nothing to apply."""
     if not overrides and not tiny:
         return None
-    return lambda data: apply(data, overrides, tiny)
+    return lambda data: apply(data, overrides, tiny, Path(source).parent if source else ".")
 
 
 def _get(d: Any, path: str) -> Any:
@@ -112,7 +113,8 @@ def check_resume(state, overrides, tiny: bool) -> None:
     wanted = [("sweep", k, v, _get(sweep, k)) for k, v in to_sweep.items()]
     wanted += [("experiment", k, v, _get(state.experiment, k)) for k, v in to_exp.items()]
     if tiny:
-        name, overlay = tiny_overlay({"base": state.sweep.base})
+        name, overlay = tiny_overlay({"base": state.sweep.base, "set": state.experiment},
+                                     Path(state.sweep_file).parent)
         flat = _leaves(overlay)
         wanted += [(f"--tiny ({name})", k, v, _get(state.experiment, k)) for k, v in flat.items()
                    if k not in to_exp]

@@ -49,10 +49,12 @@ def _pretrain(experiment: dict, sweep_dir: str, progress: Optional[str] = None) 
 
 
 def _bicubic_psnr(cfg) -> float:
-    from trainables.evaluate import bicubic, evaluate, mean_score
+    from trainables.evaluate import bicubic, evaluate
     from trainables.train import load_val_items
+    from trainables.video_train import clip_bicubic, summary
 
-    return mean_score(evaluate(bicubic(cfg.scale), load_val_items(cfg), cfg.scale)).psnr
+    # clips: bicubic of the centre frame, averaged per sequence then overall (as val_psnr)
+    return summary(evaluate(clip_bicubic(bicubic(cfg.scale)), load_val_items(cfg), cfg.scale), cfg).psnr
 
 
 def prepare(sweep_path: Path, storage: str | Path, tracking_uri: str, address: Optional[str],

@@ -14,6 +14,7 @@ from typing import Any, Literal, Optional, Union
 from pydantic import ConfigDict, Field, model_validator
 
 from sweeper.space import Param, check_unique, decode, grid_points, label, suggest_all
+from sweeper.families import check_one_family
 from trainables.config import (ConfigError, ExperimentConfig, Strict, deep_merge, nested, read_yaml,
                                resolve_bases, unwrap_model, validate)
 
@@ -274,6 +275,7 @@ def load_sweep(path: str | Path, patch=None) -> SweepConfig:
     dict -> dict applied before validation (``--set`` / ``--tiny``, sweeper/overrides.py)."""
     data = read_yaml(path)
     sweep = validate_sweep(patch(data) if patch else data, str(path))
+    check_one_family(sweep, path)  # one shared pretraining: no model.* search, no image + video mix
     exp, first = experiment_dict(sweep, path), None
     for i, top in enumerate(sweep.space):
         for where, p in top.walk(f"space[{i}]"):

@@ -200,6 +200,14 @@ class Tracker:
     def log_image(self, run_id: str, step: int, name: str, image: np.ndarray) -> None:
         self.client.log_image(run_id, image, key=name, step=step)
 
+    def log_sequences(self, run_id: str, step: int, scores: dict[str, dict]) -> None:
+        """Clip scores (every name ``<seq>/<frame>``): the per-sequence table with its mean row
+        as ``val_sequences/step_N.json``; image scores log nothing here."""
+        if scores and all("/" in name for name in scores):
+            from trainables.video_metrics import sequence_table
+
+            self.client.log_table(run_id, sequence_table(scores), f"val_sequences/step_{step:07d}.json")
+
 
 class MLflowReporter:
     """The trainer's :class:`~trainables.train.Reporter`, writing to one MLflow run."""
@@ -216,6 +224,7 @@ class MLflowReporter:
         for name, image in images.items():
             self.tracker.log_image(self.run_id, step, name, image)
         self.tracker.log_dict(self.run_id, per_image(scores), f"val_scores/step_{step:07d}.json")
+        self.tracker.log_sequences(self.run_id, step, per_image(scores))
 
     def checkpoint(self, step: int, path: Path) -> None:
         self.tracker.set_tags(self.run_id, {f"checkpoint.{path.stem}": str(path.resolve())})

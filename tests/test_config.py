@@ -17,7 +17,8 @@ def _error(data) -> str:
     ({"loss": {"pixel": {"criterion": "l3"}}},
      "config: loss.pixel.criterion: 'l3' is not one of 'l1', 'charbonnier', 'huber', 'l2'"),
     ({"data": {"patchsize": 64}},
-     "config: data.patchsize: unknown key (allowed: train, val, patch_size, batch_size, num_workers, augment, cache)"),
+     "config: data.patchsize: unknown key (allowed: num_frames, synth_frames, "
+     "synth_size, max_speed, kind, train, val, patch_size, batch_size, num_workers, augment, cache)"),
     ({"data": {"patch_size": 30}}, "config: data.patch_size: 30 is not a multiple of scale 4"),
     ({"scale": 8}, "config: scale: 8 is not one of 2, 3, 4"),
     ({"train": {"lr": -1}}, "config: train.lr: input should be greater than 0 (got -1)"),
@@ -34,7 +35,7 @@ def _error(data) -> str:
     ({"model": {"generator": {"arch": "srresnet", "grow_ch": 8}}},
      "config: model.generator.grow_ch: unknown key (allowed: num_feat, num_blocks, bicubic_skip, arch)"),
     ({"model": {"discriminator": {"arch": "patch"}}},
-     "config: model.discriminator.arch: 'patch' is not one of 'vgg', 'srgan'"),
+     "config: model.discriminator.arch: 'patch' is not one of 'vgg', 'srgan', 'vsrresfeat'"),
     ({"loss": {"dp": {"resnet_variant": "code"}}},
      "config: loss.dp.resnet_variant: 'code' is not one of 'released', 'paper'"),
     ({"loss": {"pixel": {"sa": {"sa_share_target": 1.5}}}}, "config: loss.pixel.sa.sa_share_target: input should be less than 1 (got 1.5)"),

@@ -10,7 +10,7 @@ import pytest
 import torch
 from skimage.registration import phase_cross_correlation
 
-from trainables.data import DataError, TrainPatches, embedded_folder, load_image, make_lr
+from trainables.data import EMBEDDED_VAL, DataError, TrainPatches, embedded_folder, load_image, make_lr
 from trainables.edges import CannySpec, local_variance
 from trainables.losses import sa_pixel
 from trainables.video_data import (TrainClips, VideoClips, embedded_video, folder_video, fourier_shift,
@@ -179,8 +179,6 @@ def test_synthetic_sequence_motion_recovered_to_a_tenth_of_a_pixel(astronaut):
 
 def test_embedded_video_lr_is_make_lr_of_the_moved_hr():
     videos = embedded_video("val", 4, n_frames=5, size=64)
-    from trainables.data import EMBEDDED_VAL
-
     assert videos.names == list(EMBEDDED_VAL) and videos.lengths() == [5] * len(EMBEDDED_VAL)
     for i in range(2):
         for t in range(5):

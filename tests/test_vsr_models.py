@@ -129,7 +129,7 @@ def test_video_presets_carry_the_paper_values():
         assert (loss.pixel.criterion, loss.pixel.beta1) == ("charbonnier", 0.001)
         assert (loss.perceptual.weight, loss.adv.kind, loss.adv.weight) == (0.998, "vanilla", 0.001)
         assert (None if loss.pixel.sa is None else (loss.pixel.sa.edge, loss.pixel.sa.beta2)) == sa
-        assert d["train"]["lr"] == 1e-4 and d["train"]["max_epochs"] == 40
+        assert d["train"]["lr"] == 1e-4 and d["train"]["steps"] == 20000  # 40 epochs of 500 steps
 
 
 def test_one_gan_step_on_a_batch_of_embedded_clips():

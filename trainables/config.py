@@ -35,9 +35,28 @@ class Augment(Strict):
     rot90: bool = True
 
 
-class DataConfig(Strict):
-    # "embedded" (images shipped with scikit-image) or a folder: BasicSR layout
+class VideoDataConfig(Strict):
+    """Video-only data keys (sit beside DataConfig's patch_size / batch_size; read when
+    ``data.kind`` is video, refused otherwise). trainables.video_data re-exports it."""
+
+    num_frames: int = Field(5, ge=1, le=15, description="2k+1 frames per clip")
+    synth_frames: int = Field(7, ge=1, description="frames per embedded synthetic sequence")
+    synth_size: int = Field(192, ge=16, description="HR side of embedded synthetic frames")
+    max_speed: float = Field(1.0, ge=0, description="embedded motion: HR px per frame")
+
+    @model_validator(mode="after")
+    def _odd(self):
+        if self.num_frames % 2 == 0:
+            raise ValueError(f"num_frames: {self.num_frames} must be odd (2k+1, centre frame target)")
+        return self
+
+
+class DataConfig(VideoDataConfig):
+    # image: "embedded" (images shipped with scikit-image) or a folder: BasicSR layout
     # HR/ + LR_bicubic/X{scale}/, or HR images only (LR made with MATLAB bicubic).
+    # video: samples are clips of num_frames frames; "embedded" (synthetic motion over the
+    # embedded stills) or a Vid4-layout folder (trainables.video_data).
+    kind: Literal["image", "video"] = "image"
     train: str = "embedded"
     val: str = "embedded"
     patch_size: int = Field(128, ge=8, le=1024, description="HR patch side")
@@ -45,6 +64,14 @@ class DataConfig(Strict):
     num_workers: int = Field(2, ge=0)
     augment: Augment = Augment()
     cache: bool = True  # keep decoded HR/LR images in memory (small data sets)
+
+    @model_validator(mode="after")
+    def _video_keys(self):
+        # Defaults are allowed: a dumped image config (winner.yaml, a checkpoint) lists them.
+        stray = sorted(k for k, f in VideoDataConfig.model_fields.items() if getattr(self, k) != f.default)
+        if self.kind == "image" and stray:
+            raise ValueError(f"{stray[0]}: a video key, but data.kind is image (set kind: video)")
+        return self
 
 
 # ---------------------------------------------------------------------------- models
@@ -74,10 +101,32 @@ class SRGANDiscConfig(Strict):
     num_feat: int = Field(64, ge=1)
 
 
+class VSRResFeatGenConfig(Strict):
+    """VSRResFeatGAN generator (trainables.vsr_models): clips of num_frames in, centre frame out."""
+
+    arch: Literal["vsrresfeat"] = "vsrresfeat"
+    num_frames: int = Field(5, ge=1)
+    num_feat: int = Field(64, ge=1)
+    num_blocks: int = Field(15, ge=0)
+    bicubic_skip: bool = False  # add the bicubic centre frame (global residual; not in the paper)
+
+    @model_validator(mode="after")
+    def _odd(self):
+        if self.num_frames % 2 == 0:
+            raise ValueError(f"num_frames: {self.num_frames} must be odd (the target is the centre frame)")
+        return self
+
+
+class VSRDiscConfig(Strict):
+    arch: Literal["vsrresfeat"] = "vsrresfeat"
+    num_feat: int = Field(64, ge=1)
+    num_blocks: int = Field(3, ge=1, le=6)  # stride-2 conv blocks: channels num_feat * 2^i
+
+
 # Each architecture owns its typed section, chosen by `arch`. A new family (video SR, say)
 # adds its config class here and registers its builder in its own module (models.register_*).
-GENERATOR_CONFIGS: tuple[type[BaseModel], ...] = (RRDBNetConfig, SRResNetConfig)
-DISCRIMINATOR_CONFIGS: tuple[type[BaseModel], ...] = (VGGDiscConfig, SRGANDiscConfig)
+GENERATOR_CONFIGS: tuple[type[BaseModel], ...] = (RRDBNetConfig, SRResNetConfig, VSRResFeatGenConfig)
+DISCRIMINATOR_CONFIGS: tuple[type[BaseModel], ...] = (VGGDiscConfig, SRGANDiscConfig, VSRDiscConfig)
 GeneratorConfig = Annotated[Union[GENERATOR_CONFIGS], Field(discriminator="arch")]
 DiscriminatorConfig = Annotated[Union[DISCRIMINATOR_CONFIGS], Field(discriminator="arch")]
 
@@ -266,6 +315,19 @@ class ExperimentConfig(Strict):
             raise ValueError(f"data.patch_size: {self.data.patch_size} is not a multiple of scale {self.scale}")
         return self
 
+    @model_validator(mode="after")
+    def _clips_fit_the_generator(self):
+        frames, kind = getattr(self.model.generator, "num_frames", None), self.data.kind
+        if (kind == "video") != (frames is not None):
+            raise ValueError(f"data.kind: {kind} does not fit model.generator.arch "
+                             f"{self.model.generator.arch} (clips need a video generator, images an image one)")
+        if kind == "video" and self.data.synth_size % self.scale:
+            raise ValueError(f"data.synth_size: {self.data.synth_size} is not a multiple of scale {self.scale}")
+        if frames is not None and frames != self.data.num_frames:
+            raise ValueError(f"data.num_frames: {self.data.num_frames} differs from "
+                             f"model.generator.num_frames {frames}")
+        return self
+
 
 # ------------------------------------------------------------------ error reporting
 def _members(tp: Any) -> list[type[BaseModel]]:
@@ -370,6 +432,7 @@ def read_yaml(path: str | Path) -> dict:
 
 
 PRESETS_DIR = Path(__file__).resolve().parents[1] / "search_spaces" / "presets"
+TINY_VIDEO = "tiny_cpu_video"  # what `--tiny` (the tiny_cpu overlay) means for a video config
 
 
 def deep_merge(base: dict, over: dict) -> dict:
@@ -437,6 +500,9 @@ def load_config(path: str | Path, overrides: list[str] | None = None,
     top (e.g. ``tiny_cpu``), then ``overrides`` (``KEY.PATH=VALUE``)."""
     path = config_path(path)
     data = resolve_bases(read_yaml(path), path.parent, (path.resolve(),))
+    if overlays and isinstance(data.get("data"), dict) and data["data"].get("kind") == "video":
+        # --tiny names the CPU-size overlay of the config's family: video presets get their own.
+        overlays = [TINY_VIDEO if o == "tiny_cpu" else o for o in overlays]
     if overlays:
         data = deep_merge(data, resolve_bases({"base": list(overlays)}, path.parent))
     if overrides:

@@ -283,6 +283,20 @@ def _srgan_d(cfg: SRGANDiscConfig, patch_size: int) -> nn.Module:
     return SRGANDiscriminator(num_feat=cfg.num_feat, patch_size=patch_size)
 
 
+@register_generator("vsrresfeat")
+def _vsrresfeat(cfg, scale: int) -> nn.Module:
+    from trainables.vsr_models import build_vsr_generator  # imports this module: import at call time
+
+    return build_vsr_generator(cfg, scale)
+
+
+@register_discriminator("vsrresfeat")
+def _vsrresfeat_d(cfg, patch_size: int) -> nn.Module:
+    from trainables.vsr_models import build_vsr_discriminator
+
+    return build_vsr_discriminator(cfg, patch_size)
+
+
 def _lookup(table: dict, arch: str, what: str):
     if arch not in table:
         raise ValueError(f"{what}.arch: {arch!r} is not one of {', '.join(map(repr, table))}")
@@ -291,7 +305,9 @@ def _lookup(table: dict, arch: str, what: str):
 
 def build_generator(cfg, scale: int) -> nn.Module:
     net = _lookup(GENERATORS, cfg.arch, "generator")(cfg, scale)
-    return BicubicSkip(net, scale) if getattr(cfg, "bicubic_skip", False) else net
+    # A net that adds its own skip (the video generator: bicubic of the centre frame) is not wrapped.
+    own = getattr(net, "bicubic_skip", False)
+    return BicubicSkip(net, scale) if getattr(cfg, "bicubic_skip", False) and not own else net
 
 
 def build_discriminator(cfg, patch_size: int) -> nn.Module:

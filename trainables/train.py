@@ -18,11 +18,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
 
+from trainables import video_train
 from trainables.backbones import build_info
 from trainables.config import ConfigError, ExperimentConfig, to_dict, validate
 from trainables.data import PairedImages, TrainPatches, open_dataset
 from trainables.edges import CannySpec
-from trainables.evaluate import ImageScore, center_crop, evaluate, mean_score, sample_grid
+from trainables.evaluate import ImageScore, center_crop, evaluate, sample_grid
 from trainables.losses import weighted_distance
 from trainables.metrics import LPIPSMetric
 from trainables.models import build_discriminator, build_generator
@@ -100,6 +101,8 @@ class _StreamSampler(Sampler[int]):
 def load_val_items(cfg: ExperimentConfig) -> list[dict]:
     """The validation images as the trainer scores them (``val_images``, ``val_crop``),
     decoded once: validation reuses the same few images every time."""
+    if video_train.is_video(cfg):  # clips: every frame of the first val_images sequences
+        return video_train.val_clips(cfg)
     t = cfg.train
     val = open_dataset(cfg.data.val, cfg.scale, "val", cache=cfg.data.cache)
     val.validate(t.val_crop)
@@ -159,6 +162,10 @@ class Trainer:
     # ------------------------------------------------------------------ data
     def _build_data(self) -> None:
         d, sa = self.cfg.data, self.cfg.loss.pixel.sa
+        if video_train.is_video(self.cfg):  # samples are clips; the loss terms see the centre frame
+            self.patches = video_train.train_clips(self.cfg, STREAM_LENGTH)
+            self.val_items = load_val_items(self.cfg)
+            return
         train = open_dataset(d.train, self.cfg.scale, "train", cache=d.cache)
         train.validate(d.patch_size)
         canny = CannySpec(sa.canny.low, sa.canny.high, sa.channels) if sa is not None and sa.edge == "canny" else None
@@ -244,9 +251,9 @@ class Trainer:
         for i, item in enumerate(self.val_items[:N_SAMPLES]):  # the same few images every time
             sr = self.G(item["lr"][None].to(self.device)).clamp(0, 1)[0].cpu()
             images[image_key(i, item.get("name", ""))] = label_panels(
-                sample_grid(item["lr"], sr, item["hr"], self.cfg.scale))
+                sample_grid(video_train.centre(item["lr"]), sr, item["hr"], self.cfg.scale))
         self.G.train()
-        m = mean_score(rows)
+        m = video_train.summary(rows, self.cfg)  # clips: mean of the sequence means
         return {"val_psnr": m.psnr, "val_ssim": m.ssim, "val_lpips": m.lpips}, images, rows
 
     # ------------------------------------------------------------ checkpoints

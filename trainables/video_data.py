@@ -25,10 +25,9 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from pydantic import Field, model_validator
 from torch.utils.data import Dataset
 
-from trainables.config import Strict
+from trainables.config import VideoDataConfig  # noqa: F401  (defined with the other configs)
 from trainables.data import (DataError, ImageSet, TrainPatches, _header_size, embedded, list_images,
                              load_image, make_lr, to_tensor)
 from trainables.edges import CannySpec
@@ -38,21 +37,6 @@ HR_DIRS = ("HR", "GT")
 
 def lr_dirs(scale: int) -> tuple[str, ...]:
     return (f"LR_bicubic/X{scale}", f"BIx{scale}")
-
-
-class VideoDataConfig(Strict):
-    """Video-only data keys (to sit beside DataConfig's patch_size / batch_size)."""
-
-    num_frames: int = Field(5, ge=1, le=15, description="2k+1 frames per clip")
-    synth_frames: int = Field(7, ge=1, description="frames per embedded synthetic sequence")
-    synth_size: int = Field(192, ge=16, description="HR side of embedded synthetic frames")
-    max_speed: float = Field(1.0, ge=0, description="embedded motion: HR px per frame")
-
-    @model_validator(mode="after")
-    def _odd(self):
-        if self.num_frames % 2 == 0:
-            raise ValueError(f"num_frames: {self.num_frames} must be odd (2k+1, centre frame target)")
-        return self
 
 
 def window_indices(t: int, n: int, num_frames: int = 5) -> list[int]:

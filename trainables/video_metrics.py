@@ -63,6 +63,13 @@ def table_dict(seq_rows: list[ImageScore]) -> dict[str, list]:
     return out
 
 
+def sequence_table(per_frame: dict[str, dict]) -> dict[str, list]:
+    """``{"<seq>/<frame>": {"psnr", "ssim", "lpips"}}`` (the logged per-image form) -> the
+    per-sequence table with its mean row, as :func:`table_dict`."""
+    rows = [ImageScore(name, s["psnr"], s["ssim"], s.get("lpips")) for name, s in per_frame.items()]
+    return table_dict(sequence_rows(rows))
+
+
 def format_video_table(seq_rows: list[ImageScore], title: str) -> str:
     """The per-sequence table (last row: mean over sequences), as ``srsweep eval`` prints it."""
     # format_table heads the name column "image" (5 wide); "seq" keeps the column width.

@@ -16,36 +16,13 @@ Like the image discriminators it returns ``(logit, features)``: the raw logit (B
 """
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 import torch.nn.functional as F
-from pydantic import Field, model_validator
 from torch import nn
 
-from trainables.config import Strict
+from trainables.config import VSRDiscConfig, VSRResFeatGenConfig  # noqa: F401  (re-exported)
 from trainables.imresize import imresize
 from trainables.models import SLOPE, ConvBlock, count_params  # noqa: F401  (count_params re-exported)
-
-
-class VSRResFeatGenConfig(Strict):
-    arch: Literal["vsrresfeat"] = "vsrresfeat"
-    num_frames: int = Field(5, ge=1)
-    num_feat: int = Field(64, ge=1)
-    num_blocks: int = Field(15, ge=0)
-    bicubic_skip: bool = False  # add the bicubic centre frame (global residual; not in the paper)
-
-    @model_validator(mode="after")
-    def _odd(self):
-        if self.num_frames % 2 == 0:
-            raise ValueError(f"num_frames: {self.num_frames} must be odd (the target is the centre frame)")
-        return self
-
-
-class VSRDiscConfig(Strict):
-    arch: Literal["vsrresfeat"] = "vsrresfeat"
-    num_feat: int = Field(64, ge=1)
-    num_blocks: int = Field(3, ge=1, le=6)  # stride-2 conv blocks: channels num_feat * 2^i
 
 
 def _conv(cin: int, cout: int) -> nn.Conv2d:
