@@ -60,8 +60,12 @@ def _bases(data: dict) -> list[str]:
 def tiny_overlay(data: dict, origin: Path | str = ".") -> tuple[str, dict]:
     """(overlay name, its dict) for a sweep file: the video overlay when the experiment its
     bases (presets or files next to the sweep) and ``set`` describe is a video one."""
-    merged = deep_merge(resolve_bases({"base": _bases(data)}, Path(origin)), data.get("set") or {})
-    video = isinstance(merged.get("data"), dict) and merged["data"].get("kind") == "video"
+    return overlay_for(deep_merge(resolve_bases({"base": _bases(data)}, Path(origin)), data.get("set") or {}))
+
+
+def overlay_for(experiment: dict) -> tuple[str, dict]:
+    """(overlay name, its dict) for a merged experiment dict: by its ``data.kind``."""
+    video = isinstance(experiment.get("data"), dict) and experiment["data"].get("kind") == "video"
     name = TINY_VIDEO if video else TINY
     return name, read_yaml(PRESETS_DIR / f"{name}.yaml")
 
@@ -113,8 +117,7 @@ def check_resume(state, overrides, tiny: bool) -> None:
     wanted = [("sweep", k, v, _get(sweep, k)) for k, v in to_sweep.items()]
     wanted += [("experiment", k, v, _get(state.experiment, k)) for k, v in to_exp.items()]
     if tiny:
-        name, overlay = tiny_overlay({"base": state.sweep.base, "set": state.experiment},
-                                     Path(state.sweep_file).parent)
+        name, overlay = overlay_for(state.experiment)  # bases were merged at launch
         flat = _leaves(overlay)
         wanted += [(f"--tiny ({name})", k, v, _get(state.experiment, k)) for k, v in flat.items()
                    if k not in to_exp]

@@ -129,7 +129,11 @@ def test_trainer_trains_on_clips_and_validates_centre_frames(preset, tmp_path):
     assert [r.psnr for r in again] == pytest.approx([r.psnr for r in rows])
     a, b = np.mean([r.psnr for r in rows[:5]]), np.mean([r.psnr for r in rows[5:]])
     assert metrics["val_psnr"] == pytest.approx((a + b) / 2)
-    assert images["val_sample"].shape == (64, 4 * 64, 3)  # LR | bicubic | SR | HR of the 64 px frame
+    from trainables.panels import HEADER
+
+    # LR | bicubic | SR | HR of the centre 64 px frame, captioned above
+    first = images[sorted(images)[0]]
+    assert sorted(images)[0].startswith("val_sample_0_chelsea") and first.shape == (HEADER + 64, 4 * 64, 3)
 
 
 # ------------------------------------------------------------------------------ eval
