@@ -40,6 +40,7 @@ class PairedTest:
     n_images: int
     exact: bool          # all 2^n sign patterns (else Monte-Carlo)
     n_patterns: int      # patterns the p-value is over (2^n, or resamples + 1)
+    unit: str = "image"  # what one paired difference is: an image, or a video sequence
 
     @property
     def testable(self) -> bool:
@@ -50,9 +51,9 @@ class PairedTest:
         return self.testable and self.p_value is not None and self.p_value < ALPHA
 
     def describe(self) -> str:
-        n = f"{self.n_images} image{'s' * (self.n_images != 1)}"
+        n = f"{self.n_images} {self.unit}{'s' * (self.n_images != 1)}"
         if not self.testable:
-            return (f"mean LPIPS difference {self.mean_diff:.3g} over {n}: too few images to test "
+            return (f"mean LPIPS difference {self.mean_diff:.3g} over {n}: too few {self.unit}s to test "
                     f"(a paired test needs at least {MIN_IMAGES}), no claim either way")
         how = (f"exact over {self.n_patterns} sign patterns" if self.exact
                else f"{self.n_patterns - 1} random sign patterns")
@@ -105,12 +106,26 @@ def t_interval(d: np.ndarray, level: float = 0.95) -> tuple[float, float]:
     return m - half, m + half
 
 
+def independent_units(scores: Mapping[str, float]) -> tuple[dict[str, float], str]:
+    """Per-image scores -> the units a paired test may treat as independent. Video frames
+    (``<sequence>/<frame>``) of one sequence are not independent draws: they are averaged
+    per sequence, and the sequence is the unit."""
+    if scores and all("/" in k for k in scores):
+        groups: dict[str, list[float]] = {}
+        for k, v in scores.items():
+            groups.setdefault(k.split("/", 1)[0], []).append(float(v))
+        return {k: float(np.mean(v)) for k, v in groups.items()}, "sequence"
+    return dict(scores), "image"
+
+
 def paired_test(a: Mapping[str, float], b: Mapping[str, float],
                 n_resamples: int = 9999, seed: int = 0) -> PairedTest:
-    """Sign-flip test + t-interval of a - b over the images both trials scored."""
+    """Sign-flip test + t-interval of a - b over the images (or video sequences) both
+    trials scored."""
+    (a, unit), (b, _) = independent_units(a), independent_units(b)
     d = paired_differences(a, b)
     lo, hi = t_interval(d)
     if len(d) < MIN_IMAGES:
-        return PairedTest(float(d.mean()), lo, hi, None, len(d), True, 2 ** len(d))
+        return PairedTest(float(d.mean()), lo, hi, None, len(d), True, 2 ** len(d), unit)
     p, exact, patterns = sign_flip_p(d, n_resamples, seed)
-    return PairedTest(float(d.mean()), lo, hi, p, len(d), exact, patterns)
+    return PairedTest(float(d.mean()), lo, hi, p, len(d), exact, patterns, unit)

@@ -97,3 +97,15 @@ def test_only_common_images_and_clear_errors():
         paired_test({"x": 0.1}, {"y": 0.2})
     with pytest.raises(ValueError, match="non-finite LPIPS for image 'im2'"):
         paired_test({**a, "im2": float("nan")}, b)
+
+
+def test_video_frames_are_averaged_per_sequence_before_the_test():
+    """Frames of one sequence are not independent: 14 frames of 2 sequences are 2 units."""
+    from sweeper.significance import paired_test
+
+    a = {f"{s}/{t:03d}": 0.10 + 0.001 * t for s in ("chelsea", "coffee") for t in range(7)}
+    b = {k: v + 0.01 for k, v in a.items()}  # every frame worse by 0.01: 14 'images' would be p < 0.001
+    r = paired_test(a, b)
+    assert r.n_images == 2 and r.unit == "sequence" and r.p_value is None and not r.significant
+    assert r.mean_diff == pytest.approx(-0.01)
+    assert "2 sequences: too few sequences to test" in r.describe()
