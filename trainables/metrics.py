@@ -14,7 +14,6 @@ from __future__ import annotations
 from functools import lru_cache
 
 import torch
-import torch.nn.functional as F
 
 # BT.601 luma for R, G, B given in [0, 1]: Y in [16, 235].
 _Y_WEIGHTS = (65.481, 128.553, 24.966)
@@ -66,20 +65,31 @@ def _gaussian_1d(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
     return g / g.sum()
 
 
+@lru_cache(maxsize=32)
+def _valid_filter_matrix(n: int, device: torch.device) -> torch.Tensor:
+    """(n - 10, n) banded matrix M with ``M @ x`` = 'valid' 1-D Gaussian filtering of x's
+    rows. A float64 matmul (BLAS) is ~3x faster on CPU than the float64 convolution."""
+    g = _gaussian_1d()
+    k = g.numel()
+    rows = torch.arange(n - k + 1)[:, None]
+    m = torch.zeros(n - k + 1, n, dtype=torch.float64)
+    m.scatter_(1, rows + torch.arange(k)[None, :], g.expand(n - k + 1, k).clone())
+    return m.to(device)
+
+
 def ssim(sr: torch.Tensor, hr: torch.Tensor, shave: int = 0, y_channel: bool = True,
          round_y: bool = True) -> torch.Tensor:
     """Per-image SSIM (mean over channels for RGB), Wang et al. 2004 with a Gaussian window."""
     sr, hr = _prepare(sr, hr, shave, y_channel, round_y)
     c = sr.shape[1]
-    g = _gaussian_1d().to(sr.device)
-    if min(sr.shape[-2:]) < g.numel():
+    k = _gaussian_1d().numel()
+    if min(sr.shape[-2:]) < k:
         raise ValueError(f"image {tuple(sr.shape[-2:])} is smaller than the 11x11 SSIM window")
-    # The 2-D Gaussian is separable: two 11-tap passes instead of 121 taps, and the five
-    # local moments filtered in one grouped call ('valid' filtering, per channel).
+    # The 2-D Gaussian is separable: rows then columns, as two matmuls with banded
+    # matrices, over the five local moments at once ('valid' filtering, per channel).
     stack = torch.cat([sr, hr, sr * sr, hr * hr, sr * hr], dim=1)
-    n = stack.shape[1]
-    out = F.conv2d(stack, g.view(1, 1, 1, -1).expand(n, 1, 1, -1), groups=n)
-    out = F.conv2d(out, g.view(1, 1, -1, 1).expand(n, 1, -1, 1), groups=n)
+    h, w = stack.shape[-2:]
+    out = _valid_filter_matrix(h, stack.device) @ stack @ _valid_filter_matrix(w, stack.device).T
     mu_x, mu_y, e_xx, e_yy, e_xy = out.split(c, dim=1)
     c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
     var_x, var_y, cov = e_xx - mu_x**2, e_yy - mu_y**2, e_xy - mu_x * mu_y
