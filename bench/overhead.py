@@ -87,6 +87,7 @@ def main() -> None:
         Trainer(cfg, tempfile.mkdtemp(dir=tmp), _Quiet(), checkpoint_on_validation=ckpt).run()
         return time.perf_counter() - t0
 
+    direct(False)  # warm-up, not counted: first image decode, allocator, OS file cache
     first = {"direct": direct(False), "direct+ckpt": direct(True)}
     sweep_file = tmp / "one.yaml"
     sweep_file.write_text(
