@@ -297,6 +297,10 @@ class TrainConfig(Strict):
     log_every: int = Field(10, ge=1)
     checkpoint_every: int = Field(500, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # GPU path (trainables/accel.py, docs/PERFORMANCE.md): off = the fp32 NCHW eager reference.
+    amp: Literal["none", "bf16"] = "none"
+    channels_last: bool = False
+    compile: bool = False
 
 
 class ExperimentConfig(Strict):

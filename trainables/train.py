@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from trainables import video_train
+from trainables import accel, video_train
 from trainables.backbones import build_info
 from trainables.config import ConfigError, ExperimentConfig, to_dict, validate
 from trainables.data import PairedImages, TrainPatches, open_dataset
@@ -145,6 +145,8 @@ class Trainer:
         self.G = build_generator(cfg.model.generator, cfg.scale).to(self.device)
         self.D = build_discriminator(cfg.model.discriminator, cfg.data.patch_size).to(self.device)
         self.objective = GeneratorObjective(cfg).to(self.device)
+        accel.layout(cfg.train, self.G, self.D, self.objective)  # GPU path options, off by default
+        self.g_fwd, self.d_fwd = accel.compiled(cfg.train, self.G), accel.compiled(cfg.train, self.D)
         self.lpips = LPIPSMetric(cfg.backbones.weights, cfg.backbones.weights_dir, seed=cfg.seed).to(self.device)
         t = cfg.train
         self.opt_pre = torch.optim.Adam(self.G.parameters(), lr=t.lr, betas=t.betas)
@@ -184,8 +186,9 @@ class Trainer:
     # ----------------------------------------------------------------- steps
     def pretrain_step(self, batch: dict) -> dict[str, float]:
         px = self.cfg.loss.pixel
-        sr = self.G(batch["lr"])
-        loss = weighted_distance(sr, batch["hr"], None, px.criterion, px.huber_delta)
+        with accel.autocast(self.cfg.train, self.device):
+            sr = self.g_fwd(batch["lr"])
+            loss = weighted_distance(sr, batch["hr"], None, px.criterion, px.huber_delta)
         self._check_finite(loss, {"pretrain_pixel": loss})
         self.opt_pre.zero_grad(set_to_none=True)
         loss.backward()
@@ -194,17 +197,19 @@ class Trainer:
 
     def gan_step(self, batch: dict) -> dict[str, float]:
         lr, hr, edge = batch["lr"], batch["hr"], batch.get("edge")
-        sr = self.G(lr)
         # G step: D frozen (no parameter grads); D sees sr and hr as separate batches.
         self.D.requires_grad_(False)
-        terms = self.objective(sr, hr, edge, disc=self.D)
+        with accel.autocast(self.cfg.train, self.device):
+            sr = self.g_fwd(lr)
+            terms = self.objective(sr, hr, edge, disc=self.d_fwd)
         self._check_finite(terms.total, terms.scalars())
         self.opt_g.zero_grad(set_to_none=True)
         terms.total.backward()
         self.opt_g.step()
         # D step on the detached SR batch, real and fake again as separate batches.
         self.D.requires_grad_(True)
-        l_d = d_loss(self.D, sr, hr, self.cfg.loss.adv.kind)
+        with accel.autocast(self.cfg.train, self.device):
+            l_d = d_loss(self.d_fwd, sr, hr, self.cfg.loss.adv.kind)
         self._check_finite(l_d, {"d": l_d})
         self.opt_d.zero_grad(set_to_none=True)
         l_d.backward()
@@ -246,7 +251,7 @@ class Trainer:
         """G on the validation images: mean metrics, the sample grid, per-image scores."""
         self.G.eval()
         rows = evaluate(lambda lr: self.G(lr).clamp(0, 1), self.val_items, self.cfg.scale,
-                        lpips=self.lpips, device=self.device)
+                        lpips=self.lpips, device=self.device, batch=8)  # equal sizes batched
         images = {}
         for i, item in enumerate(self.val_items[:N_SAMPLES]):  # the same few images every time
             sr = self.G(item["lr"][None].to(self.device)).clamp(0, 1)[0].cpu()
