@@ -5,6 +5,7 @@ command, the machine, the date and the figures, so docs/PERFORMANCE.md can cite 
 Timings are medians of interleaved rounds in one process: this machine is noisy, so
 only ratios measured in one run are compared.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,8 +37,10 @@ def machine(device: str) -> str:
 
     if device == "cuda":
         return f"{torch.cuda.get_device_name(0)} (torch {torch.__version__})"
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, " \
-           f"{torch.get_num_threads()} torch threads (torch {torch.__version__})"
+    return (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"{torch.get_num_threads()} torch threads (torch {torch.__version__})"
+    )
 
 
 def sync(device: str) -> None:
@@ -47,8 +50,9 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def interleaved(fns: dict[str, Callable[[], object]], rounds: int, device: str = "cpu",
-                warmup: int = 1) -> dict[str, float]:
+def interleaved(
+    fns: dict[str, Callable[[], object]], rounds: int, device: str = "cpu", warmup: int = 1
+) -> dict[str, float]:
     """Median seconds per call of each fn, timed round by round (a, b, c, a, b, c, ...)."""
     for _ in range(warmup):
         for fn in fns.values():
@@ -65,18 +69,25 @@ def interleaved(fns: dict[str, Callable[[], object]], rounds: int, device: str =
 
 
 def table(headers: list[str], rows: list[list]) -> str:
-    cells = [[str(h) for h in headers]] + [[f"{c:.4g}" if isinstance(c, float) else str(c) for c in r]
-                                            for r in rows]
+    cells = [[str(h) for h in headers]] + [
+        [f"{c:.4g}" if isinstance(c, float) else str(c) for c in r] for r in rows
+    ]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    lines = ["  ".join(c.rjust(w) if j else c.ljust(w) for j, (c, w) in enumerate(zip(r, widths)))
-             for r in cells]
+    lines = [
+        "  ".join(c.rjust(w) if j else c.ljust(w) for j, (c, w) in enumerate(zip(r, widths))) for r in cells
+    ]
     return "\n".join([lines[0], "-" * len(lines[0]), *lines[1:]])
 
 
 def write(name: str, args: argparse.Namespace, figures: dict) -> Path:
     out = Path(args.out) if args.out else Path(__file__).resolve().parent / f"{name}.json"
-    record = {"bench": name, "command": " ".join([f"python bench/{name}.py", *sys.argv[1:]]),
-              "machine": machine(args.device), "date": datetime.date.today().isoformat(), **figures}
+    record = {
+        "bench": name,
+        "command": " ".join([f"python bench/{name}.py", *sys.argv[1:]]),
+        "machine": machine(args.device),
+        "date": datetime.date.today().isoformat(),
+        **figures,
+    }
     out.write_text(json.dumps(record, indent=1, default=float))
     print(f"wrote {out}")
     return out

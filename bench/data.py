@@ -9,12 +9,12 @@ steps (worker start-up, cache fill) are left out. Target: wait / (wait + step) <
 
 from __future__ import annotations
 
-import _common  # noqa: F401  (puts the repository on sys.path)
-from _common import parser, sync, table, write
-
 import statistics
 import tempfile
 import time
+
+import _common  # noqa: F401  (puts the repository on sys.path)
+from _common import parser, sync, table, write
 
 DATA = _common.ROOT.parent / "shared" / "data"
 

@@ -12,10 +12,9 @@ Values must agree to 1e-4; the speed-up target is >= 3x.
 from __future__ import annotations
 
 import _common  # noqa: F401  (puts the repository on sys.path)
-from _common import interleaved, parser, table, write
-
 import numpy as np
 import torch
+from _common import interleaved, parser, table, write
 
 
 def main() -> None:

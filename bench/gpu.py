@@ -14,9 +14,6 @@ On CPU (``--quick``) a tiny version runs end to end and the GPU columns say "no 
 
 from __future__ import annotations
 
-import _common  # noqa: F401  (puts the repository on sys.path)
-from _common import parser, sync, table, write
-
 import json
 import statistics
 import subprocess
@@ -24,6 +21,9 @@ import sys
 import tempfile
 import threading
 import time
+
+import _common  # noqa: F401  (puts the repository on sys.path)
+from _common import parser, sync, table, write
 
 DATA = _common.ROOT.parent / "shared" / "data"
 # Dense bf16 tensor-core peaks (TFLOP/s, no sparsity), from the vendors' data sheets.

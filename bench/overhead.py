@@ -14,14 +14,13 @@ inside the sweep < 3% over ``direct`` at a trial length of about 60 s (``--steps
 
 from __future__ import annotations
 
-import _common  # noqa: F401  (puts the repository on sys.path)
-from _common import parser, table, write
-
 import tempfile
 import time
 from pathlib import Path
 
+import _common  # noqa: F401  (puts the repository on sys.path)
 import yaml
+from _common import parser, table, write
 
 DATA = _common.ROOT.parent / "shared" / "data"
 
@@ -69,7 +68,7 @@ def main() -> None:
     import torch
 
     from sweeper import sweep as S
-    from trainables.config import deep_merge, load_config, validate, to_dict
+    from trainables.config import deep_merge, load_config, to_dict, validate
     from trainables.train import Trainer
 
     torch.set_num_threads(2)  # the trial gets resources.cpu = 2 threads too

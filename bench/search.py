@@ -19,9 +19,6 @@ replay measures the search algorithm's sample efficiency, not run-to-run noise.
 
 from __future__ import annotations
 
-import _common  # noqa: F401  (puts the repository on sys.path)
-from _common import parser, table, write
-
 import heapq
 import itertools
 import json
@@ -30,7 +27,9 @@ import statistics
 import tempfile
 from pathlib import Path
 
+import _common  # noqa: F401  (puts the repository on sys.path)
 import numpy as np
+from _common import parser, table, write
 
 DATA = _common.ROOT.parent / "shared" / "data"
 MUS = [0.2, 0.5, 1, 5, 10, 20, math.inf]

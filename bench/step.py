@@ -13,12 +13,11 @@ Targets: b/a <= 1.30, c/b >= 1.5. Then a torch.profiler table of b's top ops.
 
 from __future__ import annotations
 
-import _common  # noqa: F401  (puts the repository on sys.path)
-from _common import interleaved, parser, table, write
-
 import tempfile
 
+import _common  # noqa: F401  (puts the repository on sys.path)
 import torch
+from _common import interleaved, parser, table, write
 
 SIZES = {
     "tiny": dict(batch=4, patch=32, feat=16, blocks=2),
@@ -86,7 +85,8 @@ def naive_step(t, batch: dict) -> None:
 
 
 def profile(fn, device: str, rows: int = 12, steps: int = 3) -> list[list]:
-    from torch.profiler import ProfilerActivity, profile as prof
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as prof
 
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
     with prof(activities=acts) as p:

@@ -1,5 +1,6 @@
 """The sweep commands' CLI glue that is more than argument parsing: ``run --dry-run``,
 ``resume``'s flag check, ``best``'s closing report and ``ui`` (start, background, stop)."""
+
 from __future__ import annotations
 
 import argparse
@@ -51,8 +52,12 @@ def after_best(state, sel) -> None:
 
     tracker = Tracker(state.tracking_uri)
     report.configure_dashboard(tracker, state)  # sweeps from before the view existed get one
-    report.print_lines([report.importance_report(tracker, state),
-                        *report.closing_lines(state, sel, report.winner_file(state))])
+    report.print_lines(
+        [
+            report.importance_report(tracker, state),
+            *report.closing_lines(state, sel, report.winner_file(state)),
+        ]
+    )
 
 
 def ui(args: argparse.Namespace) -> int:
@@ -77,8 +82,10 @@ def ui(args: argparse.Namespace) -> int:
         if args.background:
             base, pid = server.serve(uri, args.host, args.port, background=True)
             log = server.state_dir(uri) / server.LOG_FILE
-            print(f"dashboard: {link}\nmlflow server pid {pid} (log {log}); "
-                  "stop it with: srsweep ui --stop", flush=True)
+            print(
+                f"dashboard: {link}\nmlflow server pid {pid} (log {log}); stop it with: srsweep ui --stop",
+                flush=True,
+            )
             return 0
         print(f"dashboard: {link}\n(serving {uri}; Ctrl-C stops it)", flush=True)
         server.serve(uri, args.host, args.port)

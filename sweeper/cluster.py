@@ -5,6 +5,7 @@ with one line: wrong or missing token (Ray 2.60 token auth), an unreachable addr
 with no node big enough for one trial. ``placement`` runs inside a trial and says where it ran;
 ``check_paths_on_workers`` checks on every node that the files trials read are there.
 """
+
 from __future__ import annotations
 
 import logging
@@ -21,9 +22,11 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 PROBE_TIMEOUT_S = 5.0
 CHECK_TIMEOUT_S = 120.0
-AUTH_HELP = ("export RAY_AUTH_MODE=token and the cluster's token as RAY_AUTH_TOKEN=... "
-             "or in ~/.ray/auth_token "
-             "(on the head: `ray get-auth-token`)")
+AUTH_HELP = (
+    "export RAY_AUTH_MODE=token and the cluster's token as RAY_AUTH_TOKEN=... "
+    "or in ~/.ray/auth_token "
+    "(on the head: `ray get-auth-token`)"
+)
 # Set on a cluster that adds nodes on demand (autoscaler, min_workers: 0): a cluster that is
 # too small now is then only reported, not refused.
 SCALE_UP_ENV = "SRSWEEP_ALLOW_SCALE_UP"
@@ -45,8 +48,10 @@ class ClusterInfo:
         return {f"ray_{k}": str(v) for k, v in asdict(self).items()}
 
     def line(self) -> str:
-        return (f"Ray cluster {self.address}: {self.nodes} node{'s' * (self.nodes != 1)}, "
-                f"{self.cpus:g} CPUs, {self.gpus:g} GPUs")
+        return (
+            f"Ray cluster {self.address}: {self.nodes} node{'s' * (self.nodes != 1)}, "
+            f"{self.cpus:g} CPUs, {self.gpus:g} GPUs"
+        )
 
 
 def _quiet_ray_logs() -> None:
@@ -67,18 +72,25 @@ def _resolve_auto() -> str:
     started = find_bootstrap_address(None)
     if started:
         if len(running) > 1:
-            print(f"note: {len(running)} Ray clusters run on this host; --address auto joins the one "
-                  f"`ray start` made last ({started})", flush=True)
+            print(
+                f"note: {len(running)} Ray clusters run on this host; --address auto joins the one "
+                f"`ray start` made last ({started})",
+                flush=True,
+            )
         return started
     if len(running) == 1:
         return running[0]
     if not running:
-        raise ClusterError("--address auto: no Ray cluster runs on this host "
-                           "(start one with `ray start --head`, "
-                           "or give HOST:PORT)")
-    raise ClusterError(f"--address auto: {len(running)} Ray clusters run on this host "
-                       f"({', '.join(running)}) and "
-                       "none was made by `ray start`: give HOST:PORT")
+        raise ClusterError(
+            "--address auto: no Ray cluster runs on this host "
+            "(start one with `ray start --head`, "
+            "or give HOST:PORT)"
+        )
+    raise ClusterError(
+        f"--address auto: {len(running)} Ray clusters run on this host "
+        f"({', '.join(running)}) and "
+        "none was made by `ray start`: give HOST:PORT"
+    )
 
 
 def _resolve(address: str) -> str:
@@ -108,12 +120,15 @@ def _check_reachable(address: str) -> None:
     try:
         socket.create_connection((host, port), timeout=PROBE_TIMEOUT_S).close()
     except OSError as exc:
-        raise ClusterError(f"Ray cluster {address} is unreachable ({exc.strerror or exc}): "
-                           "is `ray start --head` "
-                           "running there, and is the port open from this machine?") from None
+        raise ClusterError(
+            f"Ray cluster {address} is unreachable ({exc.strerror or exc}): "
+            "is `ray start --head` "
+            "running there, and is the port open from this machine?"
+        ) from None
 
 
-_PROBE = """
+_PROBE = (
+    """
 import sys
 from ray._raylet import GcsClient
 from ray.exceptions import AuthenticationError
@@ -125,7 +140,9 @@ except Exception as exc:
     print("ERROR", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
 else:
     print("OK")
-""" % PROBE_TIMEOUT_S
+"""
+    % PROBE_TIMEOUT_S
+)
 
 
 def _token_source() -> str:
@@ -147,14 +164,16 @@ def _check_auth(address: str) -> None:
         # Ray aborts the process (a failed RAY_CHECK with a C++ stack trace) in this case.
         raise ClusterError(f"Ray cluster {address}: RAY_AUTH_MODE=token but {_token_source()}: {AUTH_HELP}")
     try:
-        out = subprocess.run([sys.executable, "-c", _PROBE, address], capture_output=True, text=True,
-                             timeout=60).stdout.strip()
+        out = subprocess.run(
+            [sys.executable, "-c", _PROBE, address], capture_output=True, text=True, timeout=60
+        ).stdout.strip()
     except subprocess.TimeoutExpired:
         raise ClusterError(f"Ray cluster {address} did not answer within 60 s") from None
     verdict = out.splitlines()[-1] if out else "ERROR the connection probe died without an answer"
     if verdict == "AUTH":
-        raise ClusterError(f"Ray cluster {address} refused this driver's token ({_token_source()}): "
-                           f"{AUTH_HELP}")
+        raise ClusterError(
+            f"Ray cluster {address} refused this driver's token ({_token_source()}): {AUTH_HELP}"
+        )
     if verdict != "OK":
         raise ClusterError(f"Ray cluster {address}: {verdict.removeprefix('ERROR ')}")
 
@@ -186,11 +205,17 @@ def connect(address: Optional[str], need: dict) -> ClusterInfo:
                 ray.init(address=target, log_to_driver=False, logging_level=logging.ERROR)
             except Exception as exc:  # ray:// auth / version mismatch: Ray's first line is the useful one
                 msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-                raise ClusterError(f"Ray cluster {target}: {msg[:300]}"
-                                   + (f" ({AUTH_HELP})" if "auth" in msg.lower() else "")) from None
+                raise ClusterError(
+                    f"Ray cluster {target}: {msg[:300]}"
+                    + (f" ({AUTH_HELP})" if "auth" in msg.lower() else "")
+                ) from None
         else:  # embedded local Ray sized for one machine (STACK-NOTES)
-            ray.init(object_store_memory=2 * 2**30, include_dashboard=False, log_to_driver=False,
-                     logging_level=logging.ERROR)
+            ray.init(
+                object_store_memory=2 * 2**30,
+                include_dashboard=False,
+                log_to_driver=False,
+                logging_level=logging.ERROR,
+            )
     nodes = _alive_nodes()
     total = ray.cluster_resources()
     gcs = ray.get_runtime_context().gcs_address
@@ -198,16 +223,20 @@ def connect(address: Optional[str], need: dict) -> ClusterInfo:
     info = ClusterInfo(resolved, len(nodes), float(total.get("CPU", 0)), float(total.get("GPU", 0)))
     if not _fits(need, nodes):
         biggest = max(nodes, key=lambda n: (n["Resources"].get("GPU", 0), n["Resources"].get("CPU", 0)))
-        msg = (f"Ray cluster {info.address} is too small for one trial: "
-               f"it needs {float(need.get('cpu', 1)):g} CPU "
-               f"and {float(need.get('gpu', 0)):g} GPU on one node, the largest node has "
-               f"{biggest['Resources'].get('CPU', 0):g} CPU and {biggest['Resources'].get('GPU', 0):g} GPU "
-               f"({info.nodes} node(s), {info.cpus:g} CPUs, {info.gpus:g} GPUs in all)")
+        msg = (
+            f"Ray cluster {info.address} is too small for one trial: "
+            f"it needs {float(need.get('cpu', 1)):g} CPU "
+            f"and {float(need.get('gpu', 0)):g} GPU on one node, the largest node has "
+            f"{biggest['Resources'].get('CPU', 0):g} CPU and {biggest['Resources'].get('GPU', 0):g} GPU "
+            f"({info.nodes} node(s), {info.cpus:g} CPUs, {info.gpus:g} GPUs in all)"
+        )
         if os.environ.get(SCALE_UP_ENV) != "1":
             if not address:
                 ray.shutdown()  # ours: do not leave an unusable local Ray behind
-            raise ClusterError(msg + f"; lower `resources` in the sweep YAML, or set {SCALE_UP_ENV}=1 on an "
-                               "autoscaling cluster")
+            raise ClusterError(
+                msg + f"; lower `resources` in the sweep YAML, or set {SCALE_UP_ENV}=1 on an "
+                "autoscaling cluster"
+            )
         print(f"note: {msg}; waiting for the autoscaler ({SCALE_UP_ENV}=1)", flush=True)
     print(info.line(), flush=True)
     return info
@@ -226,8 +255,13 @@ def placement() -> dict:
     import ray
 
     ctx = ray.get_runtime_context()
-    out = {"node_id": ctx.get_node_id(), "host": socket.gethostname(),
-           "node_ip": ray.util.get_node_ip_address(), "gpu_count": 0, "gpu_name": ""}
+    out = {
+        "node_id": ctx.get_node_id(),
+        "host": socket.gethostname(),
+        "node_ip": ray.util.get_node_ip_address(),
+        "gpu_count": 0,
+        "gpu_name": "",
+    }
     try:
         import torch
 
@@ -286,8 +320,10 @@ def placement_view(df):
     out["node"] = [v[:8] if isinstance(v, str) else None for v in df.get("node_id", [None] * len(df))]
     counts = df.get("gpu_count", [None] * len(df))
     names = df.get("gpu_name", [None] * len(df))
-    out["gpu"] = [f"{int(c)}x {n}" if isinstance(c, (int, float)) and c == c and c > 0 else
-                  ("-" if c == 0 else None) for c, n in zip(counts, names)]
+    out["gpu"] = [
+        f"{int(c)}x {n}" if isinstance(c, (int, float)) and c == c and c > 0 else ("-" if c == 0 else None)
+        for c, n in zip(counts, names)
+    ]
     return out
 
 

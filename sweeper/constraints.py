@@ -14,6 +14,7 @@ violation (constraint) on the Optuna trial first, then lets OptunaSearch tell th
 A trial that never reported the metric counts as infeasible (it never showed that it
 complied); a crashed trial is told as FAIL and samplers ignore it anyway.
 """
+
 from __future__ import annotations
 
 import math

@@ -6,14 +6,15 @@ shared views: an experiment tag (``VIEW_TAG_PREFIX`` + key, in MLflow's reserved
 namespace) holding JSON (search facets + table state) that
 ``#/experiments/<id>/runs?viewStateShareKey=<key>`` applies. The tool writes one such view
 per sweep (``Tracker.configure_parent`` in sweeper/tracking.py: this module stays pure and
-calls no client) and prints its URL (``runs_url``). ``workflowType=machine_learning`` keeps the page out of the GenAI
-layout, whichever layout the browser last used.
+calls no client) and prints its URL (``runs_url``). ``workflowType=machine_learning`` keeps
+the page out of the GenAI layout, whichever layout the browser last used.
 
 Child runs are expected to carry, besides today's params and tags: the searched params
 under short distinct names (``child_params``: ``mu``, ``layer``), and the tags ``steps``
 (trained steps so far), ``status`` (``STATUS_WORDS``) and ``winner`` ("true" on the
 winner).
 """
+
 from __future__ import annotations
 
 import json
@@ -26,9 +27,9 @@ import pandas as pd
 # an MLflow caller (tests/test_state.py greps for it).
 _NS = "mlflow" + "."
 VIEW_TAG_PREFIX = _NS + "sharedViewState."  # the UI's shared-view experiment tag
-KIND_TAG = _NS + "experimentKind"           # the experiment's "type" in the UI
-PARENT_TAG = _NS + "parentRunId"            # what the UI nests child runs by
-KIND_TRAINING = "custom_model_development"   # shown as "Machine learning"
+KIND_TAG = _NS + "experimentKind"  # the experiment's "type" in the UI
+PARENT_TAG = _NS + "parentRunId"  # what the UI nests child runs by
+KIND_TRAINING = "custom_model_development"  # shown as "Machine learning"
 METRICS = ("val_lpips", "val_psnr", "val_ssim")
 STEPS_TAG, STATUS_TAG, WINNER_TAG = "steps", "status", "winner"
 # Run status tag values, from results.py's trial statuses (TERMINATED = ran every step).
@@ -44,12 +45,13 @@ def short_names(paths: Iterable[str], reserved: Iterable[str] = ()) -> dict[str,
     taken = set(reserved)
     depth = {p: 1 for p in paths}
     while True:
-        names = {p: ".".join(p.split(".")[-depth[p]:]) for p in paths}
+        names = {p: ".".join(p.split(".")[-depth[p] :]) for p in paths}
         counts: dict[str, int] = {}
         for n in names.values():
             counts[n] = counts.get(n, 0) + 1
-        clash = [p for p, n in names.items()
-                 if (counts[n] > 1 or n in taken) and depth[p] < len(p.split("."))]
+        clash = [
+            p for p, n in names.items() if (counts[n] > 1 or n in taken) and depth[p] < len(p.split("."))
+        ]
         if not clash:
             return names
         for p in clash:
@@ -63,13 +65,16 @@ def child_params(searched: Mapping[str, object], reserved: Iterable[str] = ()) -
     return {names[path]: str(value) for path, value in searched.items()}
 
 
-def columns(searched: Iterable[str], metrics: Iterable[str] = METRICS,
-            reserved: Iterable[str] = ()) -> list[str]:
+def columns(
+    searched: Iterable[str], metrics: Iterable[str] = METRICS, reserved: Iterable[str] = ()
+) -> list[str]:
     """The runs-table column keys (the UI's ``type.`name``` form) for a sweep."""
     names = short_names(searched, reserved)
-    return ([f"metrics.`{m}`" for m in metrics]
-            + [f"params.`{names[p]}`" for p in names]
-            + [f"tags.`{t}`" for t in (WINNER_TAG, STATUS_TAG, STEPS_TAG)])  # winner first: always in view
+    return (
+        [f"metrics.`{m}`" for m in metrics]
+        + [f"params.`{names[p]}`" for p in names]
+        + [f"tags.`{t}`" for t in (WINNER_TAG, STATUS_TAG, STEPS_TAG)]
+    )  # winner first: always in view
 
 
 def view_key(parent_run_id: str) -> str:
@@ -95,8 +100,14 @@ def view_state(parent_run_id: str, objective: str, mode: str, cols: list[str]) -
     }
 
 
-def view_json(parent_run_id: str, objective: str, mode: str, searched: Iterable[str],
-              metrics: Iterable[str] = METRICS, reserved: Iterable[str] = ()) -> str:
+def view_json(
+    parent_run_id: str,
+    objective: str,
+    mode: str,
+    searched: Iterable[str],
+    metrics: Iterable[str] = METRICS,
+    reserved: Iterable[str] = (),
+) -> str:
     """The shared view's tag value (compact JSON) for a sweep."""
     state = view_state(parent_run_id, objective, mode, columns(searched, metrics, reserved))
     return json.dumps(state, separators=(",", ":"))
@@ -107,8 +118,10 @@ def runs_url(base_url: str, experiment_id: str, parent_run_id: str) -> str:
 
     No search facet may be in the URL: the UI ignores a shared view when one is."""
     base = base_url.rstrip("/")
-    return (f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
-            f"&compareRunsMode=TABLE&viewStateShareKey={view_key(parent_run_id)}")
+    return (
+        f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+        f"&compareRunsMode=TABLE&viewStateShareKey={view_key(parent_run_id)}"
+    )
 
 
 def _num(x) -> float:

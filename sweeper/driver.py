@@ -1,5 +1,6 @@
 """The sweep driver's side of a Ray cluster: joining it (checked, reported in one line) and
 running the Tuner so that a lost cluster never leaves the parent MLflow run RUNNING."""
+
 from __future__ import annotations
 
 from typing import Optional
@@ -16,8 +17,12 @@ def connect_ray(address: Optional[str], cfg, resources) -> ClusterInfo:
     info = connect(address, {"cpu": resources.cpu, "gpu": resources.gpu})
     if address:
         pre = cfg.train.pretrained_g
-        paths = [cfg.data.train, cfg.data.val, cfg.backbones.weights_dir,
-                 pre if pre and not is_remote(pre) else None]
+        paths = [
+            cfg.data.train,
+            cfg.data.val,
+            cfg.backbones.weights_dir,
+            pre if pre and not is_remote(pre) else None,
+        ]
         check_paths_on_workers([p for p in paths if p and p != "embedded"])
     return info
 
@@ -32,8 +37,11 @@ def fit_guarded(state: SweepState, tuner) -> None:
     hint = f"continue with: srsweep resume {state.sweep_dir}"
 
     def lost() -> None:
-        print(f"srsweep: error: the Ray cluster {gcs} stopped answering; MLflow parent run {parent} marked "
-              f"FAILED; {hint}", flush=True)
+        print(
+            f"srsweep: error: the Ray cluster {gcs} stopped answering; MLflow parent run {parent} marked "
+            f"FAILED; {hint}",
+            flush=True,
+        )
         tracker.set_tags(parent, {"failure": f"Ray cluster {gcs} lost"})
         tracker.end_run(parent, "FAILED")
 
@@ -51,8 +59,10 @@ def fit_guarded(state: SweepState, tuner) -> None:
             tracker.set_tags(parent, {"failure": f"{type(exc).__name__}: {str(exc)[:300]}"})
             tracker.end_run(parent, "FAILED")
         if watch and watch.lost:
-            raise ClusterError(f"the Ray cluster {gcs} went away during the sweep; MLflow parent run "
-                               f"{parent} marked FAILED; {hint}") from None
+            raise ClusterError(
+                f"the Ray cluster {gcs} went away during the sweep; MLflow parent run "
+                f"{parent} marked FAILED; {hint}"
+            ) from None
         raise
     if watch and watch.lost:  # Tune returned although the cluster is gone
         raise ClusterError(f"the Ray cluster {gcs} went away during the sweep; {hint}")

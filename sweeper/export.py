@@ -5,6 +5,7 @@ Pure pandas/pyarrow/matplotlib (no torch, no ray). Plots draw on a bare
 needs no display, keeps no global figure list, and does not switch the backend of a
 notebook or GUI session that happens to import this module.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,8 +24,15 @@ from matplotlib.collections import LineCollection
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
-from .select import (DEFAULT_OBJECTIVES, PARAM_PREFIX, finished_mask, is_missing, pareto_front,
-                     require_columns, short_param_names)
+from .select import (
+    DEFAULT_OBJECTIVES,
+    PARAM_PREFIX,
+    finished_mask,
+    is_missing,
+    pareto_front,
+    require_columns,
+    short_param_names,
+)
 
 # Schema metadata key listing the columns stored as JSON text, so reading decodes them.
 JSON_COLUMNS_KEY = b"srsweep.json_columns"
@@ -67,8 +75,11 @@ def write_parquet(df: pd.DataFrame, path: str | os.PathLike) -> Path:
     out = df.copy()
     encoded = [str(c) for c in out.columns if _needs_json(out[c])]
     for c in encoded:
-        out[c] = pd.Series([None if is_missing(v) else json.dumps(v, default=_json_default) for v in out[c]],
-                           index=out.index, dtype=object)
+        out[c] = pd.Series(
+            [None if is_missing(v) else json.dumps(v, default=_json_default) for v in out[c]],
+            index=out.index,
+            dtype=object,
+        )
     table = pa.Table.from_pandas(out, preserve_index=False)
     meta = dict(table.schema.metadata or {})
     meta[JSON_COLUMNS_KEY] = json.dumps(encoded).encode()
@@ -91,8 +102,9 @@ def read_parquet(path: str | os.PathLike) -> pd.DataFrame:
     encoded = json.loads((table.schema.metadata or {}).get(JSON_COLUMNS_KEY, b"[]"))
     df = table.to_pandas()
     for c in encoded:
-        df[c] = pd.Series([json.loads(v) if isinstance(v, str) else None for v in df[c]],
-                          index=df.index, dtype=object)
+        df[c] = pd.Series(
+            [json.loads(v) if isinstance(v, str) else None for v in df[c]], index=df.index, dtype=object
+        )
     return df
 
 
@@ -113,9 +125,13 @@ def _save(fig: Figure, path: str | os.PathLike) -> Path:
     return path
 
 
-def plot_pareto(df: pd.DataFrame, path: str | os.PathLike,
-                objectives: Sequence[tuple[str, str]] = DEFAULT_OBJECTIVES,
-                psnr_floor: float | None = None, total_steps: int | None = None) -> Path:
+def plot_pareto(
+    df: pd.DataFrame,
+    path: str | os.PathLike,
+    objectives: Sequence[tuple[str, str]] = DEFAULT_OBJECTIVES,
+    psnr_floor: float | None = None,
+    total_steps: int | None = None,
+) -> Path:
     """Scatter of trials that ran the full budget (x: first objective, y: second), the
     Pareto front (of those) as a line, ASHA-stopped trials as small grey crosses (scored
     after fewer steps: shown, not compared), the winner starred when ``df`` is a ``rank``
@@ -127,25 +143,49 @@ def plot_pareto(df: pd.DataFrame, path: str | os.PathLike,
     shown = np.isfinite(x) & np.isfinite(y)
     ok = finished_mask(df, total_steps) & shown
     early = ~ok & shown & df["status"].astype(str).str.upper().isin(["TERMINATED", "STOPPED"]).to_numpy()
-    can = (df["may_win"].fillna(False).to_numpy(dtype=bool) if "may_win" in df.columns
-           else np.ones(len(df), dtype=bool))
+    can = (
+        df["may_win"].fillna(False).to_numpy(dtype=bool)
+        if "may_win" in df.columns
+        else np.ones(len(df), dtype=bool)
+    )
     fig = Figure(figsize=(6.4, 4.8), layout="constrained")
     ax = fig.add_subplot()
     ax.scatter(x[ok & can], y[ok & can], s=22, color="tab:blue", alpha=0.7, label="finished trials")
     if (ok & ~can).any():
-        ax.scatter(x[ok & ~can], y[ok & ~can], s=22, facecolors="none", edgecolors="grey",
-                   label="may not win (PSNR floor / constraint)")
+        ax.scatter(
+            x[ok & ~can],
+            y[ok & ~can],
+            s=22,
+            facecolors="none",
+            edgecolors="grey",
+            label="may not win (PSNR floor / constraint)",
+        )
     if early.any():
-        ax.scatter(x[early], y[early], s=16, marker="x", color="lightgrey",
-                   label="stopped early (not compared)")
+        ax.scatter(
+            x[early], y[early], s=16, marker="x", color="lightgrey", label="stopped early (not compared)"
+        )
     front = pareto_front(df, objectives[:2], total_steps)
     if len(front):
         front = front.sort_values(xc)
-        ax.plot(front[xc].astype(float), front[yc].astype(float), "-o", color="tab:red", ms=4,
-                label=f"Pareto front ({len(front)})")
+        ax.plot(
+            front[xc].astype(float),
+            front[yc].astype(float),
+            "-o",
+            color="tab:red",
+            ms=4,
+            label=f"Pareto front ({len(front)})",
+        )
     for _, w in df[_winner(df)].iterrows():
-        ax.scatter([w[xc]], [w[yc]], marker="*", s=260, color="gold", edgecolors="black", zorder=5,
-                   label=f"winner {w['trial_id']}")
+        ax.scatter(
+            [w[xc]],
+            [w[yc]],
+            marker="*",
+            s=260,
+            color="gold",
+            edgecolors="black",
+            zorder=5,
+            label=f"winner {w['trial_id']}",
+        )
     if psnr_floor is not None:
         ax.axhline(psnr_floor, ls="--", color="grey", lw=1, label=f"PSNR floor {psnr_floor:.2f}")
     if not ok.any():
@@ -185,7 +225,9 @@ def _axis(col: pd.Series) -> tuple[np.ndarray, list[tuple[float, str]]]:
             tlo, thi = (np.log10(lo), np.log10(hi)) if log else (lo, hi)
             frac = (t - tlo) / (thi - tlo) if thi > tlo else np.full(len(t), 0.5)
             pos[fin] = lo_slot + frac * (hi_slot - lo_slot)
-            ticks += [(lo_slot, _fmt(lo)), (hi_slot, _fmt(hi))] if hi > lo else [(float(pos[fin][0]), _fmt(lo))]
+            ticks += (
+                [(lo_slot, _fmt(lo)), (hi_slot, _fmt(hi))] if hi > lo else [(float(pos[fin][0]), _fmt(lo))]
+            )
         return pos, ticks
     labels = [json.dumps(v) if isinstance(v, (list, tuple, dict)) else str(v) for v in present]
     cats = sorted(set(labels))
@@ -212,11 +254,20 @@ def plot_parallel(df: pd.DataFrame, path: str | os.PathLike, color: str = "final
     fig = Figure(figsize=(max(5.0, 1.7 * n + 2.0), 4.8), layout="constrained")
     ax = fig.add_subplot()
     xs = np.arange(n, dtype=float)
-    lines = LineCollection([np.column_stack([xs, y]) for y in ys], array=cval, cmap=cmap, norm=norm,
-                           linewidths=1.2, alpha=0.8)
+    lines = LineCollection(
+        [np.column_stack([xs, y]) for y in ys], array=cval, cmap=cmap, norm=norm, linewidths=1.2, alpha=0.8
+    )
     ax.add_collection(lines)
-    ax.scatter(np.tile(xs, len(ys)), ys.ravel(), c=np.repeat(cval, n), cmap=cmap, norm=norm, s=10, zorder=3,
-               plotnonfinite=True)
+    ax.scatter(
+        np.tile(xs, len(ys)),
+        ys.ravel(),
+        c=np.repeat(cval, n),
+        cmap=cmap,
+        norm=norm,
+        s=10,
+        zorder=3,
+        plotnonfinite=True,
+    )
     title = f"{len(df)} trials"
     for i in np.flatnonzero(_winner(df)):  # named in the title: a legend would cover axis labels
         ax.plot(xs, ys[i], color="black", lw=2.5, ls="--", zorder=4)
@@ -225,8 +276,15 @@ def plot_parallel(df: pd.DataFrame, path: str | os.PathLike, color: str = "final
     for i, (_, ticks) in enumerate(axes):
         ax.axvline(i, color="black", lw=0.8)
         for p, label in ticks:
-            ax.text(i + 0.04, p, label, fontsize=7, va="center", zorder=5,
-                    bbox={"fc": "white", "ec": "none", "alpha": 0.7, "pad": 0.5})
+            ax.text(
+                i + 0.04,
+                p,
+                label,
+                fontsize=7,
+                va="center",
+                zorder=5,
+                bbox={"fc": "white", "ec": "none", "alpha": 0.7, "pad": 0.5},
+            )
     if not len(df):
         ax.text(0.5, 0.5, "no trials", transform=ax.transAxes, ha="center", va="center")
     ax.set_xticks(xs, names, rotation=20, ha="right", fontsize=8)

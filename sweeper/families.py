@@ -6,6 +6,7 @@ pretrained on. A space searching ``model.*`` / ``data.*`` is refused by sweeper/
 (FROZEN); this module refuses a ``base`` list that mixes image presets with video presets,
 in one line, before the merged experiment would fail with a less telling error. No torch.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -17,7 +18,7 @@ VIDEO_ARCHS = {VSRResFeatGenConfig.model_fields["arch"].default}
 
 
 def family(experiment: dict) -> Optional[str]:
-    """"video", "image", or None for an overlay that names neither (tiny_cpu, say)."""
+    """ "video", "image", or None for an overlay that names neither (tiny_cpu, say)."""
     data = experiment.get("data") if isinstance(experiment.get("data"), dict) else {}
     model = experiment.get("model") if isinstance(experiment.get("model"), dict) else {}
     gen = model.get("generator") if isinstance(model.get("generator"), dict) else {}
@@ -36,5 +37,7 @@ def check_one_family(sweep, path: str | Path) -> None:
     image = [n for n, k in kinds.items() if k == "image"]
     video = [n for n, k in kinds.items() if k == "video"]
     if image and video:
-        raise ConfigError(f"{path}: base: mixes image presets ({', '.join(image)}) and video presets "
-                          f"({', '.join(video)}); shared pretraining is per model family: one family per sweep")
+        raise ConfigError(
+            f"{path}: base: mixes image presets ({', '.join(image)}) and video presets "
+            f"({', '.join(video)}); shared pretraining is per model family: one family per sweep"
+        )

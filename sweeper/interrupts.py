@@ -11,6 +11,7 @@ state and returns normally) and puts the previous handler back only when a SIGIN
 :meth:`Interrupts.after_tune` reads that to know whether ``fit`` was interrupted. SIGTERM
 is forwarded to whichever SIGINT handler is current, so Tune stops as gracefully on it.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -34,8 +35,11 @@ class SweepInterrupted(Exception):
 
     def __init__(self, signame: str, sweep_dir: Optional[str | Path]):
         self.signame, self.sweep_dir = signame, sweep_dir
-        where = (f"; resume with: {resume_hint(sweep_dir)}" if sweep_dir
-                 else " before the sweep folder was written")
+        where = (
+            f"; resume with: {resume_hint(sweep_dir)}"
+            if sweep_dir
+            else " before the sweep folder was written"
+        )
         super().__init__(f"interrupted by {signame}{where}")
 
 

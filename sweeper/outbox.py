@@ -15,6 +15,7 @@ Runs can be created during an outage too: :meth:`create_run` then returns a plac
 id (``pending-...``) that later records may use; the flush creates the run and maps the
 placeholder to the real id (kept in ``<file>.ids.json``).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -28,9 +29,10 @@ from typing import Any, Callable, Iterable, Optional
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
-from mlflow import MlflowClient  # noqa: E402
 from mlflow.entities import Metric, Param, RunTag  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
+
+from mlflow import MlflowClient  # noqa: E402
 
 Point = tuple[str, float, int, int]  # (key, value, step, timestamp in ms)
 _TRANSIENT_CODES = {"TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED"}
@@ -42,8 +44,9 @@ def is_outage(exc: BaseException) -> bool:
     False for a request the store rejected (bad value, unknown run), which is re-raised."""
     import requests
 
-    if isinstance(exc, (ConnectionError, TimeoutError, requests.exceptions.ConnectionError,
-                        requests.exceptions.Timeout)):
+    if isinstance(
+        exc, (ConnectionError, TimeoutError, requests.exceptions.ConnectionError, requests.exceptions.Timeout)
+    ):
         return True
     with contextlib.suppress(ImportError):
         from sqlalchemy.exc import OperationalError
@@ -58,9 +61,11 @@ def is_outage(exc: BaseException) -> bool:
 @contextlib.contextmanager
 def short_http(timeout_s: float, max_retries: int, backoff: int = 1):
     """MLflow's REST client reads these per request: an outage then costs seconds."""
-    new = {"MLFLOW_HTTP_REQUEST_TIMEOUT": str(int(max(1, timeout_s))),
-           "MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(max_retries),
-           "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": str(int(backoff))}
+    new = {
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": str(int(max(1, timeout_s))),
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(max_retries),
+        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": str(int(backoff)),
+    }
     old = {k: os.environ.get(k) for k in new}
     os.environ.update(new)
     try:
@@ -74,33 +79,59 @@ def short_http(timeout_s: float, max_retries: int, backoff: int = 1):
 
 
 class Outbox:
-    def __init__(self, path: str | os.PathLike, tracking_uri: str, *, timeout_s: float = 5.0,
-                 max_retries: int = 1, retry_every_s: float = 30.0,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        tracking_uri: str,
+        *,
+        timeout_s: float = 5.0,
+        max_retries: int = 1,
+        retry_every_s: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.path = Path(path)
         self.client = MlflowClient(tracking_uri)
-        self.timeout_s, self.max_retries, self.retry_every_s, self.clock = (timeout_s, max_retries,
-                                                                            retry_every_s, clock)
+        self.timeout_s, self.max_retries, self.retry_every_s, self.clock = (
+            timeout_s,
+            max_retries,
+            retry_every_s,
+            clock,
+        )
         self.files = self.path.with_name(self.path.name + ".files")  # artifacts waiting to be sent
         self.ids_file = self.path.with_name(self.path.name + ".ids.json")
         self.rejected = self.path.with_name(self.path.name + ".rejected.jsonl")
         self._down_since: Optional[float] = None
         self._steps: dict[tuple[str, str], set[int]] = {}  # steps the store holds, per (run, key)
         self._stale: set[tuple[str, str]] = set()
-        self.stats = {"sent": 0, "buffered": 0, "flushed": 0, "duplicates_skipped": 0, "rejected": 0,
-                      "points_logged": 0, "points_buffered": 0, "points_sent": 0}
+        self.stats = {
+            "sent": 0,
+            "buffered": 0,
+            "flushed": 0,
+            "duplicates_skipped": 0,
+            "rejected": 0,
+            "points_logged": 0,
+            "points_buffered": 0,
+            "points_sent": 0,
+        }
 
     # ------------------------------------------------------------------ public writes
-    def create_run(self, experiment_id: str, run_name: Optional[str] = None,
-                   tags: Optional[dict[str, str]] = None) -> str:
+    def create_run(
+        self, experiment_id: str, run_name: Optional[str] = None, tags: Optional[dict[str, str]] = None
+    ) -> str:
         """A real run id, or a placeholder when the store is down (resolved on flush)."""
-        rec = {"op": "create_run", "experiment_id": experiment_id, "run_name": run_name,
-               "tags": dict(tags or {}), "placeholder": f"{PLACEHOLDER}{uuid.uuid4().hex}"}
+        rec = {
+            "op": "create_run",
+            "experiment_id": experiment_id,
+            "run_name": run_name,
+            "tags": dict(tags or {}),
+            "placeholder": f"{PLACEHOLDER}{uuid.uuid4().hex}",
+        }
         if self.pending() == 0 and not self._is_down():
             try:
                 with short_http(self.timeout_s, self.max_retries):
-                    return self.client.create_run(experiment_id, run_name=run_name,
-                                                  tags=rec["tags"]).info.run_id
+                    return self.client.create_run(
+                        experiment_id, run_name=run_name, tags=rec["tags"]
+                    ).info.run_id
             except Exception as exc:
                 if not is_outage(exc):
                     raise
@@ -129,10 +160,15 @@ class Outbox:
     def log_dict(self, run_id: str, obj: Any, artifact_file: str) -> bool:
         return self._submit({"op": "dict", "run_id": run_id, "obj": obj, "artifact_file": artifact_file})
 
-    def log_artifact(self, run_id: str, local_path: str | os.PathLike,
-                     artifact_path: Optional[str] = None) -> bool:
-        rec = {"op": "artifact", "run_id": run_id, "local_path": str(local_path),
-               "artifact_path": artifact_path}
+    def log_artifact(
+        self, run_id: str, local_path: str | os.PathLike, artifact_path: Optional[str] = None
+    ) -> bool:
+        rec = {
+            "op": "artifact",
+            "run_id": run_id,
+            "local_path": str(local_path),
+            "artifact_path": artifact_path,
+        }
         return self._submit(rec)
 
     # ------------------------------------------------------------------ flushing
@@ -248,8 +284,9 @@ class Outbox:
             if op == "create_run":
                 ids = self._ids()
                 if rec["placeholder"] not in ids:
-                    run = self.client.create_run(rec["experiment_id"], run_name=rec["run_name"],
-                                                 tags=rec["tags"])
+                    run = self.client.create_run(
+                        rec["experiment_id"], run_name=rec["run_name"], tags=rec["tags"]
+                    )
                     ids[rec["placeholder"]] = run.info.run_id
                     tmp = self.ids_file.with_suffix(".tmp")
                     tmp.write_text(json.dumps(ids))
@@ -261,7 +298,7 @@ class Outbox:
             elif op == "params":
                 items = [Param(k, v) for k, v in rec["params"].items()]
                 for i in range(0, len(items), 100):  # MLflow caps a batch at 100 params
-                    self.client.log_batch(run_id, params=items[i:i + 100])
+                    self.client.log_batch(run_id, params=items[i : i + 100])
             elif op == "tags":
                 self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in rec["tags"].items()])
             elif op == "terminated":
@@ -285,7 +322,7 @@ class Outbox:
                 seen.add((key, step))
                 batch.append(Metric(key, value, ts, step))
             for i in range(0, len(batch), 1000):  # MLflow caps a batch at 1000 metrics
-                self.client.log_batch(run_id, metrics=batch[i:i + 1000])
+                self.client.log_batch(run_id, metrics=batch[i : i + 1000])
             self.stats["points_sent"] += len(batch)
         except Exception:
             # The store may have committed part of it: read the history again next time.

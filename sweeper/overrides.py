@@ -9,6 +9,7 @@ name. Values are YAML (``.inf``, ``[0, 1]``). ``--tiny`` merges the ``tiny_cpu``
 with ASHA's grace at one validation round, before any ``--set``. The patched file is
 what validates, so ``sweep.json`` holds the overrides.
 """
+
 from __future__ import annotations
 
 import copy
@@ -18,7 +19,15 @@ from typing import Any, Callable, Optional
 
 import yaml
 
-from trainables.config import PRESETS_DIR, TINY_VIDEO, ConfigError, deep_merge, nested, read_yaml, resolve_bases
+from trainables.config import (
+    PRESETS_DIR,
+    TINY_VIDEO,
+    ConfigError,
+    deep_merge,
+    nested,
+    read_yaml,
+    resolve_bases,
+)
 
 TINY = "tiny_cpu"
 
@@ -36,15 +45,16 @@ def parse(items: tuple[str, ...] | list[str]) -> tuple[dict[str, Any], dict[str,
         key, sep, raw = item.partition("=")
         key = key.strip()
         if not sep or not key or "" in key.split("."):
-            raise ConfigError(f"--set {item!r}: expected KEY.PATH=VALUE (e.g. budget.num_samples=2, "
-                              "train.steps=20)")
+            raise ConfigError(
+                f"--set {item!r}: expected KEY.PATH=VALUE (e.g. budget.num_samples=2, train.steps=20)"
+            )
         try:
             value = yaml.safe_load(raw)
         except yaml.YAMLError as exc:
             raise ConfigError(f"--set {item!r}: the value is not YAML ({str(exc).splitlines()[0]})") from None
         first = key.split(".")[0]
         if first == "set":
-            to_exp[key[len("set."):]] = value
+            to_exp[key[len("set.") :]] = value
         elif first in top:
             to_sweep[key] = value
         else:
@@ -119,13 +129,16 @@ def check_resume(state, overrides, tiny: bool) -> None:
     if tiny:
         name, overlay = overlay_for(state.experiment)  # bases were merged at launch
         flat = _leaves(overlay)
-        wanted += [(f"--tiny ({name})", k, v, _get(state.experiment, k)) for k, v in flat.items()
-                   if k not in to_exp]
+        wanted += [
+            (f"--tiny ({name})", k, v, _get(state.experiment, k)) for k, v in flat.items() if k not in to_exp
+        ]
     for where, key, value, recorded in wanted:
         if recorded is _MISSING or not _same(recorded, value):
             shown = "unset" if recorded is _MISSING else repr(recorded)
-            raise ConfigError(f"resume: {where} key {key} was {shown} at launch, not {value!r}; resume "
-                              "continues the recorded sweep (start a new one with srsweep run ... --set)")
+            raise ConfigError(
+                f"resume: {where} key {key} was {shown} at launch, not {value!r}; resume "
+                "continues the recorded sweep (start a new one with srsweep run ... --set)"
+            )
 
 
 def _leaves(d: dict, prefix: str = "") -> dict[str, Any]:

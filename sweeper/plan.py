@@ -4,6 +4,7 @@ The trials, each searched parameter and its range, the resources of a trial and 
 compute estimate (trial steps; hours when a previous sweep of the same name recorded
 its time per step).
 """
+
 from __future__ import annotations
 
 import math
@@ -20,8 +21,9 @@ def describe(p: Param) -> str:
         lo, hi = p.float_ or p.int_
         s = f"{k} [{lo:g}, {hi:g}]" + (" log" if p.log else "") + (f" step {p.step:g}" if p.step else "")
         if p.or_:
-            s += ", or " + ", ".join(".inf" if isinstance(v, float) and math.isinf(v) else str(v)
-                                     for v in p.or_)
+            s += ", or " + ", ".join(
+                ".inf" if isinstance(v, float) and math.isinf(v) else str(v) for v in p.or_
+            )
         return s
     if k == "first_k":
         return f"first k blocks, k in {p.first_k[0]}..{p.first_k[1]}"
@@ -38,7 +40,7 @@ def seconds_per_step(storage: Path, name: str) -> Optional[float]:
     if not tables:
         return None
     df = pd.read_parquet(tables[-1])
-    rate = (pd.to_numeric(df["time_s"], errors="coerce") / pd.to_numeric(df["steps"], errors="coerce"))
+    rate = pd.to_numeric(df["time_s"], errors="coerce") / pd.to_numeric(df["steps"], errors="coerce")
     rate = rate[rate.notna() & (rate > 0)]
     return float(rate.median()) if len(rate) else None
 
@@ -50,22 +52,29 @@ def plan_lines(sweep, cfg, storage: Path, overrides=(), tiny: bool = False) -> l
     algo = sweep.search.algorithm
     n = len(grid_points(sweep.space)) * b.num_samples if algo == "grid" else b.num_samples
     reports = t.steps // t.val_every
-    lines = [f"dry run of sweep {sweep.name}: nothing is started"
-             + (f" (with --tiny{', ' if overrides else ''}" if tiny else " (with " if overrides else "")
-             + (", ".join(f"--set {o}" for o in overrides)) + (")" if tiny or overrides else ""),
-             f"trials: {n} ({algo}{'' if algo == 'grid' else f', seed {sweep.search.seed}'}), "
-             f"at most {b.max_concurrent} at once"
-             + (f", time budget {b.time_budget_s:g} s" if b.time_budget_s else ""),
-             f"per trial: {t.steps} GAN steps, validation every {t.val_every} ({reports} reports, "
-             f"{t.val_images or 'all'} val images); shared pretraining {t.pretrain_steps} steps once"
-             + (" (pretrained_g given: skipped)" if t.pretrained_g else ""),
-             f"scheduler: {sweep.scheduler.type}"
-             + (f", grace {sweep.scheduler.grace_period} validation rounds "
-                f"({sweep.scheduler.grace_period * t.val_every} steps), reduction factor "
-                f"{sweep.scheduler.reduction_factor:g}" if sweep.scheduler.type == "asha" else ""),
-             f"objective: {', '.join(f'{m.mode} {m.name}' for m in sweep.objective.metrics)}",
-             "space:"]
-    for i, top in enumerate(sweep.space):
+    lines = [
+        f"dry run of sweep {sweep.name}: nothing is started"
+        + (f" (with --tiny{', ' if overrides else ''}" if tiny else " (with " if overrides else "")
+        + (", ".join(f"--set {o}" for o in overrides))
+        + (")" if tiny or overrides else ""),
+        f"trials: {n} ({algo}{'' if algo == 'grid' else f', seed {sweep.search.seed}'}), "
+        f"at most {b.max_concurrent} at once"
+        + (f", time budget {b.time_budget_s:g} s" if b.time_budget_s else ""),
+        f"per trial: {t.steps} GAN steps, validation every {t.val_every} ({reports} reports, "
+        f"{t.val_images or 'all'} val images); shared pretraining {t.pretrain_steps} steps once"
+        + (" (pretrained_g given: skipped)" if t.pretrained_g else ""),
+        f"scheduler: {sweep.scheduler.type}"
+        + (
+            f", grace {sweep.scheduler.grace_period} validation rounds "
+            f"({sweep.scheduler.grace_period * t.val_every} steps), reduction factor "
+            f"{sweep.scheduler.reduction_factor:g}"
+            if sweep.scheduler.type == "asha"
+            else ""
+        ),
+        f"objective: {', '.join(f'{m.mode} {m.name}' for m in sweep.objective.metrics)}",
+        "space:",
+    ]
+    for top in sweep.space:
         for where, p in top.walk(""):
             indent = "    " * (1 + where.count(".when."))
             lines.append(f"{indent}{p.path}: {describe(p)}")
@@ -78,8 +87,10 @@ def plan_lines(sweep, cfg, storage: Path, overrides=(), tiny: bool = False) -> l
     if sps is not None:
         units = res.gpu if res.gpu else res.cpu
         hours = total * sps / 3600
-        est += (f"; at {sps:.3g} s/step (last {sweep.name} sweep in {storage}): ~{hours:.2g} trial-hours, "
-                f"~{hours * units:.2g} {kind}-hours, ~{hours / max(1, b.max_concurrent):.2g} h wall")
+        est += (
+            f"; at {sps:.3g} s/step (last {sweep.name} sweep in {storage}): ~{hours:.2g} trial-hours, "
+            f"~{hours * units:.2g} {kind}-hours, ~{hours / max(1, b.max_concurrent):.2g} h wall"
+        )
     else:
         est += f"; no timing known (a finished {sweep.name} sweep in {storage} gives one)"
     return lines + [est]

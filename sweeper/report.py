@@ -3,6 +3,7 @@ summary and ranked table, parameter importances, and the closing lines of the te
 
 Pure text and values here; MLflow writes go through ``Tracker`` (sweeper/tracking.py).
 """
+
 from __future__ import annotations
 
 import json
@@ -55,17 +56,29 @@ def configure_dashboard(tracker, state: SweepState) -> None:
     m = state.sweep.objective.metrics[0]
     paths = [p.path for top in state.sweep.space for _, p in top.walk("")]
     tracker.configure_experiment(state.experiment_id)
-    tracker.configure_parent(state.experiment_id, state.parent_run_id, m.name, m.mode, paths,
-                             reserved=reserved(state))
+    tracker.configure_parent(
+        state.experiment_id, state.parent_run_id, m.name, m.mode, paths, reserved=reserved(state)
+    )
 
 
 def ranked_markdown(ranked: pd.DataFrame, names: dict[str, str]) -> str:
     """The ranked table as markdown (a parent artifact; MLflow renders .md as text)."""
     params = [c for c in ranked.columns if c.startswith("param.")]
-    cols = ["rank", "trial_id", *params, "final_val_lpips", "final_val_psnr", "final_val_ssim", "sa_share",
-            "steps", "status", "may_win", "mlflow_run_id"]
+    cols = [
+        "rank",
+        "trial_id",
+        *params,
+        "final_val_lpips",
+        "final_val_psnr",
+        "final_val_ssim",
+        "sa_share",
+        "steps",
+        "status",
+        "may_win",
+        "mlflow_run_id",
+    ]
     cols = [c for c in cols if c in ranked.columns]
-    head = [names.get(c[len("param."):], c[len("param."):]) if c.startswith("param.") else c for c in cols]
+    head = [names.get(c[len("param.") :], c[len("param.") :]) if c.startswith("param.") else c for c in cols]
 
     def cell(c, v) -> str:
         if v is None or (isinstance(v, float) and math.isnan(v)):
@@ -91,8 +104,11 @@ def _flat(d: dict, prefix: str = "") -> dict:
 def config_diff(winner: dict, other: dict) -> list[tuple[str, object, object]]:
     """(key, winner value, other value) for every leaf that differs (paths excluded)."""
     a, b = _flat(winner), _flat(other)
-    return [(k, a.get(k), b.get(k)) for k in sorted(set(a) | set(b))
-            if a.get(k) != b.get(k) and k not in ("name",)]
+    return [
+        (k, a.get(k), b.get(k))
+        for k in sorted(set(a) | set(b))
+        if a.get(k) != b.get(k) and k not in ("name",)
+    ]
 
 
 def closing_lines(state: SweepState, sel, winner_file: Path) -> list[str]:
@@ -101,17 +117,20 @@ def closing_lines(state: SweepState, sel, winner_file: Path) -> list[str]:
     from sweeper.select import winner_config
 
     w = sel.winner
-    lines = [f"winner: trial {w['trial_id']}  LPIPS {fmt_metric('val_lpips', w.get('final_val_lpips'))}  "
-             f"PSNR {fmt_metric('val_psnr', w.get('final_val_psnr'))} dB  "
-             f"SSIM {fmt_metric('val_ssim', w.get('final_val_ssim'))}  (MLflow run {w.get('mlflow_run_id')})"]
+    lines = [
+        f"winner: trial {w['trial_id']}  LPIPS {fmt_metric('val_lpips', w.get('final_val_lpips'))}  "
+        f"PSNR {fmt_metric('val_psnr', w.get('final_val_psnr'))} dB  "
+        f"SSIM {fmt_metric('val_ssim', w.get('final_val_ssim'))}  (MLflow run {w.get('mlflow_run_id')})"
+    ]
     other, what = sel.runner_up, "runner-up"
     if other is None:  # nobody else may win: compare with the next trial of the ranking
         rest = sel.ranked[sel.ranked["trial_id"] != w["trial_id"]]
         other, what = (rest.iloc[0], "next trial (not eligible)") if len(rest) else (None, "")
     if other is not None:
         diff = config_diff(winner_config(w), winner_config(other))
-        lines.append(f"config diff, winner {w['trial_id']} vs {what} {other['trial_id']}:"
-                     + ("" if diff else " none"))
+        lines.append(
+            f"config diff, winner {w['trial_id']} vs {what} {other['trial_id']}:" + ("" if diff else " none")
+        )
         lines += [f"  {k}: {_v(a)}  (vs {_v(b)})" for k, a, b in diff]
     lines.append(f"rerun the winner: srsweep train {winner_file}")
     return lines + dashboard_lines(state)
@@ -124,8 +143,9 @@ def _v(x) -> str:
 def parent_outputs(tracker, state: SweepState, df: pd.DataFrame, sel) -> None:
     """Parent summary metrics and the ranked table (markdown) as an artifact."""
     winner_id = sel.winner["trial_id"] if sel is not None else None
-    tracker.log_metrics(state.parent_run_id, state.total_steps,
-                        dashboard.parent_summary(df, winner_id, state.bicubic_psnr))
+    tracker.log_metrics(
+        state.parent_run_id, state.total_steps, dashboard.parent_summary(df, winner_id, state.bicubic_psnr)
+    )
     ranked = sel.ranked if sel is not None else df
     md = state.dir / "ranked.md"
     md.write_text(ranked_markdown(ranked, short_names(state)))
@@ -139,8 +159,11 @@ def importance_report(tracker, state: SweepState, log: bool = True) -> str:
     values, note = importances(state.dir, seed=state.sweep.search.seed, total_steps=state.total_steps)
     names = short_names(state)
     if values is not None and log:
-        tracker.log_metrics(state.parent_run_id, state.total_steps,
-                            {f"importance.{names.get(k, k)}": v for k, v in values.items()})
+        tracker.log_metrics(
+            state.parent_run_id,
+            state.total_steps,
+            {f"importance.{names.get(k, k)}": v for k, v in values.items()},
+        )
         tracker.log_dict(state.parent_run_id, {"note": note, "importances": values}, "param_importances.json")
     return format_importances(values, note, names)
 
@@ -164,4 +187,3 @@ def winner_file(state: SweepState) -> Path:
 
 def print_lines(lines: list[str]) -> None:
     print("\n".join(lines), flush=True)
-

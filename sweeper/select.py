@@ -9,12 +9,13 @@ Like with like: only trials that ran the full budget (TERMINATED, steps == total
 win or sit on the Pareto front. An ASHA-stopped trial was scored after fewer steps, so
 its LPIPS is not comparable; it is listed after the finished ones with its steps.
 """
+
 from __future__ import annotations
 
 import json
 import math
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -125,8 +126,12 @@ def rank(df: pd.DataFrame, rule: SelectionRule = SelectionRule()) -> pd.DataFram
     (2) ASHA-stopped trials, most steps first, then by metric, rank NaN; (3) ERROR,
     unfinished and non-finite rows in input order, rank NaN. Ties are broken by trial_id
     so the result does not depend on row order."""
-    require_columns(df, ["trial_id", "status", "steps", rule.metric]
-                    + ([rule.psnr_column] if rule.psnr_floor is not None else []), "rank")
+    require_columns(
+        df,
+        ["trial_id", "status", "steps", rule.metric]
+        + ([rule.psnr_column] if rule.psnr_floor is not None else []),
+        "rank",
+    )
     metric = _numeric(df[rule.metric])
     finite = np.isfinite(metric)
     finished = finished_mask(df, rule.total_steps) & finite
@@ -142,8 +147,9 @@ def rank(df: pd.DataFrame, rule: SelectionRule = SelectionRule()) -> pd.DataFram
     steps = np.nan_to_num(_numeric(df["steps"]), nan=0.0)
     key = np.where(group < 3, metric if rule.mode == "min" else -metric, 0.0)
     tid = np.where(group < 3, df["trial_id"].astype(str).to_numpy(dtype=object), "")
-    keys = pd.DataFrame({"g": group, "s": np.where(group == 2, -steps, 0.0), "k": key, "t": tid,
-                         "p": np.arange(len(df))})
+    keys = pd.DataFrame(
+        {"g": group, "s": np.where(group == 2, -steps, 0.0), "k": key, "t": tid, "p": np.arange(len(df))}
+    )
     order = keys.sort_values(["g", "s", "k", "t", "p"]).index.to_numpy()
     out = df.iloc[order].copy()
     n_ranked = int((group < 2).sum())
@@ -154,8 +160,11 @@ def rank(df: pd.DataFrame, rule: SelectionRule = SelectionRule()) -> pd.DataFram
     return out
 
 
-def pareto_front(df: pd.DataFrame, objectives: Sequence[tuple[str, str]] = DEFAULT_OBJECTIVES,
-                 total_steps: int | None = None) -> pd.DataFrame:
+def pareto_front(
+    df: pd.DataFrame,
+    objectives: Sequence[tuple[str, str]] = DEFAULT_OBJECTIVES,
+    total_steps: int | None = None,
+) -> pd.DataFrame:
     """Non-dominated rows among trials that ran the full budget (all objectives finite,
     ``constraint_ok`` where that column exists), best first by the first objective.
     Equal points do not dominate each other, so duplicates are all kept."""
@@ -201,8 +210,10 @@ def _no_winner_message(ranked: pd.DataFrame, rule: SelectionRule) -> str:
     if ranked_rows.empty:
         counts = ranked["status"].astype(str).value_counts()
         seen = ", ".join(f"{v} {k}" for k, v in counts.items()) or "none"
-        return (f"no winner: {n} trials ran, none ran the full budget with a finite {rule.metric} "
-                f"(status: {seen})")
+        return (
+            f"no winner: {n} trials ran, none ran the full budget with a finite {rule.metric} "
+            f"(status: {seen})"
+        )
     why = []
     if rule.psnr_floor is not None:
         psnr = _numeric(ranked_rows[rule.psnr_column])
@@ -210,12 +221,15 @@ def _no_winner_message(ranked: pd.DataFrame, rule: SelectionRule) -> str:
         why.append(f"best {rule.psnr_column} {best:.2f} vs the floor {rule.psnr_floor:.2f}")
     if "constraint_ok" in ranked_rows.columns:
         why.append(f"{int(ranked_rows['constraint_ok'].sum())} inside the constraint band")
-    return (f"no winner: {n} trials ran ({len(ranked_rows)} finished with a finite {rule.metric}); "
-            + "; ".join(why))
+    return (
+        f"no winner: {n} trials ran ({len(ranked_rows)} finished with a finite {rule.metric}); "
+        + "; ".join(why)
+    )
 
 
-def select(df: pd.DataFrame, rule: SelectionRule = SelectionRule(),
-           n_resamples: int = 9999, seed: int = 0) -> WinnerChoice:
+def select(
+    df: pd.DataFrame, rule: SelectionRule = SelectionRule(), n_resamples: int = 9999, seed: int = 0
+) -> WinnerChoice:
     """Rank, pick the winner, and test it against the runner-up (the next trial that
     may win: one that may not is no alternative) on per-image LPIPS."""
     require_columns(df, ["per_image_lpips_json"], "select")
@@ -230,8 +244,9 @@ def select(df: pd.DataFrame, rule: SelectionRule = SelectionRule(),
     a, b = per_image_lpips(winner), per_image_lpips(runner_up)
     lacking = [str(r["trial_id"]) for r, m in ((winner, a), (runner_up, b)) if m is None]
     if lacking:
-        return WinnerChoice(ranked, winner, runner_up, None, rule,
-                            f"no per-image LPIPS for trial {', '.join(lacking)}")
+        return WinnerChoice(
+            ranked, winner, runner_up, None, rule, f"no per-image LPIPS for trial {', '.join(lacking)}"
+        )
     try:
         return WinnerChoice(ranked, winner, runner_up, paired_test(a, b, n_resamples, seed), rule)
     except ValueError as e:  # no common image, a NaN image score: report it, the winner stands
@@ -241,7 +256,7 @@ def select(df: pd.DataFrame, rule: SelectionRule = SelectionRule(),
 def short_param_names(columns: Iterable[str], reserved: Iterable[str] = ()) -> dict[str, str]:
     """``param.a.b.c`` -> the shortest dotted suffix no other column shares
     (``loss.pixel.sa.lv.delta``, ``loss.x.delta`` -> ``lv.delta``, ``x.delta``)."""
-    parts = {c: (c[len(PARAM_PREFIX):] if c.startswith(PARAM_PREFIX) else c).split(".") for c in columns}
+    parts = {c: (c[len(PARAM_PREFIX) :] if c.startswith(PARAM_PREFIX) else c).split(".") for c in columns}
     taken = set(reserved)
     out = {}
     for c, p in parts.items():
@@ -256,13 +271,26 @@ def short_param_names(columns: Iterable[str], reserved: Iterable[str] = ()) -> d
     return out
 
 
-_HEADERS = {"trial_id": "trial", "final_val_lpips": "LPIPS", "final_val_psnr": "PSNR",
-            "final_val_ssim": "SSIM", **{c: "sa_share_target" for c in SA_TARGET_PARAMS}}
-_DIGITS = {"final_val_lpips": 5, "final_val_psnr": 2, "final_val_ssim": 4, "sa_share": 3, "sa_share_mean": 3,
-           **{c: 3 for c in SA_TARGET_PARAMS}}
-SA_LEGEND = {"sa_share_target": "SA share of the generator loss asked for",
-             "sa_share": "share reached (last value)",
-             "sa_share_mean": "share reached, mean over the GAN stage"}
+_HEADERS = {
+    "trial_id": "trial",
+    "final_val_lpips": "LPIPS",
+    "final_val_psnr": "PSNR",
+    "final_val_ssim": "SSIM",
+    **{c: "sa_share_target" for c in SA_TARGET_PARAMS},
+}
+_DIGITS = {
+    "final_val_lpips": 5,
+    "final_val_psnr": 2,
+    "final_val_ssim": 4,
+    "sa_share": 3,
+    "sa_share_mean": 3,
+    **{c: 3 for c in SA_TARGET_PARAMS},
+}
+SA_LEGEND = {
+    "sa_share_target": "SA share of the generator loss asked for",
+    "sa_share": "share reached (last value)",
+    "sa_share_mean": "share reached, mean over the GAN stage",
+}
 
 
 def _cell(col: str, v: Any) -> str:
@@ -284,8 +312,20 @@ def default_columns(ranked: pd.DataFrame) -> list[str]:
     """rank, trial, searched params, SA share asked / reached side by side, metrics, budget."""
     sa_target = [c for c in SA_TARGET_PARAMS if c in ranked.columns][:1]
     params = [c for c in ranked.columns if c.startswith(PARAM_PREFIX) and c not in SA_TARGET_PARAMS]
-    wanted = ["rank", "trial_id", *params, *sa_target, *SA_REACHED, "final_val_lpips", "final_val_psnr",
-              "final_val_ssim", "steps", "status", "constraint_ok", "may_win"]
+    wanted = [
+        "rank",
+        "trial_id",
+        *params,
+        *sa_target,
+        *SA_REACHED,
+        "final_val_lpips",
+        "final_val_psnr",
+        "final_val_ssim",
+        "steps",
+        "status",
+        "constraint_ok",
+        "may_win",
+    ]
     return [c for c in wanted if c in ranked.columns]
 
 
@@ -298,10 +338,20 @@ def ranking_table(ranked: pd.DataFrame, columns: Sequence[str] | None = None) ->
     heads.update(short_param_names(searched, reserved=heads.values()))
     cells = {c: [heads[c]] + [_cell(c, v) for v in ranked[c]] for c in columns}
     width = {c: max(len(s) for s in cells[c]) for c in columns}
-    right = {c: all(isinstance(v, (int, float, np.number)) and not isinstance(v, (bool, np.bool_))
-                    for v in ranked[c] if not is_missing(v)) for c in columns}
-    lines = ["  ".join(cells[c][i].rjust(width[c]) if right[c] else cells[c][i].ljust(width[c])
-                       for c in columns).rstrip() for i in range(len(ranked) + 1)]
+    right = {
+        c: all(
+            isinstance(v, (int, float, np.number)) and not isinstance(v, (bool, np.bool_))
+            for v in ranked[c]
+            if not is_missing(v)
+        )
+        for c in columns
+    }
+    lines = [
+        "  ".join(
+            cells[c][i].rjust(width[c]) if right[c] else cells[c][i].ljust(width[c]) for c in columns
+        ).rstrip()
+        for i in range(len(ranked) + 1)
+    ]
     lines.insert(1, "-" * max(len(s) for s in lines))
     return "\n".join(lines)
 
@@ -309,24 +359,33 @@ def ranking_table(ranked: pd.DataFrame, columns: Sequence[str] | None = None) ->
 def significance_line(choice: WinnerChoice) -> str:
     if choice.test is None:
         return f"winner vs runner-up: significance not tested ({choice.note})"
-    return (f"winner vs runner-up ({choice.winner['trial_id']} vs {choice.runner_up['trial_id']}): "
-            + choice.test.describe())
+    return (
+        f"winner vs runner-up ({choice.winner['trial_id']} vs {choice.runner_up['trial_id']}): "
+        + choice.test.describe()
+    )
 
 
-def format_ranking(choice: WinnerChoice, columns: Sequence[str] | None = None,
-                   extra_columns: Sequence[str] = ()) -> str:
+def format_ranking(
+    choice: WinnerChoice, columns: Sequence[str] | None = None, extra_columns: Sequence[str] = ()
+) -> str:
     """Rule line, ranking table (winner first), SA legend, winner-vs-runner-up sentence.
     ``extra_columns`` (present ones only) follow the default or given columns."""
     ranked = choice.ranked
     if extra_columns:
-        columns = [*(default_columns(ranked) if columns is None else columns),
-                   *(c for c in extra_columns if c in ranked.columns)]
+        columns = [
+            *(default_columns(ranked) if columns is None else columns),
+            *(c for c in extra_columns if c in ranked.columns),
+        ]
     n, n_done = len(ranked), int(ranked["rank"].notna().sum())
-    head = (f"{n} trials ({n_done} ran the full budget; stopped and failed trials listed after them, "
-            f"unranked); winner {choice.winner['trial_id']} by {choice.rule.describe()}")
+    head = (
+        f"{n} trials ({n_done} ran the full budget; stopped and failed trials listed after them, "
+        f"unranked); winner {choice.winner['trial_id']} by {choice.rule.describe()}"
+    )
     table = ranking_table(ranked, columns)
-    shown = {"sa_share_target" if c in SA_TARGET_PARAMS else c
-             for c in (default_columns(ranked) if columns is None else columns)}
+    shown = {
+        "sa_share_target" if c in SA_TARGET_PARAMS else c
+        for c in (default_columns(ranked) if columns is None else columns)
+    }
     legend = ["; ".join(f"{k}: {v}" for k, v in SA_LEGEND.items() if k in shown)]
     legend = legend if shown & set(SA_LEGEND) else []
     return "\n".join([head, table, *legend, significance_line(choice)])

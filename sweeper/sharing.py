@@ -9,6 +9,7 @@ The sweep folder is a URI: a local or shared folder (NFS: every node sees the sa
 - ``finish`` and ``best`` work on a local mirror (``local_view``: checkpoints left out) and
   upload what they write back next to the experiment (``publish``).
 """
+
 from __future__ import annotations
 
 import hashlib

@@ -15,6 +15,7 @@ Effect size: the mean paired difference with a t-based 95% confidence interval
 (mean +- t_{0.975, n-1} * sd / sqrt(n)); it assumes roughly normal differences, the
 p-value does not. Pure numpy (+ scipy's t quantile, which scikit-image depends on).
 """
+
 from __future__ import annotations
 
 import math
@@ -23,8 +24,8 @@ from typing import Mapping
 
 import numpy as np
 
-EXACT_MAX = 16     # 2^16 = 65536 patterns: exact enumeration stays cheap
-MIN_IMAGES = 6     # fewest images for which p < 0.05 is possible (2 / 2^6 = 0.031)
+EXACT_MAX = 16  # 2^16 = 65536 patterns: exact enumeration stays cheap
+MIN_IMAGES = 6  # fewest images for which p < 0.05 is possible (2 / 2^6 = 0.031)
 ALPHA = 0.05
 
 
@@ -38,8 +39,8 @@ class PairedTest:
     ci_high: float
     p_value: float | None
     n_images: int
-    exact: bool          # all 2^n sign patterns (else Monte-Carlo)
-    n_patterns: int      # patterns the p-value is over (2^n, or resamples + 1)
+    exact: bool  # all 2^n sign patterns (else Monte-Carlo)
+    n_patterns: int  # patterns the p-value is over (2^n, or resamples + 1)
     unit: str = "image"  # what one paired difference is: an image, or a video sequence
 
     @property
@@ -53,14 +54,21 @@ class PairedTest:
     def describe(self) -> str:
         n = f"{self.n_images} {self.unit}{'s' * (self.n_images != 1)}"
         if not self.testable:
-            return (f"mean LPIPS difference {self.mean_diff:.3g} over {n}: too few {self.unit}s to test "
-                    f"(a paired test needs at least {MIN_IMAGES}), no claim either way")
-        how = (f"exact over {self.n_patterns} sign patterns" if self.exact
-               else f"{self.n_patterns - 1} random sign patterns")
+            return (
+                f"mean LPIPS difference {self.mean_diff:.3g} over {n}: too few {self.unit}s to test "
+                f"(a paired test needs at least {MIN_IMAGES}), no claim either way"
+            )
+        how = (
+            f"exact over {self.n_patterns} sign patterns"
+            if self.exact
+            else f"{self.n_patterns - 1} random sign patterns"
+        )
         verdict = "significant" if self.significant else "not significant"
         ci = f"95% t-CI {self.ci_low:.3g} .. {self.ci_high:.3g}"
-        return (f"mean LPIPS difference {self.mean_diff:.3g} ({ci}), sign-flip test p = {self.p_value:.3g} "
-                f"({how}, two-sided), {n}: {verdict} at {ALPHA:g}")
+        return (
+            f"mean LPIPS difference {self.mean_diff:.3g} ({ci}), sign-flip test p = {self.p_value:.3g} "
+            f"({how}, two-sided), {n}: {verdict} at {ALPHA:g}"
+        )
 
 
 def paired_differences(a: Mapping[str, float], b: Mapping[str, float]) -> np.ndarray:
@@ -118,8 +126,9 @@ def independent_units(scores: Mapping[str, float]) -> tuple[dict[str, float], st
     return dict(scores), "image"
 
 
-def paired_test(a: Mapping[str, float], b: Mapping[str, float],
-                n_resamples: int = 9999, seed: int = 0) -> PairedTest:
+def paired_test(
+    a: Mapping[str, float], b: Mapping[str, float], n_resamples: int = 9999, seed: int = 0
+) -> PairedTest:
     """Sign-flip test + t-interval of a - b over the images (or video sequences) both
     trials scored."""
     (a, unit), (b, _) = independent_units(a), independent_units(b)

@@ -7,6 +7,7 @@ a choice. Optuna parameter names are the dotted path, plus ``<path>#choice`` for
 everything ``decode`` needs, so a trainable can decode the params Ray hands it without
 the space. No torch here (and no optuna: the function only calls ``trial.suggest_*``).
 """
+
 from __future__ import annotations
 
 import itertools
@@ -23,8 +24,13 @@ from trainables.config import ConfigError, ExperimentConfig, Strict, unwrap_mode
 # The PSNR pretraining is run once per sweep and shared by every trial, so whatever it
 # depends on is fixed for the sweep: only loss and GAN-stage training knobs may vary.
 _FIXED, _SHARED = "the shared pretraining fixes model and data", "one pretraining run is shared by all trials"
-FROZEN = {"model": _FIXED, "data": _FIXED, "scale": _FIXED, "train.pretrain_steps": _SHARED,
-          "train.pretrained_g": _SHARED}
+FROZEN = {
+    "model": _FIXED,
+    "data": _FIXED,
+    "scale": _FIXED,
+    "train.pretrain_steps": _SHARED,
+    "train.pretrained_g": _SHARED,
+}
 KINDS = ("float", "int", "choices", "grid", "first_k", "subset")
 
 
@@ -70,6 +76,7 @@ def from_label(text: str) -> Any:
 
 class Param(Strict):
     """One space entry: ``path`` plus exactly one of float/int/choices/grid/first_k/subset."""
+
     # inf stays inf in JSON-mode dumps (mu: .inf), not pydantic's default null
     model_config = ConfigDict(populate_by_name=True, serialize_by_alias=True, ser_json_inf_nan="constants")
 
@@ -134,26 +141,35 @@ class Param(Strict):
         if kind == "int" and self.step is not None and ((hi - lo) % self.step or self.step % 1):
             raise ValueError(f"step: {self.step:g} must be an integer dividing high - low ({hi - lo})")
         # the sampled value must fit the key's type (pydantic would only catch it per trial)
-        fits = {"float": ("float", "other"), "int": ("float", "int", "other"), "first_k": ("list",),
-                "subset": ("list",)}
+        fits = {
+            "float": ("float", "other"),
+            "int": ("float", "int", "other"),
+            "first_k": ("list",),
+            "subset": ("list",),
+        }
         if kind in fits and leaf not in fits[kind]:
             what = {"int": "an integer", "bool": "a boolean", "str": "a string", "literal": "a fixed-choice"}
             raise ValueError(f"{kind}: {self.path} is {what.get(leaf, 'a ' + leaf)} key")
         if kind == "first_k" and lo < 1:
             raise ValueError(f"first_k: low must be >= 1 (got {lo}): an empty list is not a choice")
-        if kind == "subset" and any(isinstance(i, str) and (i.lstrip("-").isdigit() or set(i) & set("#/"))
-                                    for i in self.subset):  # decode reads items back from "<path>#<item>"
+        if kind == "subset" and any(
+            isinstance(i, str) and (i.lstrip("-").isdigit() or set(i) & set("#/")) for i in self.subset
+        ):  # decode reads items back from "<path>#<item>"
             raise ValueError("subset: string items must not look like integers or contain '#' or '/'")
         for v in self.choices or self.grid or []:
             if leaf == "literal" and not any(v == c and type(v) is type(c) for c in literal):
                 raise ValueError(f"{kind}: {v!r} is not one of {', '.join(map(repr, literal))}")
         for key in self.when or {}:
             if not any(key == c and type(key) is type(c) for c in self.choices):
-                raise ValueError(f"when: {key!r} is not one of the choices {', '.join(map(repr, self.choices))}")
+                raise ValueError(
+                    f"when: {key!r} is not one of the choices {', '.join(map(repr, self.choices))}"
+                )
         return self
 
     def branch(self, value: Any) -> list[Param]:
-        return next((kids for k, kids in (self.when or {}).items() if k == value and type(k) is type(value)), [])
+        return next(
+            (kids for k, kids in (self.when or {}).items() if k == value and type(k) is type(value)), []
+        )
 
     def walk(self, prefix: str):
         """(location, entry) for this entry and every nested one."""
@@ -271,7 +287,9 @@ def grid_points(space: list) -> list[dict]:
     axes = []
     for i, p in enumerate(params):
         if p.kind not in ("grid", "choices") or p.when:
-            raise ConfigError(f"space[{i}]: a grid search needs grid or choices entries without when "
-                              f"({p.path} is {p.kind}{' with when' if p.when else ''})")
+            raise ConfigError(
+                f"space[{i}]: a grid search needs grid or choices entries without when "
+                f"({p.path} is {p.kind}{' with when' if p.when else ''})"
+            )
         axes.append([(p.path, v) for v in (p.grid or p.choices)])
     return [dict(combo) for combo in itertools.product(*axes)]

@@ -6,6 +6,7 @@ against the folder ``srsweep run`` was started from), the MLflow ids and the bic
 baseline. ``resume``, ``build_tuner``, ``best``, the callbacks and the results table
 read this, never the sweep YAML again: editing that file after launch changes nothing.
 """
+
 from __future__ import annotations
 
 import os
@@ -95,8 +96,10 @@ class SweepState(Strict):
         try:
             return cls.model_validate_json(path.read_text())
         except ValidationError as exc:
-            raise ConfigError(f"{path}: not a sweep state of this srsweep version "
-                              f"({exc.error_count()} problems, first: {exc.errors()[0]['msg']})") from None
+            raise ConfigError(
+                f"{path}: not a sweep state of this srsweep version "
+                f"({exc.error_count()} problems, first: {exc.errors()[0]['msg']})"
+            ) from None
 
 
 def is_sweep_dir(path: str | Path) -> bool:

@@ -6,6 +6,7 @@ storage_filesystem=...)`` and ``tune.Tuner.restore`` take. The S3 endpoint comes
 ``AWS_REGION`` / ``AWS_DEFAULT_REGION``; credentials from the usual AWS chain on each node
 (env variables, ~/.aws, an instance role), never stored in the filesystem object.
 """
+
 from __future__ import annotations
 
 import os
@@ -134,7 +135,7 @@ def mirror_dir(path: str, fs: pafs.FileSystem, dest: str | os.PathLike, skip_suf
     for info in fs.get_file_info(pafs.FileSelector(path, recursive=True)):
         if info.type != pafs.FileType.File or info.path.endswith(tuple(skip_suffixes)):
             continue
-        target = dest / info.path[len(path.rstrip("/")) + 1:]
+        target = dest / info.path[len(path.rstrip("/")) + 1 :]
         if target.is_file() and target.stat().st_size == info.size:
             continue
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -5,6 +5,7 @@ study outlives the driver: ``srsweep resume`` continues it, ``optuna-dashboard
 sqlite:///<sweep>/optuna.db`` opens it, and ``srsweep best`` reads parameter
 importances from it.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -33,8 +34,9 @@ def dashboard_command(sweep_dir: str | Path) -> str:
     return f"optuna-dashboard {storage_url(sweep_dir)}"
 
 
-def importances(sweep_dir: str | Path, seed: int = 0,
-                total_steps: Optional[int] = None) -> tuple[Optional[dict[str, float]], str]:
+def importances(
+    sweep_dir: str | Path, seed: int = 0, total_steps: Optional[int] = None
+) -> tuple[Optional[dict[str, float]], str]:
     """(param -> importance of the first objective, note). None with the reason when the
     study is missing or has fewer than ``MIN_TRIALS`` completed trials. With
     ``total_steps``, only trials that ran the full budget count (the searcher records the
@@ -54,8 +56,7 @@ def importances(sweep_dir: str | Path, seed: int = 0,
         done = [t for t in done if t.user_attrs.get("steps") == total_steps]
         which = f"trials that ran the full budget ({total_steps} steps; ASHA-stopped ones left out)"
     if len(done) < MIN_TRIALS:
-        return None, (f"parameter importance needs >= {MIN_TRIALS} {which}; the study has "
-                      f"{len(done)}")
+        return None, (f"parameter importance needs >= {MIN_TRIALS} {which}; the study has {len(done)}")
     varied = {k for t in done for k in t.params if len({str(u.params.get(k)) for u in done}) > 1}
     if not varied:
         return None, "every completed trial has the same parameters: no importance to measure"
@@ -66,7 +67,8 @@ def importances(sweep_dir: str | Path, seed: int = 0,
         kept.add_trials(done)
         study = kept
     result = optuna.importance.get_param_importances(
-        study, target=target, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=seed))
+        study, target=target, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=seed)
+    )
     note = f"fANOVA over {len(done)} {which}"
     by_path: dict[str, float] = {}
     for name, value in result.items():  # Optuna names: "loss.dp.mu", "loss.dp.mu#choice" (the or: branch)

@@ -5,6 +5,7 @@ space (sweeper/space.py), the objective, the search algorithm, budget, scheduler
 resources and the winner rule. Errors are one line each, ``file: key.path: message``,
 as for experiment configs (trainables/config.py). No torch here.
 """
+
 from __future__ import annotations
 
 import math
@@ -13,10 +14,19 @@ from typing import Any, Literal, Optional, Union
 
 from pydantic import ConfigDict, Field, model_validator
 
-from sweeper.space import Param, check_unique, decode, grid_points, label, suggest_all
 from sweeper.families import check_one_family
-from trainables.config import (ConfigError, ExperimentConfig, Strict, deep_merge, nested, read_yaml,
-                               resolve_bases, unwrap_model, validate)
+from sweeper.space import Param, check_unique, decode, grid_points, label, suggest_all
+from trainables.config import (
+    ConfigError,
+    ExperimentConfig,
+    Strict,
+    deep_merge,
+    nested,
+    read_yaml,
+    resolve_bases,
+    unwrap_model,
+    validate,
+)
 
 
 class Metric(Strict):
@@ -26,8 +36,9 @@ class Metric(Strict):
 
 class Objective(Strict):
     # One metric: TPE; two: a Pareto front (NSGA-II). ASHA always uses the first.
-    metrics: list[Metric] = Field(default_factory=lambda: [Metric(name="val_lpips", mode="min")],
-                                  min_length=1, max_length=2)
+    metrics: list[Metric] = Field(
+        default_factory=lambda: [Metric(name="val_lpips", mode="min")], min_length=1, max_length=2
+    )
 
     @model_validator(mode="after")
     def _distinct(self):
@@ -123,9 +134,13 @@ class SweepConfig(Strict):
             except ConfigError as exc:
                 raise ValueError(f"{exc} (search.algorithm: grid)") from None
         if self.constraint is not None and self.search.algorithm not in ("tpe", "nsga2"):
-            raise ValueError(f"constraint: search.algorithm {self.search.algorithm} has no sampler that reads "
-                             "constraints (use tpe or nsga2)")
-        self.search.points_to_evaluate = [self._encoded(i, p) for i, p in enumerate(self.search.points_to_evaluate)]
+            raise ValueError(
+                f"constraint: search.algorithm {self.search.algorithm} has no sampler that reads "
+                "constraints (use tpe or nsga2)"
+            )
+        self.search.points_to_evaluate = [
+            self._encoded(i, p) for i, p in enumerate(self.search.points_to_evaluate)
+        ]
         return self
 
     def _encoded(self, i: int, point: dict) -> dict:
@@ -159,10 +174,16 @@ def encode(space: list[Param], point: dict) -> dict:
                 if const is not _NONE:
                     continue
                 (lo, hi), step = p.float_ or p.int_, p.step or (1 if kind == "int" else 0)
-                if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi \
-                        or (kind == "int" and (not isinstance(v, int) or (v - lo) % step)):
-                    raise ValueError(f"{p.path}: {v!r} is not a {kind} in [{lo:g}, {hi:g}]"
-                                     + (f" on steps of {step:g}" if step else ""))
+                if (
+                    isinstance(v, bool)
+                    or not isinstance(v, (int, float))
+                    or not lo <= v <= hi
+                    or (kind == "int" and (not isinstance(v, int) or (v - lo) % step))
+                ):
+                    raise ValueError(
+                        f"{p.path}: {v!r} is not a {kind} in [{lo:g}, {hi:g}]"
+                        + (f" on steps of {step:g}" if step else "")
+                    )
                 out[p.path] = float(v) if kind == "float" else v
             elif kind in ("choices", "grid"):
                 values = p.choices or p.grid
@@ -280,14 +301,18 @@ def load_sweep(path: str | Path, patch=None) -> SweepConfig:
     for i, top in enumerate(sweep.space):
         for where, p in top.walk(f"space[{i}]"):
             if section := missing_section(exp, p.path):
-                raise ConfigError(f"{path}: {where}.path: {p.path}: the experiment (base + set) has no "
-                                  f"{section} section; add it under set")
+                raise ConfigError(
+                    f"{path}: {where}.path: {p.path}: the experiment (base + set) has no "
+                    f"{section} section; add it under set"
+                )
     for what, assignments in corners(sweep.space):
         cfg = experiment_at(exp, assignments, f"{path} (base + set + space at {what})")
         first = first or cfg
     reports = first.train.steps // first.train.val_every
     if sweep.scheduler.type == "asha" and sweep.scheduler.grace_period > reports:
-        raise ConfigError(f"{path}: scheduler.grace_period: {sweep.scheduler.grace_period} validation rounds, but "
-                          f"a trial reports {reports} (train.steps {first.train.steps} // val_every "
-                          f"{first.train.val_every})")
+        raise ConfigError(
+            f"{path}: scheduler.grace_period: {sweep.scheduler.grace_period} validation rounds, but "
+            f"a trial reports {reports} (train.steps {first.train.steps} // val_every "
+            f"{first.train.val_every})"
+        )
     return sweep

@@ -7,6 +7,7 @@ stopped by ASHA, finished, failed) with separate counts and a smoothed ETA.
 ``PretrainProgress`` turns the pretraining task's log steps into lines with an ETA.
 Every LPIPS shown anywhere goes through :func:`fmt_metric`.
 """
+
 from __future__ import annotations
 
 import json
@@ -51,8 +52,14 @@ def quiet(verbose: bool) -> None:
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # MLflow sets its loggers up at import
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # the new engine prints the box and hint at any verbosity
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
-    levels = {"ray": logging.ERROR, "ray.tune": logging.ERROR, "ray.train": logging.ERROR,
-              "mlflow": logging.WARNING, "alembic": logging.WARNING, "optuna": logging.WARNING}
+    levels = {
+        "ray": logging.ERROR,
+        "ray.tune": logging.ERROR,
+        "ray.train": logging.ERROR,
+        "mlflow": logging.WARNING,
+        "alembic": logging.WARNING,
+        "optuna": logging.WARNING,
+    }
     for name, level in levels.items():
         logging.getLogger(name).setLevel(level)
     import optuna
@@ -95,8 +102,10 @@ def pretrain_line(rec: dict, total: int, start_t: float, first: Optional[dict]) 
     shown = f"  pixel loss {loss:.4g}" if isinstance(loss, (int, float)) else ""
     psnr = rec.get("val_psnr")
     shown += f"  val PSNR {fmt_metric('val_psnr', psnr)} dB" if psnr is not None else ""
-    return (f"pretrain step {step}/{total} ({100 * step / max(1, total):.0f}%){shown}"
-            f"  [{fmt_minutes(elapsed)}, ETA {eta}]")
+    return (
+        f"pretrain step {step}/{total} ({100 * step / max(1, total):.0f}%){shown}"
+        f"  [{fmt_minutes(elapsed)}, ETA {eta}]"
+    )
 
 
 def wait_pretraining(ref, progress: Path, total: int, poll_s: float = 1.0):
@@ -125,8 +134,14 @@ class ProgressCallback(Callback):
 
     ALPHA = 0.3  # weight of the newest rate sample
 
-    def __init__(self, metric: str, mode: str, num_samples: int, total_steps: int,
-                 names: Optional[dict[str, str]] = None):
+    def __init__(
+        self,
+        metric: str,
+        mode: str,
+        num_samples: int,
+        total_steps: int,
+        names: Optional[dict[str, str]] = None,
+    ):
         self.metric, self.mode, self.n, self.total = metric, mode, num_samples, total_steps
         self.names = names or {}  # searched path -> short name, for the "started" line
         self.start = time.monotonic()
@@ -148,8 +163,10 @@ class ProgressCallback(Callback):
     def _counts(self, trials) -> str:
         ended = list(self.ended.values())
         running = sum(1 for t in trials if t.trial_id not in self.ended and t.status == "RUNNING")
-        return (f"trials {len(trials)}/{self.n}: running {running}, finished {ended.count('finished')}, "
-                f"stopped {ended.count('stopped')}, failed {ended.count('failed')}")
+        return (
+            f"trials {len(trials)}/{self.n}: running {running}, finished {ended.count('finished')}, "
+            f"stopped {ended.count('stopped')}, failed {ended.count('failed')}"
+        )
 
     def eta(self, trials) -> str:
         """Remaining steps / smoothed rate; trials not yet created count a full budget."""
@@ -160,8 +177,14 @@ class ProgressCallback(Callback):
             self._rate = sample if self._rate is None else self.ALPHA * sample + (1 - self.ALPHA) * self._rate
         if self._last is None or trained > self._last[1]:
             self._last = (now, trained)
-        remaining = sum(max(0, self.total - int((t.last_result or {}).get("step", 0))) for t in trials
-                        if t.trial_id not in self.ended) + max(0, self.n - len(trials)) * self.total
+        remaining = (
+            sum(
+                max(0, self.total - int((t.last_result or {}).get("step", 0)))
+                for t in trials
+                if t.trial_id not in self.ended
+            )
+            + max(0, self.n - len(trials)) * self.total
+        )
         if not self._rate:
             return "?"
         return f"~{fmt_minutes(remaining / self._rate)}"
@@ -177,11 +200,17 @@ class ProgressCallback(Callback):
         v = result.get(self.metric)
         if isinstance(v, (int, float)) and math.isfinite(v) and self._better(v):
             self.best = (float(v), trial.trial_id)
-        shown = "  ".join(f"{m} {fmt_metric(m, result.get(m))}"
-                          for m in ("val_lpips", "val_psnr", "val_ssim") if m in result)
+        shown = "  ".join(
+            f"{m} {fmt_metric(m, result.get(m))}"
+            for m in ("val_lpips", "val_psnr", "val_ssim")
+            if m in result
+        )
         best = f"{fmt_metric(self.metric, self.best[0])} ({self.best[1]})" if self.best else "-"
-        print(f"{self._stamp()} trial {trial.trial_id} step {result.get('step')}/{self.total}: {shown}"
-              f" | {self._counts(trials)} | best {self.metric} {best} | ETA {self.eta(trials)}", flush=True)
+        print(
+            f"{self._stamp()} trial {trial.trial_id} step {result.get('step')}/{self.total}: {shown}"
+            f" | {self._counts(trials)} | best {self.metric} {best} | ETA {self.eta(trials)}",
+            flush=True,
+        )
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         step = int((trial.last_result or {}).get("step", 0))
@@ -192,13 +221,17 @@ class ProgressCallback(Callback):
             self.ended[trial.trial_id] = "finished"
             what = "finished"
         last = fmt_metric(self.metric, (trial.last_result or {}).get(self.metric))
-        print(f"{self._stamp()} trial {trial.trial_id} {what} ({self.metric} {last}) | "
-              f"{self._counts(trials)}", flush=True)
+        print(
+            f"{self._stamp()} trial {trial.trial_id} {what} ({self.metric} {last}) | {self._counts(trials)}",
+            flush=True,
+        )
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.ended[trial.trial_id] = "failed"
-        print(f"{self._stamp()} trial {trial.trial_id} failed: {error_reason(trial)} | "
-              f"{self._counts(trials)}", flush=True)
+        print(
+            f"{self._stamp()} trial {trial.trial_id} failed: {error_reason(trial)} | {self._counts(trials)}",
+            flush=True,
+        )
 
 
 def _short(v) -> str:

@@ -8,6 +8,7 @@ trials (whose working directory is their trial folder) hit the same files.
 Metric names are the same for ``srsweep train`` and sweep runs: ``val_psnr``,
 ``val_ssim``, ``val_lpips``, ``loss_<term>``, ``sa_share``, ``beta2``, ``lr``.
 """
+
 from __future__ import annotations
 
 import math
@@ -20,8 +21,9 @@ import numpy as np
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
-from mlflow import MlflowClient  # noqa: E402
 from mlflow.entities import Metric, Param, RunTag  # noqa: E402
+
+from mlflow import MlflowClient  # noqa: E402
 
 MAX_PARAM_LEN = 6000  # MLflow's limit on a param value
 PARENT_TAG = "mlflow.parentRunId"  # what the MLflow UI nests child runs by
@@ -35,7 +37,7 @@ def default_tracking_uri() -> str:
 def _artifact_root(uri: str) -> Optional[str]:
     """Artifacts beside a SQLite file; a server or database URI decides for itself."""
     if uri.startswith("sqlite:///"):
-        return str(Path(uri[len("sqlite:///"):]).resolve().parent / "mlartifacts")
+        return str(Path(uri[len("sqlite:///") :]).resolve().parent / "mlartifacts")
     return None
 
 
@@ -49,8 +51,9 @@ def server_command(tracking_uri: str, host: str = "127.0.0.1", port: int = 5000)
     from trainables.config import ConfigError
 
     if not tracking_uri.startswith(("sqlite:///", "postgresql", "mysql")):
-        raise ConfigError(f"{tracking_uri}: srsweep ui serves a database store "
-                          "(sqlite:///..., postgresql://...)")
+        raise ConfigError(
+            f"{tracking_uri}: srsweep ui serves a database store (sqlite:///..., postgresql://...)"
+        )
     exe = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
     cmd = [exe, "server", "--backend-store-uri", tracking_uri, "--host", host, "--port", str(port)]
     root = _artifact_root(tracking_uri)
@@ -110,8 +113,9 @@ class Tracker:
             exp = self.client.get_experiment_by_name(name)
             if exp is None:
                 continue
-            runs = self.client.search_runs([exp.experiment_id], "tags.role = 'sweep'",
-                                           order_by=["start_time DESC"], max_results=1)
+            runs = self.client.search_runs(
+                [exp.experiment_id], "tags.role = 'sweep'", order_by=["start_time DESC"], max_results=1
+            )
             if runs:
                 return runs[0].data.tags["sweep_dir"]
         return None
@@ -122,8 +126,15 @@ class Tracker:
 
         self.client.set_experiment_tag(experiment_id, dashboard.KIND_TAG, dashboard.KIND_TRAINING)
 
-    def configure_parent(self, experiment_id: str, parent_run_id: str, objective: str, mode: str,
-                         searched: list[str], reserved: Any = ()) -> str:
+    def configure_parent(
+        self,
+        experiment_id: str,
+        parent_run_id: str,
+        objective: str,
+        mode: str,
+        searched: list[str],
+        reserved: Any = (),
+    ) -> str:
         """Write the sweep's shared dashboard view (an experiment tag, sweeper/dashboard.py)
         and point the parent at it; returns the view key. Idempotent (a resume rewrites it)."""
         from sweeper import dashboard
@@ -137,13 +148,17 @@ class Tracker:
     def newest_sweep(self) -> Optional[tuple[str, str]]:
         """(experiment id, parent run id) of the newest sweep in the store, or None."""
         exps = [e.experiment_id for e in self.client.search_experiments()]
-        runs = self.client.search_runs(exps, "tags.role = 'sweep'", order_by=["start_time DESC"],
-                                       max_results=1) if exps else []
+        runs = (
+            self.client.search_runs(exps, "tags.role = 'sweep'", order_by=["start_time DESC"], max_results=1)
+            if exps
+            else []
+        )
         return (runs[0].info.experiment_id, runs[0].info.run_id) if runs else None
 
     # ----------------------------------------------------------------------- runs
-    def start_run(self, experiment_id: str, name: str, tags: dict[str, str],
-                  parent: Optional[str] = None) -> str:
+    def start_run(
+        self, experiment_id: str, name: str, tags: dict[str, str], parent: Optional[str] = None
+    ) -> str:
         tags = {**tags, PARENT_TAG: parent} if parent else tags
         return self.client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
 
@@ -154,8 +169,9 @@ class Tracker:
         """status: FINISHED, FAILED or KILLED."""
         self.client.set_terminated(run_id, status)
 
-    def children(self, experiment_id: str, parent: str,
-                 trial_id: Optional[str] = None) -> list[tuple[str, str]]:
+    def children(
+        self, experiment_id: str, parent: str, trial_id: Optional[str] = None
+    ) -> list[tuple[str, str]]:
         """(ray trial id, run id) of the sweep's trial runs (optionally of one trial), newest first."""
         query = f"tags.`{PARENT_TAG}` = '{parent}'"
         if trial_id is not None:
@@ -174,7 +190,7 @@ class Tracker:
     def log_params(self, run_id: str, params: dict[str, Any]) -> None:
         items = [Param(k, str(v)[:MAX_PARAM_LEN]) for k, v in params.items()]
         for i in range(0, len(items), 100):  # MLflow caps a batch at 100 params
-            self.client.log_batch(run_id, params=items[i:i + 100])
+            self.client.log_batch(run_id, params=items[i : i + 100])
 
     def log_config(self, run_id: str, config: dict, extra: Optional[dict[str, Any]] = None) -> None:
         """A run's full config: one param per key, and ``config.yaml`` to rerun it."""
@@ -183,8 +199,9 @@ class Tracker:
 
     def log_metrics(self, run_id: str, step: int, values: dict[str, float]) -> None:
         now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, step) for k, v in values.items()
-                 if v is not None and math.isfinite(v)]
+        batch = [
+            Metric(k, float(v), now, step) for k, v in values.items() if v is not None and math.isfinite(v)
+        ]
         if batch:
             self.client.log_batch(run_id, metrics=batch)
 
@@ -218,8 +235,9 @@ class MLflowReporter:
     def metrics(self, step: int, values: dict[str, float]) -> None:
         self.tracker.log_metrics(self.run_id, step, values)
 
-    def validation(self, step: int, metrics: dict[str, float], images: dict[str, np.ndarray],
-                   scores: list) -> None:
+    def validation(
+        self, step: int, metrics: dict[str, float], images: dict[str, np.ndarray], scores: list
+    ) -> None:
         self.tracker.log_metrics(self.run_id, step, metrics)
         for name, image in images.items():
             self.tracker.log_image(self.run_id, step, name, image)

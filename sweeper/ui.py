@@ -6,6 +6,7 @@ its own session (its pid is its process group id) and is stopped as a whole grou
 the foreground ``serve`` on SIGINT / SIGTERM / SIGHUP, or by ``stop`` through the pid
 file a background ``serve`` writes beside the store.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,7 +32,7 @@ class UIError(RuntimeError):
 def state_dir(tracking_uri: str) -> Path:
     """Where the pid and log files live: the SQLite store's folder, else the cwd."""
     if tracking_uri.startswith("sqlite:///"):
-        return Path(tracking_uri[len("sqlite:///"):]).resolve().parent
+        return Path(tracking_uri[len("sqlite:///") :]).resolve().parent
     return Path.cwd()
 
 
@@ -132,8 +133,14 @@ def _tail(path: Path, n: int = 400) -> str:
     return lines[-1][-n:] if lines else ""
 
 
-def serve(tracking_uri: str, host: str = "127.0.0.1", port: int = 5000, background: bool = False,
-          timeout: float = 120.0, workers: int = 1) -> tuple[str, int]:
+def serve(
+    tracking_uri: str,
+    host: str = "127.0.0.1",
+    port: int = 5000,
+    background: bool = False,
+    timeout: float = 120.0,
+    workers: int = 1,
+) -> tuple[str, int]:
     """Start the dashboard; returns (base URL, server pid).
 
     background: return once the server answers HTTP (UIError if it dies or does not answer
@@ -143,8 +150,9 @@ def serve(tracking_uri: str, host: str = "127.0.0.1", port: int = 5000, backgrou
     cmd, env = command(tracking_uri, host, port, workers)
     url = base_url(host, port)
     if not port_free(host, port):
-        raise UIError(f"{host}:{port} is already in use (a dashboard running? `srsweep ui --stop`); "
-                      f"pick another --port")
+        raise UIError(
+            f"{host}:{port} is already in use (a dashboard running? `srsweep ui --stop`); pick another --port"
+        )
     folder = state_dir(tracking_uri)
     if not background:
         proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, start_new_session=True)
@@ -159,21 +167,40 @@ def serve(tracking_uri: str, host: str = "127.0.0.1", port: int = 5000, backgrou
         raise UIError(f"a dashboard from {pid_file} is already running; `srsweep ui --stop` first")
     log = folder / LOG_FILE
     with open(log, "ab") as out:
-        proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            cmd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     deadline = time.monotonic() + timeout
     while not answers(url):
         code = proc.poll()
         if code is not None:
-            raise UIError(f"mlflow server exited with code {code} before answering on {url}: "
-                          f"{_tail(log) or 'no output'} (log {log})")
+            raise UIError(
+                f"mlflow server exited with code {code} before answering on {url}: "
+                f"{_tail(log) or 'no output'} (log {log})"
+            )
         if time.monotonic() > deadline:
             stop_group(proc.pid)
-            raise UIError(f"mlflow server did not answer on {url} within {timeout:.0f} s; "
-                          f"stopped it (log {log})")
+            raise UIError(
+                f"mlflow server did not answer on {url} within {timeout:.0f} s; stopped it (log {log})"
+            )
         time.sleep(0.25)
-    pid_file.write_text(json.dumps({"pid": proc.pid, "start": _proc_start(proc.pid), "host": host,
-                                    "port": port, "url": url, "log": str(log)}))
+    pid_file.write_text(
+        json.dumps(
+            {
+                "pid": proc.pid,
+                "start": _proc_start(proc.pid),
+                "host": host,
+                "port": port,
+                "url": url,
+                "log": str(log),
+            }
+        )
+    )
     return url, proc.pid
 
 
@@ -195,8 +222,12 @@ def running(tracking_uri: str) -> Optional[dict]:
     except (OSError, ValueError, KeyError, TypeError):
         return None
     args = _cmdline(pid)
-    ours = (_proc_start(pid) == rec.get("start") and any(a.endswith("mlflow") for a in args)
-            and "server" in args and str(rec.get("port")) in args)
+    ours = (
+        _proc_start(pid) == rec.get("start")
+        and any(a.endswith("mlflow") for a in args)
+        and "server" in args
+        and str(rec.get("port")) in args
+    )
     return rec if ours else None
 
 
@@ -212,4 +243,3 @@ def stop(tracking_uri: str) -> int:
         raise UIError(f"{pid_file} named no running mlflow server of ours (stale); removed it")
     stop_group(int(rec["pid"]))
     return int(rec["pid"])
-

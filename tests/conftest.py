@@ -1,4 +1,5 @@
 """Shared fixtures: the real benchmark images live in ../shared/data beside the repo."""
+
 from __future__ import annotations
 
 import os
@@ -16,7 +17,9 @@ def shared_data() -> Path:
     not a skip: these tests are the project's ground truth against published numbers."""
     root = Path(os.environ.get("SRSWEEP_SHARED_DATA", REPO.parent / "shared" / "data"))
     if not (root / "Set5" / "HR").is_dir():
-        pytest.fail(f"benchmark images not found in {root}; set SRSWEEP_SHARED_DATA to the shared/data folder")
+        pytest.fail(
+            f"benchmark images not found in {root}; set SRSWEEP_SHARED_DATA to the shared/data folder"
+        )
     return root
 
 

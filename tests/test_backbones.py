@@ -1,5 +1,6 @@
 """Backbone loading without network: fake 'pretrained' checkpoints are seeded torchvision
 models saved under the real file names, so values can be compared with torchvision."""
+
 import hashlib
 import socket
 from pathlib import Path
@@ -44,9 +45,11 @@ def fake_dir(tmp_path_factory):
     """Checkpoints for vgg19 / resnet50 / alexnet written by seeded torchvision models."""
     d = tmp_path_factory.mktemp("weights")
     refs = {}
-    for key, builder, seed in [("vgg19", torchvision.models.vgg19, 1),
-                               ("resnet50", torchvision.models.resnet50, 2),
-                               ("alexnet", torchvision.models.alexnet, 3)]:
+    for key, builder, seed in [
+        ("vgg19", torchvision.models.vgg19, 1),
+        ("resnet50", torchvision.models.resnet50, 2),
+        ("alexnet", torchvision.models.alexnet, 3),
+    ]:
         refs[key] = _seeded(builder, seed)
         if key == "resnet50":  # non-trivial BN running stats so the test sees them used
             for m in refs[key].modules():
@@ -78,12 +81,15 @@ def test_env_var_then_configured_dir(tmp_path, monkeypatch):
 
 
 # ---------------------------------------------------------------- missing / broken files
-@pytest.mark.parametrize("build", [
-    lambda d: bb.load_state_dict("vgg19", d),
-    lambda d: bb.check_available(["vgg19", "resnet50"], d),
-    lambda d: bb.VGGFeatures(["relu1_1"], "pretrained", weights_dir=d),
-    lambda d: bb.ResNetFeatures(1, "pretrained", weights_dir=d),
-])
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda d: bb.load_state_dict("vgg19", d),
+        lambda d: bb.check_available(["vgg19", "resnet50"], d),
+        lambda d: bb.VGGFeatures(["relu1_1"], "pretrained", weights_dir=d),
+        lambda d: bb.ResNetFeatures(1, "pretrained", weights_dir=d),
+    ],
+)
 def test_missing_weights_one_line_message(tmp_path, build):
     with pytest.raises(bb.WeightsNotFoundError) as err:
         build(tmp_path)
@@ -259,8 +265,12 @@ def test_truncation(x):
 def test_layer_names():
     names = bb.vgg19_layer_names()
     assert len(names) == 37
-    assert (names.index("conv1_1"), names.index("conv5_4"), names.index("relu5_4"),
-            names.index("pool5")) == (0, 34, 35, 36)
+    assert (names.index("conv1_1"), names.index("conv5_4"), names.index("relu5_4"), names.index("pool5")) == (
+        0,
+        34,
+        35,
+        36,
+    )
     assert names[:5] == ("conv1_1", "relu1_1", "conv1_2", "relu1_2", "pool1")
 
 
@@ -278,8 +288,10 @@ def test_bad_arguments():
 
 
 def test_shape_mismatch_names_file_and_key(tmp_path):
-    torch.save({"features.0.weight": torch.zeros(2, 2), "features.0.bias": torch.zeros(64)},
-               tmp_path / SPECS["alexnet"].filename)
+    torch.save(
+        {"features.0.weight": torch.zeros(2, 2), "features.0.bias": torch.zeros(64)},
+        tmp_path / SPECS["alexnet"].filename,
+    )
     with pytest.raises(ValueError) as err:
         bb.build_lpips("pretrained", weights_dir=tmp_path)
     msg = str(err.value)

@@ -5,6 +5,7 @@ A store logged like a sweep (parent + trial runs, the tags and short params
 ``runs_url`` and the rendered page is read through the DevTools protocol. Needs
 Debian's ``chromium`` (.ci/run installs it); skipped with the reason when it is absent.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -25,6 +26,7 @@ from sweeper.tracking import Tracker
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (apt-get install chromium)")
+
 
 def _p(mu: float, layer: str) -> dict:
     return {"loss.dp.mu": mu, "loss.perceptual.layer": layer}
@@ -57,8 +59,9 @@ def _log_sweep(uri: str) -> tuple[str, str]:
     searched = list(next(iter(TRIALS.values()))[5])
     tracker.configure_parent(exp, parent, "val_lpips", "min", searched)
     for trial, (lpips, psnr, ssim, steps, status, params) in TRIALS.items():
-        run = client.create_run(exp, run_name=f"trial-{trial}", tags={
-            "mlflow.parentRunId": parent, "ray_trial_id": trial}).info.run_id
+        run = client.create_run(
+            exp, run_name=f"trial-{trial}", tags={"mlflow.parentRunId": parent, "ray_trial_id": trial}
+        ).info.run_id
         for k, v in {**{k: str(v) for k, v in params.items()}, **dashboard.child_params(params)}.items():
             client.log_param(run, k, v)
         for step in (steps // 2, steps):  # the last point is what the table shows
@@ -87,8 +90,9 @@ ROWS_JS = """(() => { const rows = {};
 })()"""
 
 
-async def _cdp_page(port: int, url_part: str, wanted: list[str], shot: Path,
-                    deadline_s: float) -> tuple[str, list[dict[str, str]]]:
+async def _cdp_page(
+    port: int, url_part: str, wanted: list[str], shot: Path, deadline_s: float
+) -> tuple[str, list[dict[str, str]]]:
     """Wait until the page's text shows every string in ``wanted`` (or the deadline),
     save a screenshot, return the text and the grid's rows."""
     import aiohttp
@@ -113,8 +117,11 @@ async def _cdp_page(port: int, url_part: str, wanted: list[str], shot: Path,
             end = time.monotonic() + deadline_s
             text = ""
             while time.monotonic() < end:
-                res = await call("Runtime.evaluate", returnByValue=True,
-                                 expression="document.body ? document.body.innerText : ''")
+                res = await call(
+                    "Runtime.evaluate",
+                    returnByValue=True,
+                    expression="document.body ? document.body.innerText : ''",
+                )
                 text = res["result"].get("value", "")
                 if all(w in text for w in wanted):
                     break
@@ -162,14 +169,32 @@ def test_dashboard_shows_trials_with_metrics_and_winner(served_sweep, tmp_path):
     url = dashboard.runs_url(base, exp, parent)
     profile = tmp_path / "chromium-profile"
     shot = tmp_path / "dashboard.png"
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--remote-debugging-port=0",
-             "--window-size=1800,900"]
-    browser = subprocess.Popen([CHROMIUM, *flags, url], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, start_new_session=True)
-    values = [f"{v:.4f}".rstrip("0") if isinstance(v, float) and v < 1 else f"{v}"
-              for t in TRIALS.values() for v in t[:3]]
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={profile}",
+        "--remote-debugging-port=0",
+        "--window-size=1800,900",
+    ]
+    browser = subprocess.Popen(
+        [CHROMIUM, *flags, url],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    values = [
+        f"{v:.4f}".rstrip("0") if isinstance(v, float) and v < 1 else f"{v}"
+        for t in TRIALS.values()
+        for v in t[:3]
+    ]
     names = [f"trial-{t}" for t in TRIALS]
     try:
         port = _devtools_port(profile, browser)
@@ -188,13 +213,20 @@ def test_dashboard_shows_trials_with_metrics_and_winner(served_sweep, tmp_path):
     assert "browser (sweep)" not in text
     # Rows: best LPIPS first, each trial's values in its own row, only the winner tagged.
     by_lpips = sorted(TRIALS, key=lambda t: TRIALS[t][0])
-    assert [re.search(r"trial-\w+", " ".join(row.values())).group(0) for row in rows] == \
-        [f"trial-{t}" for t in by_lpips], rows
+    assert [re.search(r"trial-\w+", " ".join(row.values())).group(0) for row in rows] == [
+        f"trial-{t}" for t in by_lpips
+    ], rows
     for trial, row in zip(by_lpips, rows):
         lpips, psnr, ssim, steps, status, params = TRIALS[trial]
         cells = {k: row.get(k) for k in dashboard.columns(params)}
-        assert cells == {"metrics.`val_lpips`": f"{lpips}", "metrics.`val_psnr`": f"{psnr}",
-                         "metrics.`val_ssim`": f"{ssim}", "params.`mu`": f"{params['loss.dp.mu']}",
-                         "params.`layer`": params["loss.perceptual.layer"], "tags.`steps`": str(steps),
-                         "tags.`status`": status, "tags.`winner`": "true" if trial == WINNER else "-"}, row
+        assert cells == {
+            "metrics.`val_lpips`": f"{lpips}",
+            "metrics.`val_psnr`": f"{psnr}",
+            "metrics.`val_ssim`": f"{ssim}",
+            "params.`mu`": f"{params['loss.dp.mu']}",
+            "params.`layer`": params["loss.perceptual.layer"],
+            "tags.`steps`": str(steps),
+            "tags.`status`": status,
+            "tags.`winner`": "true" if trial == WINNER else "-",
+        }, row
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000

@@ -2,6 +2,7 @@
 headless Chromium. The page must show the sweep's trial runs with their LPIPS / PSNR /
 SSIM (the values of results.parquet) and the winner; `srsweep ui --stop` ends the server.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -22,28 +23,59 @@ from test_browser import CHROMIUM, _cdp_page, _devtools_port, _free_port  # noqa
 
 REPO = Path(__file__).resolve().parents[1]
 SRSWEEP = str(Path(sys.executable).parent / "srsweep")
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(CHROMIUM is None,
-                                 reason="chromium not installed (apt-get install chromium)")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (apt-get install chromium)"),
+]
 
 
 def _srsweep(*args, cwd: Path, timeout: int = 900) -> subprocess.CompletedProcess:
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true",
-           "PYTHONPATH": str(REPO)}
+    env = {
+        **os.environ,
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "PYTHONPATH": str(REPO),
+    }
     env.pop("MLFLOW_TRACKING_URI", None)
-    return subprocess.run([SRSWEEP, *map(str, args)], cwd=cwd, capture_output=True, text=True, env=env,
-                          timeout=timeout, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [SRSWEEP, *map(str, args)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def test_tiny_sweep_opens_in_the_browser_with_metrics_and_winner(tmp_path):
-    res = _srsweep("run", REPO / "search_spaces" / "demo.yaml", "--tiny", "--set", "budget.num_samples=2",
-                   "--set", "train.pretrain_steps=10", "--set", "train.steps=10",
-                   "--set", "train.val_every=5",
-                   "--set", "scheduler.type=none", cwd=tmp_path)
+    res = _srsweep(
+        "run",
+        REPO / "search_spaces" / "demo.yaml",
+        "--tiny",
+        "--set",
+        "budget.num_samples=2",
+        "--set",
+        "train.pretrain_steps=10",
+        "--set",
+        "train.steps=10",
+        "--set",
+        "train.val_every=5",
+        "--set",
+        "scheduler.type=none",
+        cwd=tmp_path,
+    )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     out = res.stdout
-    for line in ("pretrain step 10/10", "started:", "step 10/10:", "finished", "winner: trial",
-                 "rerun the winner: srsweep train", "dashboard: http://127.0.0.1:5000/#/experiments/"):
+    for line in (
+        "pretrain step 10/10",
+        "started:",
+        "step 10/10:",
+        "finished",
+        "winner: trial",
+        "rerun the winner: srsweep train",
+        "dashboard: http://127.0.0.1:5000/#/experiments/",
+    ):
         assert line in out, f"{line!r} missing from the run output:\n{out[-3000:]}"
     for noise in ("Configuration for experiment", "TensorBoard", "Token authentication", "new study created"):
         assert noise not in out + res.stderr, noise
@@ -62,16 +94,37 @@ def test_tiny_sweep_opens_in_the_browser_with_metrics_and_winner(tmp_path):
         url = re.search(r"^dashboard: (\S+)", started.stdout, re.M).group(1)
         assert url.startswith(f"http://127.0.0.1:{port}/#/experiments/") and "viewStateShareKey=" in url
         profile, shot = tmp_path / "chromium-profile", tmp_path / "dashboard.png"
-        flags = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-sync",
-                 "--disable-background-networking", "--disable-component-update", "--disable-dev-shm-usage",
-                 f"--user-data-dir={profile}", "--remote-debugging-port=0", "--window-size=3600,900"]
-        browser = subprocess.Popen([CHROMIUM, *flags, url], stdin=subprocess.DEVNULL,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                   start_new_session=True)
+        flags = [
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-sync",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-dev-shm-usage",
+            f"--user-data-dir={profile}",
+            "--remote-debugging-port=0",
+            "--window-size=3600,900",
+        ]
+        browser = subprocess.Popen(
+            [CHROMIUM, *flags, url],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         names = [f"trial-{t}" for t in df["trial_id"]]
         try:
-            text, rows = asyncio.run(_cdp_page(_devtools_port(profile, browser), "/experiments/",
-                                               names + ["val_lpips", "true"], shot, 180))
+            text, rows = asyncio.run(
+                _cdp_page(
+                    _devtools_port(profile, browser),
+                    "/experiments/",
+                    names + ["val_lpips", "true"],
+                    shot,
+                    180,
+                )
+            )
         finally:
             ui.stop_group(browser.pid)
         (tmp_path / "dashboard.txt").write_text(text + "\n" + json.dumps(rows, indent=1))

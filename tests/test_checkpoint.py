@@ -1,4 +1,5 @@
 """Safe checkpoints: no code runs on load, no torn files, no names that leave their folder."""
+
 import pickle
 import random
 import subprocess
@@ -9,8 +10,16 @@ import numpy as np
 import pytest
 import torch
 
-from trainables.checkpoint import (CheckpointError, PathEscapeError, load_safe, rng_state, safe_child,
-                                   save_atomic, set_rng_state, write_bytes_atomic)
+from trainables.checkpoint import (
+    CheckpointError,
+    PathEscapeError,
+    load_safe,
+    rng_state,
+    safe_child,
+    save_atomic,
+    set_rng_state,
+    write_bytes_atomic,
+)
 from trainables.config import validate
 from trainables.train import Trainer
 
@@ -109,9 +118,15 @@ def test_rng_states_round_trip_exactly(tmp_path):
     np.random.standard_normal()  # leaves a cached gaussian in numpy's legacy state
     random.gauss(0, 1)  # and one in Python's
     saved = rng_state()
+
     def draw():
-        return (torch.rand(5), np.random.standard_normal(5), np.random.rand(3),
-                [random.random() for _ in range(3)], random.gauss(0, 1))
+        return (
+            torch.rand(5),
+            np.random.standard_normal(5),
+            np.random.rand(3),
+            [random.random() for _ in range(3)],
+            random.gauss(0, 1),
+        )
 
     expect = draw()
     state = load_safe(save_atomic({"rng": saved}, tmp_path / "rng.pt"))["rng"]  # weights_only round trip
@@ -123,16 +138,33 @@ def test_rng_states_round_trip_exactly(tmp_path):
 
 
 def test_a_real_trainer_state_loads_weights_only(tiny_data, tmp_path):
-    cfg = validate({
-        "seed": 3,
-        "data": {"train": str(tiny_data / "train"), "val": str(tiny_data / "val"), "patch_size": 32,
-                 "batch_size": 2, "num_workers": 0},
-        "model": {"generator": {"arch": "srresnet", "num_feat": 8, "num_blocks": 1},
-                  "discriminator": {"arch": "srgan", "num_feat": 8}},
-        "backbones": {"weights": "random"},
-        "train": {"pretrain_steps": 1, "steps": 2, "milestones": [1], "val_every": 100, "log_every": 100,
-                  "checkpoint_every": 100, "val_crop": 64, "device": "cpu"},
-    })
+    cfg = validate(
+        {
+            "seed": 3,
+            "data": {
+                "train": str(tiny_data / "train"),
+                "val": str(tiny_data / "val"),
+                "patch_size": 32,
+                "batch_size": 2,
+                "num_workers": 0,
+            },
+            "model": {
+                "generator": {"arch": "srresnet", "num_feat": 8, "num_blocks": 1},
+                "discriminator": {"arch": "srgan", "num_feat": 8},
+            },
+            "backbones": {"weights": "random"},
+            "train": {
+                "pretrain_steps": 1,
+                "steps": 2,
+                "milestones": [1],
+                "val_every": 100,
+                "log_every": 100,
+                "checkpoint_every": 100,
+                "val_crop": 64,
+                "device": "cpu",
+            },
+        }
+    )
     trainer = Trainer(cfg, tmp_path)
     trainer.run()
     state = {**trainer.state_dict(), "rng": rng_state()}  # what Trainer.state_dict should hold

@@ -1,4 +1,5 @@
 """The installed ``srsweep`` console script, run as a user would (real subprocess)."""
+
 import re
 import subprocess
 import sys
@@ -19,10 +20,13 @@ def _mean_row(stdout: str) -> tuple[float, float]:
     return float(m.group(1)), float(m.group(2))
 
 
-@pytest.mark.parametrize("name, psnr, ssim, psnr_tol, ssim_tol", [
-    ("Set5", 28.42, 0.8104, 0.02, 0.0010),      # published MATLAB bicubic x4
-    ("Set14", 26.045, 0.7034, 0.05, 0.0010),    # papers report 26.00-26.09 / 0.7027-0.704
-])
+@pytest.mark.parametrize(
+    "name, psnr, ssim, psnr_tol, ssim_tol",
+    [
+        ("Set5", 28.42, 0.8104, 0.02, 0.0010),  # published MATLAB bicubic x4
+        ("Set14", 26.045, 0.7034, 0.05, 0.0010),  # papers report 26.00-26.09 / 0.7027-0.704
+    ],
+)
 def test_eval_reproduces_published_bicubic(shared_data, name, psnr, ssim, psnr_tol, ssim_tol):
     res = run("eval", shared_data / name, "--lpips", "none")
     assert res.returncode == 0, res.stderr
@@ -53,10 +57,13 @@ def test_eval_pretrained_lpips_missing_weights_is_one_error_line(tmp_path):
     assert "alexnet-owt-7be5be79.pth" in lines[0] and "srsweep weights fetch" in lines[0]
 
 
-@pytest.mark.parametrize("make, expect", [
-    (lambda d: d / "nope", "no such folder"),
-    (lambda d: d, "no images found"),
-])
+@pytest.mark.parametrize(
+    "make, expect",
+    [
+        (lambda d: d / "nope", "no such folder"),
+        (lambda d: d, "no images found"),
+    ],
+)
 def test_eval_bad_dataset_is_one_error_line(tmp_path, make, expect):
     res = run("eval", make(tmp_path))
     assert res.returncode == 2
@@ -89,7 +96,8 @@ def _tiny_config(tmp_path, shared_data, **extra):
         "base: [sa_esrgan_lv, tiny_cpu]\n"
         "name: tiny-sa\n"
         f"data: {{train: {shared_data / 'DIV2K256'}, val: {shared_data / 'Set5'}}}\n"
-        "train: {pretrain_steps: 4, steps: 4, val_every: 4, val_images: 1, val_crop: 64, log_every: 2}\n")
+        "train: {pretrain_steps: 4, steps: 4, val_every: 4, val_images: 1, val_crop: 64, log_every: 2}\n"
+    )
     return cfg
 
 
@@ -97,15 +105,26 @@ def test_train_logs_a_complete_run_to_mlflow(tmp_path, shared_data):
     from mlflow import MlflowClient
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    res = run("train", _tiny_config(tmp_path, shared_data), "--out", tmp_path / "run", "--tracking-uri", uri,
-              "--experiment", "t", cwd=tmp_path)
+    res = run(
+        "train",
+        _tiny_config(tmp_path, shared_data),
+        "--out",
+        tmp_path / "run",
+        "--tracking-uri",
+        uri,
+        "--experiment",
+        "t",
+        cwd=tmp_path,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     assert "random-init" in res.stdout and "step      8" in res.stdout
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("t")
     (r,) = client.search_runs([exp.experiment_id])
     assert r.info.status == "FINISHED" and r.data.tags["backbones"] == "random-init"
-    assert r.data.params["loss.pixel.sa.beta2"] == "20.0" and r.data.params["model.generator.num_feat"] == "16"
+    assert (
+        r.data.params["loss.pixel.sa.beta2"] == "20.0" and r.data.params["model.generator.num_feat"] == "16"
+    )
     hist = client.get_metric_history(r.info.run_id, "val_psnr")
     assert [m.step for m in hist] == [4, 8] and all(m.value > 10 for m in hist)
     shares = client.get_metric_history(r.info.run_id, "sa_share")
@@ -118,15 +137,27 @@ def test_train_logs_a_complete_run_to_mlflow(tmp_path, shared_data):
     assert res.returncode == 0 and "generator" in res.stdout, res.stderr[-2000:]
     assert 20 < _mean_row(res.stdout)[0] < 40
     # The run folder can be resumed (already finished: nothing to do, same MLflow run).
-    res = run("train", _tiny_config(tmp_path, shared_data), "--out", tmp_path / "run", "--tracking-uri", uri,
-              "--experiment", "t", "--resume", cwd=tmp_path)
+    res = run(
+        "train",
+        _tiny_config(tmp_path, shared_data),
+        "--out",
+        tmp_path / "run",
+        "--tracking-uri",
+        uri,
+        "--experiment",
+        "t",
+        "--resume",
+        cwd=tmp_path,
+    )
     assert res.returncode == 0 and "resuming" in res.stdout, res.stderr[-2000:]
     assert len(client.search_runs([exp.experiment_id])) == 1
 
 
 def test_train_bad_data_fails_before_any_mlflow_run(tmp_path, shared_data):
     cfg = _tiny_config(tmp_path, shared_data)
-    res = run("train", cfg, "--set", f"data.train={tmp_path / 'nope'}", "--out", tmp_path / "run", cwd=tmp_path)
+    res = run(
+        "train", cfg, "--set", f"data.train={tmp_path / 'nope'}", "--out", tmp_path / "run", cwd=tmp_path
+    )
     assert res.returncode == 2
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and "no such folder" in lines[-1], res.stderr
@@ -152,8 +183,13 @@ def test_ui_serves_the_store_over_http(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([SRSWEEP, "ui", "--tracking-uri", uri, "--port", str(port)], cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [SRSWEEP, "ui", "--tracking-uri", uri, "--port", str(port)],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
@@ -169,7 +205,9 @@ def test_ui_serves_the_store_over_http(tmp_path):
         req = urllib.request.Request(f"{base}/api/2.0/mlflow/runs/get?run_id={run.info.run_id}")
         with urllib.request.urlopen(req, timeout=10) as r:
             data = json.load(r)["run"]
-        assert data["data"]["metrics"][0]["key"] == "val_lpips" and data["data"]["metrics"][0]["value"] == 0.25
+        assert (
+            data["data"]["metrics"][0]["key"] == "val_lpips" and data["data"]["metrics"][0]["value"] == 0.25
+        )
         assert {"key": "backbones", "value": "random-init"} in data["data"]["tags"]
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
@@ -184,9 +222,12 @@ def test_run_without_weights_fails_before_anything_starts(tmp_path, shared_data)
         f"set: {{data: {{train: {shared_data / 'DIV2K256'}, val: {shared_data / 'Set5'}}},\n"
         f"      backbones: {{weights: pretrained, weights_dir: {tmp_path / 'w'}}}}}\n"
         "space: [{path: loss.pixel.sa.beta2, float: [1, 40]}]\n"
-        "objective: {metrics: [{name: val_lpips, mode: min}]}\nscheduler: {type: none}\n")
+        "objective: {metrics: [{name: val_lpips, mode: min}]}\nscheduler: {type: none}\n"
+    )
     res = run("run", sweep, "--storage", tmp_path / "rr", cwd=tmp_path)
     assert res.returncode == 2, res.stderr[-2000:]
     lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1 and "VGG19 ImageNet weights not found" in lines[0] and str(tmp_path / "w") in lines[0]
+    assert (
+        len(lines) == 1 and "VGG19 ImageNet weights not found" in lines[0] and str(tmp_path / "w") in lines[0]
+    )
     assert not (tmp_path / "rr").exists() and not (tmp_path / "mlflow.db").exists()

@@ -4,6 +4,7 @@ auth as Ray 2.60 sets it up): connect, trials spread over both nodes, refusals i
 Each `ray start --block` process is ours; SIGTERM to it makes Ray stop the daemons it spawned.
 Leftovers are found by our unique temp dir on their command line and stopped by PID.
 """
+
 from __future__ import annotations
 
 import os
@@ -64,15 +65,29 @@ class TwoNodeCluster:
         self.token = secrets.token_hex(16)
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
-        self.env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token,
-                    "RAY_USAGE_STATS_ENABLED": "0",
-                    "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")])}  # workers import _trial
+        self.env = {
+            **os.environ,
+            "RAY_AUTH_MODE": "token",
+            "RAY_AUTH_TOKEN": self.token,
+            "RAY_USAGE_STATS_ENABLED": "0",
+            "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")]),
+        }  # workers import _trial
         self.procs: list[subprocess.Popen] = []
 
     def _start(self, *args: str) -> subprocess.Popen:
-        cmd = [RAY, "start", "--block", "--num-cpus=1", "--num-gpus=0", "--object-store-memory=100000000",
-               "--disable-usage-stats", f"--temp-dir={self.temp}", "--node-ip-address=127.0.0.1",
-               f"--dashboard-agent-listen-port={free_port()}", *args]
+        cmd = [
+            RAY,
+            "start",
+            "--block",
+            "--num-cpus=1",
+            "--num-gpus=0",
+            "--object-store-memory=100000000",
+            "--disable-usage-stats",
+            f"--temp-dir={self.temp}",
+            "--node-ip-address=127.0.0.1",
+            f"--dashboard-agent-listen-port={free_port()}",
+            *args,
+        ]
         log = open(Path(self.temp) / f"start-{len(self.procs)}.log", "w")
         proc = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT)
         proc.log = log.name
@@ -80,8 +95,9 @@ class TwoNodeCluster:
         return proc
 
     def start(self) -> None:
-        head = self._start("--head", f"--port={self.port}", "--include-dashboard=false",
-                           f"--dashboard-port={free_port()}")
+        head = self._start(
+            "--head", f"--port={self.port}", "--include-dashboard=false", f"--dashboard-port={free_port()}"
+        )
         _wait_port(self.port, head)
         self._start(f"--address={self.address}")
         from ray._raylet import GcsClient
@@ -145,8 +161,14 @@ def _cli(cluster, *args: str, **env: str | None) -> subprocess.CompletedProcess:
     e = {**cluster.env}
     for k, v in env.items():
         e.pop(k, None) if v is None else e.__setitem__(k, v)
-    return subprocess.run([sys.executable, "-m", "sweeper.cluster", *args], capture_output=True, text=True,
-                          env=e, cwd=REPO, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "sweeper.cluster", *args],
+        capture_output=True,
+        text=True,
+        env=e,
+        cwd=REPO,
+        timeout=120,
+    )
 
 
 def _trial(config):
@@ -169,10 +191,12 @@ def test_connect_spreads_trials_over_two_nodes(cluster, capsys, tmp_path):
     assert info == ClusterInfo(info.address, 2, 2.0, 0.0) and info.address.endswith(f":{cluster.port}")
     assert info.tags()["ray_nodes"] == "2"
 
-    tuner = tune.Tuner(tune.with_resources(_trial, {"cpu": 1}),
-                       param_space={"x": tune.grid_search([1, 2, 3, 4]), "hold": 3.0},
-                       tune_config=tune.TuneConfig(metric="score", mode="max"),
-                       run_config=tune.RunConfig(name="spread", storage_path=str(tmp_path), verbose=0))
+    tuner = tune.Tuner(
+        tune.with_resources(_trial, {"cpu": 1}),
+        param_space={"x": tune.grid_search([1, 2, 3, 4]), "hold": 3.0},
+        tune_config=tune.TuneConfig(metric="score", mode="max"),
+        run_config=tune.RunConfig(name="spread", storage_path=str(tmp_path), verbose=0),
+    )
     grid = tuner.fit()
     df = grid.get_dataframe()
     assert len(df) == 4 and not grid.errors
@@ -188,8 +212,12 @@ def test_connect_spreads_trials_over_two_nodes(cluster, capsys, tmp_path):
 
     last = grid[0].metrics
     assert placement_tags(last) == {
-        "placement.node_id": last["node_id"], "placement.host": socket.gethostname(),
-        "placement.node_ip": ips[last["node_id"]], "placement.gpu_count": "0", "placement.gpu_name": ""}
+        "placement.node_id": last["node_id"],
+        "placement.host": socket.gethostname(),
+        "placement.node_ip": ips[last["node_id"]],
+        "placement.gpu_count": "0",
+        "placement.gpu_name": "",
+    }
 
     # Path checks run on each node: one line per node for a missing path, none for a real one.
     check_paths_on_workers([str(REPO / "pyproject.toml")])
@@ -214,16 +242,20 @@ def test_undersized_cluster_is_refused_in_one_line(cluster):
     r = _cli(cluster, "--address", cluster.address, "--cpu", "2")
     assert r.returncode == 2 and r.stdout == ""
     assert r.stderr.count("\n") == 1, r.stderr
-    assert ("is too small for one trial: it needs 2 CPU and 0 GPU on one node, "
-            "the largest node has 1 CPU") in r.stderr
+    assert (
+        "is too small for one trial: it needs 2 CPU and 0 GPU on one node, the largest node has 1 CPU"
+    ) in r.stderr
     assert "(2 node(s), 2 CPUs, 0 GPUs in all)" in r.stderr
 
 
-@pytest.mark.parametrize("env,expect", [
-    ({"RAY_AUTH_TOKEN": "0" * 32}, "the token in RAY_AUTH_TOKEN is wrong"),
-    ({"RAY_AUTH_MODE": None, "RAY_AUTH_TOKEN": None}, "RAY_AUTH_MODE is not 'token'"),
-    ({"RAY_AUTH_TOKEN": None, "HOME": "/nonexistent-home"}, "no token: RAY_AUTH_TOKEN unset"),
-])
+@pytest.mark.parametrize(
+    "env,expect",
+    [
+        ({"RAY_AUTH_TOKEN": "0" * 32}, "the token in RAY_AUTH_TOKEN is wrong"),
+        ({"RAY_AUTH_MODE": None, "RAY_AUTH_TOKEN": None}, "RAY_AUTH_MODE is not 'token'"),
+        ({"RAY_AUTH_TOKEN": None, "HOME": "/nonexistent-home"}, "no token: RAY_AUTH_TOKEN unset"),
+    ],
+)
 def test_auth_problems_are_one_line(cluster, env, expect):
     r = _cli(cluster, "--address", cluster.address, **env)
     assert r.returncode == 2 and r.stdout == ""
@@ -231,16 +263,27 @@ def test_auth_problems_are_one_line(cluster, env, expect):
     assert expect in r.stderr and "RAY_AUTH_MODE=token" in r.stderr
 
 
-@pytest.mark.parametrize("address,expect", [
-    ("127.0.0.1:{port}", ":{port} is unreachable (Connection refused)"),  # nothing listens on a fresh port
-    ("no-such-host.invalid:6379", "no-such-host.invalid:6379 is unreachable"),
-    ("ray-head", "--address ray-head: Invalid address format: ray-head"),
-])
+@pytest.mark.parametrize(
+    "address,expect",
+    [
+        (
+            "127.0.0.1:{port}",
+            ":{port} is unreachable (Connection refused)",
+        ),  # nothing listens on a fresh port
+        ("no-such-host.invalid:6379", "no-such-host.invalid:6379 is unreachable"),
+        ("ray-head", "--address ray-head: Invalid address format: ray-head"),
+    ],
+)
 def test_bad_address_is_one_line(address, expect):
     port = free_port()
-    r = subprocess.run([sys.executable, "-m", "sweeper.cluster", "--address", address.format(port=port)],
-                       capture_output=True, text=True, cwd=REPO, timeout=120,
-                       env={**os.environ, "PYTHONPATH": str(REPO)})
+    r = subprocess.run(
+        [sys.executable, "-m", "sweeper.cluster", "--address", address.format(port=port)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     assert r.returncode == 2 and r.stdout == "" and r.stderr.count("\n") == 1, r.stderr
     assert expect.format(port=port) in r.stderr
 
@@ -249,15 +292,27 @@ def test_embedded_local_ray():
     """No --address: a private Ray on this machine, reported the same way; too small is refused."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     env.pop("RAY_ADDRESS", None)
-    ok = subprocess.run([sys.executable, "-m", "sweeper.cluster", "--cpu", "1"], capture_output=True,
-                        text=True, cwd=REPO, timeout=300, env=env)
+    ok = subprocess.run(
+        [sys.executable, "-m", "sweeper.cluster", "--cpu", "1"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+        env=env,
+    )
     assert ok.returncode == 0, ok.stderr
     (line,) = ok.stdout.splitlines()
     m = re.fullmatch(r"Ray cluster [\d.]+:\d+: 1 node, (\d+) CPUs, (\d+) GPUs", line)
     from ray._private.utils import get_num_cpus  # what Ray counts here (cgroup limits included)
 
     assert m and int(m[1]) == get_num_cpus(), line
-    big = subprocess.run([sys.executable, "-m", "sweeper.cluster", "--cpu", "1", "--gpu", "64"],
-                         capture_output=True, text=True, cwd=REPO, timeout=300, env=env)
+    big = subprocess.run(
+        [sys.executable, "-m", "sweeper.cluster", "--cpu", "1", "--gpu", "64"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+        env=env,
+    )
     assert big.returncode == 2 and big.stdout == "" and big.stderr.count("\n") == 1, big.stderr
     assert "is too small for one trial: it needs 1 CPU and 64 GPU on one node" in big.stderr

@@ -2,6 +2,7 @@
 a two-node Ray cluster (token auth), a sweep kept on a real S3 server (moto on 127.0.0.1) that is
 killed and resumed, and an MLflow server over PostgreSQL used over HTTP. Each fixture stops
 exactly the processes it started (see the imported fixtures)."""
+
 from __future__ import annotations
 
 import io
@@ -18,7 +19,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-
 from test_cluster import cluster  # noqa: F401  (fixture: two `ray start` nodes, 1 CPU each)
 from test_postgres import _stop, _wait, free_port, postgres  # noqa: F401  (fixture: PostgreSQL)
 from test_storage import s3  # noqa: F401  (fixture: moto_server, AWS_* set in os.environ)
@@ -31,8 +31,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _run(*args, cwd, env=None, timeout=900):
     env = {**(env or os.environ), "RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true"}
-    return subprocess.run([SRSWEEP, *map(str, args)], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, env=env)
+    return subprocess.run(
+        [SRSWEEP, *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env
+    )
 
 
 def _children(uri: str, parent: str):
@@ -40,8 +41,9 @@ def _children(uri: str, parent: str):
 
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("srsweep-e2e")
-    return client, [r for r in client.search_runs([exp.experiment_id])
-                    if r.data.tags.get("mlflow.parentRunId") == parent]
+    return client, [
+        r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("mlflow.parentRunId") == parent
+    ]
 
 
 # ------------------------------------------------------------------------------ two nodes
@@ -79,15 +81,25 @@ def test_sweep_through_the_cli_uses_both_nodes(cluster, tmp_path, tiny_data):  #
 
 def test_cli_refuses_in_one_line_before_writing(cluster, tmp_path, tiny_data):  # noqa: F811
     sweep = write_sweep(tmp_path, tiny_data, num_samples=2, concurrent=1, steps=2)
-    wrong = _run("run", sweep, "--address", cluster.address, cwd=tmp_path,
-                 env={**cluster.env, "RAY_AUTH_TOKEN": "0" * 32}, timeout=300)
+    wrong = _run(
+        "run",
+        sweep,
+        "--address",
+        cluster.address,
+        cwd=tmp_path,
+        env={**cluster.env, "RAY_AUTH_TOKEN": "0" * 32},
+        timeout=300,
+    )
     big = yaml.safe_load(sweep.read_text())
     big["resources"] = {"cpu": 2, "gpu": 0}
     (tmp_path / "big.yaml").write_text(yaml.safe_dump(big))
-    small = _run("run", tmp_path / "big.yaml", "--address", cluster.address, cwd=tmp_path, env=cluster.env,
-                 timeout=300)
-    for r, expect in ((wrong, "refused this driver's token (the token in RAY_AUTH_TOKEN is wrong)"),
-                      (small, "is too small for one trial: it needs 2 CPU and 0 GPU on one node")):
+    small = _run(
+        "run", tmp_path / "big.yaml", "--address", cluster.address, cwd=tmp_path, env=cluster.env, timeout=300
+    )
+    for r, expect in (
+        (wrong, "refused this driver's token (the token in RAY_AUTH_TOKEN is wrong)"),
+        (small, "is too small for one trial: it needs 2 CPU and 0 GPU on one node"),
+    ):
         print(f"\n{r.stderr.strip()}")
         assert r.returncode == 2 and r.stderr.count("\n") == 1 and expect in r.stderr, r.stderr[-2000:]
         assert re.match(rf"srsweep: error: Ray cluster [\d.]+:{cluster.port} ", r.stderr), r.stderr
@@ -106,11 +118,21 @@ def _s3_keys(prefix: str) -> list[str]:
 
 def test_sweep_on_s3_killed_and_resumed(s3, tmp_path, tiny_data):  # noqa: F811
     sweep = write_sweep(tmp_path, tiny_data, num_samples=4, concurrent=1, steps=8)
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true",
-           "SRSWEEP_CACHE": str(tmp_path / "cache")}
-    proc = subprocess.Popen([SRSWEEP, "run", str(sweep), "--storage", "s3://sweeps/team"], cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                            start_new_session=True)
+    env = {
+        **os.environ,
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "SRSWEEP_CACHE": str(tmp_path / "cache"),
+    }
+    proc = subprocess.Popen(
+        [SRSWEEP, "run", str(sweep), "--storage", "s3://sweeps/team"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
     seen, trials, sweep_uri = [], set(), None
     deadline = time.monotonic() + 600
     for line in proc.stdout:  # kill the driver and its local Ray once a second trial reports
@@ -140,8 +162,10 @@ def test_sweep_on_s3_killed_and_resumed(s3, tmp_path, tiny_data):  # noqa: F811
     path, fs = resolve_storage(sweep_uri)
     with fs.open_input_file(f"{path}/results.parquet") as f:
         df = pd.read_parquet(io.BytesIO(f.read()))
-    print(f"\n{sweep_uri}: {len(_s3_keys(sweep_uri))} objects; trials {sorted(df['trial_id'])} "
-          f"status {sorted(df['status'])}")
+    print(
+        f"\n{sweep_uri}: {len(_s3_keys(sweep_uri))} objects; trials {sorted(df['trial_id'])} "
+        f"status {sorted(df['status'])}"
+    )
     assert len(df) == 4 and df["trial_id"].is_unique and set(df["status"]) <= {"TERMINATED", "STOPPED"}
     assert df["checkpoint"].str.startswith(sweep_uri).all()
     state = json.loads(fs.open_input_stream(f"{path}/sweep.json").read())
@@ -154,22 +178,29 @@ def test_sweep_on_s3_killed_and_resumed(s3, tmp_path, tiny_data):  # noqa: F811
 
 # --------------------------------------------------------------------------- PostgreSQL
 def test_sweep_against_mlflow_server_on_postgres(postgres, tmp_path, tiny_data):  # noqa: F811
-    from mlflow import MlflowClient
 
     db, _ = postgres
     port = free_port()
     log = tmp_path / "mlflow.log"
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     with open(log, "w") as out:
-        server = subprocess.Popen([str(REPO / "mlflow" / "serve_postgres.sh"), db,
-                                   str(tmp_path / "artifacts"), str(port)],
-                                  stdout=out, stderr=subprocess.STDOUT, env=env)
+        server = subprocess.Popen(
+            [str(REPO / "mlflow" / "serve_postgres.sh"), db, str(tmp_path / "artifacts"), str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         import urllib.request
 
-        _wait(lambda: urllib.request.urlopen(f"{url}/health", timeout=2).status == 200, "mlflow server",
-              server, log, timeout=180)
+        _wait(
+            lambda: urllib.request.urlopen(f"{url}/health", timeout=2).status == 200,
+            "mlflow server",
+            server,
+            log,
+            timeout=180,
+        )
         sweep = write_sweep(tmp_path, tiny_data, num_samples=2, concurrent=2, steps=4)
         res = _run("run", sweep, "--tracking-uri", url, cwd=tmp_path)
         assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
@@ -192,7 +223,9 @@ def test_sweep_against_mlflow_server_on_postgres(postgres, tmp_path, tiny_data):
         assert arts >= {"results.parquet", "winner.yaml"}
         # The artifacts went through the server (proxied) into its folder.
         assert list((tmp_path / "artifacts").rglob("results.parquet"))
-        print(f"\nmlflow server {url} on {db}: parent {parent.info.run_id}, {len(children)} trial runs, "
-              f"final val_lpips {sorted(round(v, 4) for v in df['final_val_lpips'])}")
+        print(
+            f"\nmlflow server {url} on {db}: parent {parent.info.run_id}, {len(children)} trial runs, "
+            f"final val_lpips {sorted(round(v, 4) for v in df['final_val_lpips'])}"
+        )
     finally:
         _stop(server)

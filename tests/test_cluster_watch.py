@@ -1,12 +1,12 @@
 """ClusterWatch against a real listening socket: the callback runs once, only after the port has
 stopped answering for ``misses`` probes in a row."""
+
 from __future__ import annotations
 
 import socket
 import time
 
-from sweeper.cluster import ClusterWatch
-from sweeper.cluster import placement_view
+from sweeper.cluster import ClusterWatch, placement_view
 
 
 def test_watch_reports_a_lost_port_once():
@@ -29,9 +29,15 @@ def test_watch_reports_a_lost_port_once():
 def test_placement_view_short_columns():
     import pandas as pd
 
-    df = pd.DataFrame({"trial_id": ["a", "b", "c"], "node_id": ["0123456789abcdef", "fedcba9876543210", None],
-                       "host": ["gpu-1", "gpu-2", None], "gpu_count": [2, 0, None],
-                       "gpu_name": ["NVIDIA H100", "", None]})
+    df = pd.DataFrame(
+        {
+            "trial_id": ["a", "b", "c"],
+            "node_id": ["0123456789abcdef", "fedcba9876543210", None],
+            "host": ["gpu-1", "gpu-2", None],
+            "gpu_count": [2, 0, None],
+            "gpu_name": ["NVIDIA H100", "", None],
+        }
+    )
     v = placement_view(df)
     assert v["node"].tolist()[:2] == ["01234567", "fedcba98"]
     assert v["gpu"].tolist()[:2] == ["2x NVIDIA H100", "-"]

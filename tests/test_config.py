@@ -1,4 +1,5 @@
 """Config validation: one line per problem, naming the key path and what is allowed."""
+
 import math
 
 import pytest
@@ -12,45 +13,79 @@ def _error(data) -> str:
     return str(exc.value)
 
 
-@pytest.mark.parametrize("data, message", [
-    ({"loss": {"dp": {"resnet_stage": 5}}}, "config: loss.dp.resnet_stage: 5 is not one of 1, 2, 3, 4"),
-    ({"loss": {"pixel": {"criterion": "l3"}}},
-     "config: loss.pixel.criterion: 'l3' is not one of 'l1', 'charbonnier', 'huber', 'l2'"),
-    ({"data": {"patchsize": 64}},
-     "config: data.patchsize: unknown key (allowed: num_frames, synth_frames, "
-     "synth_size, max_speed, kind, train, val, patch_size, batch_size, num_workers, augment, cache)"),
-    ({"data": {"patch_size": 30}}, "config: data.patch_size: 30 is not a multiple of scale 4"),
-    ({"scale": 8}, "config: scale: 8 is not one of 2, 3, 4"),
-    ({"train": {"lr": -1}}, "config: train.lr: input should be greater than 0 (got -1)"),
-    ({"train": {"steps": "many"}},
-     "config: train.steps: input should be a valid integer, unable to parse string as an integer (got 'many')"),
-    ({"loss": {"pixel": {"sa": {"beta2": 20, "sa_share_target": 0.15}}}},
-     "config: loss.pixel.sa: give exactly one of beta2 (fixed) or sa_share_target (calibrated target)"),
-    ({"loss": {"pixel": {"sa": {"beta2": 5, "lv": {"window": 4}}}}}, "config: loss.pixel.sa.lv.window: 4 must be odd"),
-    ({"loss": {"pixel": {"sa": {"sa_share": 0.15}}}},
-     "config: loss.pixel.sa.sa_share: renamed to sa_share_target (the share asked for; the reached share is "
-     "reported as sa_share)"),
-    ({"loss": {"pixel": {"sa": {"beta2": 20, "track_every": 5}}}},
-     "config: loss.pixel.sa.track_every: needs sa_share_target (a fixed beta2 is never re-solved)"),
-    ({"model": {"generator": {"arch": "srresnet", "grow_ch": 8}}},
-     "config: model.generator.grow_ch: unknown key (allowed: num_feat, num_blocks, bicubic_skip, arch)"),
-    ({"model": {"discriminator": {"arch": "patch"}}},
-     "config: model.discriminator.arch: 'patch' is not one of 'vgg', 'srgan', 'vsrresfeat'"),
-    ({"loss": {"dp": {"resnet_variant": "code"}}},
-     "config: loss.dp.resnet_variant: 'code' is not one of 'released', 'paper'"),
-    ({"loss": {"pixel": {"sa": {"sa_share_target": 1.5}}}}, "config: loss.pixel.sa.sa_share_target: input should be less than 1 (got 1.5)"),
-    ({"loss": {"pixel": {"sa": {"beta2": 1, "canny": {"low": 200, "high": 100}}}}},
-     "config: loss.pixel.sa.canny: low (200.0) must be <= high (100.0)"),
-    ({"backbones": {"weights": "imagenet"}}, "config: backbones.weights: 'imagenet' is not one of 'pretrained', 'random'"),
-])
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"loss": {"dp": {"resnet_stage": 5}}}, "config: loss.dp.resnet_stage: 5 is not one of 1, 2, 3, 4"),
+        (
+            {"loss": {"pixel": {"criterion": "l3"}}},
+            "config: loss.pixel.criterion: 'l3' is not one of 'l1', 'charbonnier', 'huber', 'l2'",
+        ),
+        (
+            {"data": {"patchsize": 64}},
+            "config: data.patchsize: unknown key (allowed: num_frames, synth_frames, "
+            "synth_size, max_speed, kind, train, val, patch_size, batch_size, num_workers, augment, cache)",
+        ),
+        ({"data": {"patch_size": 30}}, "config: data.patch_size: 30 is not a multiple of scale 4"),
+        ({"scale": 8}, "config: scale: 8 is not one of 2, 3, 4"),
+        ({"train": {"lr": -1}}, "config: train.lr: input should be greater than 0 (got -1)"),
+        (
+            {"train": {"steps": "many"}},
+            "config: train.steps: input should be a valid integer, unable to parse string as an integer (got 'many')",
+        ),
+        (
+            {"loss": {"pixel": {"sa": {"beta2": 20, "sa_share_target": 0.15}}}},
+            "config: loss.pixel.sa: give exactly one of beta2 (fixed) or sa_share_target (calibrated target)",
+        ),
+        (
+            {"loss": {"pixel": {"sa": {"beta2": 5, "lv": {"window": 4}}}}},
+            "config: loss.pixel.sa.lv.window: 4 must be odd",
+        ),
+        (
+            {"loss": {"pixel": {"sa": {"sa_share": 0.15}}}},
+            "config: loss.pixel.sa.sa_share: renamed to sa_share_target (the share asked for; the reached share is "
+            "reported as sa_share)",
+        ),
+        (
+            {"loss": {"pixel": {"sa": {"beta2": 20, "track_every": 5}}}},
+            "config: loss.pixel.sa.track_every: needs sa_share_target (a fixed beta2 is never re-solved)",
+        ),
+        (
+            {"model": {"generator": {"arch": "srresnet", "grow_ch": 8}}},
+            "config: model.generator.grow_ch: unknown key (allowed: num_feat, num_blocks, bicubic_skip, arch)",
+        ),
+        (
+            {"model": {"discriminator": {"arch": "patch"}}},
+            "config: model.discriminator.arch: 'patch' is not one of 'vgg', 'srgan', 'vsrresfeat'",
+        ),
+        (
+            {"loss": {"dp": {"resnet_variant": "code"}}},
+            "config: loss.dp.resnet_variant: 'code' is not one of 'released', 'paper'",
+        ),
+        (
+            {"loss": {"pixel": {"sa": {"sa_share_target": 1.5}}}},
+            "config: loss.pixel.sa.sa_share_target: input should be less than 1 (got 1.5)",
+        ),
+        (
+            {"loss": {"pixel": {"sa": {"beta2": 1, "canny": {"low": 200, "high": 100}}}}},
+            "config: loss.pixel.sa.canny: low (200.0) must be <= high (100.0)",
+        ),
+        (
+            {"backbones": {"weights": "imagenet"}},
+            "config: backbones.weights: 'imagenet' is not one of 'pretrained', 'random'",
+        ),
+    ],
+)
 def test_one_line_errors(data, message):
     assert _error(data) == message
 
 
 def test_several_problems_give_one_line_each():
     lines = _error({"scale": 5, "train": {"steps": 0}}).splitlines()
-    assert lines == ["config: scale: 5 is not one of 2, 3, 4",
-                     "config: train.steps: input should be greater than or equal to 1 (got 0)"]
+    assert lines == [
+        "config: scale: 5 is not one of 2, 3, 4",
+        "config: train.steps: input should be greater than or equal to 1 (got 0)",
+    ]
 
 
 def test_defaults_and_types():
@@ -78,7 +113,9 @@ def test_yaml_files(tmp_path):
     broken.write_text("data:\n  patch_size: [1, 2\n")
     with pytest.raises(ConfigError) as exc:
         load_config(broken)
-    assert str(exc.value).startswith(f"{broken}: line 3, column 1 invalid YAML") and "\n" not in str(exc.value)
+    assert str(exc.value).startswith(f"{broken}: line 3, column 1 invalid YAML") and "\n" not in str(
+        exc.value
+    )
 
     with pytest.raises(ConfigError, match="no such config file"):
         load_config(tmp_path / "missing.yaml")

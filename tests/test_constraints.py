@@ -1,4 +1,5 @@
 """The constrained Optuna searcher, driven directly (suggest / on_trial_complete, no Ray cluster)."""
+
 import math
 
 import optuna
@@ -26,9 +27,13 @@ def lpips(beta2):
 
 
 def searcher(sampler=None):
-    return ConstrainedOptunaSearch(space=SPACE, metric="val_lpips", mode="min",
-                                   sampler=sampler or TPESampler(seed=0),
-                                   constraint=BandConstraint("sa_share_mean", BAND))
+    return ConstrainedOptunaSearch(
+        space=SPACE,
+        metric="val_lpips",
+        mode="min",
+        sampler=sampler or TPESampler(seed=0),
+        constraint=BandConstraint("sa_share_mean", BAND),
+    )
 
 
 def drive(searcher, n, start=0):
@@ -42,9 +47,9 @@ def test_constraint_values_are_on_the_optuna_trials_before_tell():
     s = searcher()
     drive(s, 6)
     s.suggest("err")
-    s.on_trial_complete("err", None, error=True)          # crashed trial: FAIL, no constraint
+    s.on_trial_complete("err", None, error=True)  # crashed trial: FAIL, no constraint
     s.suggest("nometric")
-    s.on_trial_complete("nometric", {"val_lpips": 0.2})   # never reported the share
+    s.on_trial_complete("nometric", {"val_lpips": 0.2})  # never reported the share
     trials = s._ot_study.trials
     assert len(trials) == 8
     for t in trials[:6]:
@@ -52,7 +57,7 @@ def test_constraint_values_are_on_the_optuna_trials_before_tell():
         assert t.state == TrialState.COMPLETE and t.user_attrs["sa_share_mean"] == pytest.approx(v, rel=1e-12)
         # recorded before tell (a told trial is read-only): what the sampler reads
         assert t.constraints == pytest.approx({"sa_share_mean": max(0.10 - v, v - 0.20)}, rel=1e-12)
-    assert any(t.constraints["sa_share_mean"] <= 0 for t in trials[:6])       # both kinds occur
+    assert any(t.constraints["sa_share_mean"] <= 0 for t in trials[:6])  # both kinds occur
     assert any(t.constraints["sa_share_mean"] > 0 for t in trials[:6])
     assert trials[6].state == TrialState.FAIL and trials[6].constraints == {}
     assert trials[7].constraints == {"sa_share_mean": MISSING_VIOLATION} and trials[7].user_attrs == {}
@@ -69,7 +74,7 @@ def test_band_constraint_by_hand():
 
 
 def feasible_share(searcher, first, n):
-    done = [t for t in searcher._ot_study.trials if t.state == TrialState.COMPLETE][first:first + n]
+    done = [t for t in searcher._ot_study.trials if t.state == TrialState.COMPLETE][first : first + n]
     return sum(BAND[0] <= share(t.params["beta2"]) <= BAND[1] for t in done) / len(done)
 
 
@@ -103,8 +108,11 @@ def test_nsga2_reads_the_same_constraints():
     s = searcher(NSGAIISampler(seed=0, population_size=4))
     drive(s, 12)
     trials = s._ot_study.trials
-    assert all(t.constraints["sa_share_mean"] == pytest.approx(BandConstraint("x", BAND).violation(
-        share(t.params["beta2"]))) for t in trials)
+    assert all(
+        t.constraints["sa_share_mean"]
+        == pytest.approx(BandConstraint("x", BAND).violation(share(t.params["beta2"])))
+        for t in trials
+    )
 
 
 def test_sweep_file_constraint_section(tmp_path):
@@ -121,10 +129,11 @@ def test_sweep_file_constraint_section(tmp_path):
     (p,) = sweep.space
     assert (p.path, p.float_, p.log) == ("loss.pixel.sa.beta2", (2.0, 200.0), True)  # raw beta2, log scale
     raw = yaml.safe_load(path.read_text())
-    for bad, msg in (({"metric": "m", "band": [0.2, 0.1]},
-                      "constraint.band: [0.2, 0.1] is not a finite interval"),
-                     ({"metric": "m"}, "constraint.band"),
-                     ({"metric": "m", "band": [0.1, 0.2], "x": 1}, "constraint.x")):
+    for bad, msg in (
+        ({"metric": "m", "band": [0.2, 0.1]}, "constraint.band: [0.2, 0.1] is not a finite interval"),
+        ({"metric": "m"}, "constraint.band"),
+        ({"metric": "m", "band": [0.1, 0.2], "x": 1}, "constraint.x"),
+    ):
         with pytest.raises(ConfigError, match=msg.replace("[", r"\[").replace("]", r"\]")) as e:
             validate_sweep({**raw, "constraint": bad}, "s.yaml")
         assert "\n" not in str(e.value)

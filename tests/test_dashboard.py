@@ -1,4 +1,5 @@
 """sweeper.dashboard (names, view, parent summary) and sweeper.ui (the real mlflow server)."""
+
 from __future__ import annotations
 
 import json
@@ -19,14 +20,25 @@ from sweeper.tracking import Tracker
 
 
 def test_short_names_are_the_shortest_distinct_suffixes():
-    paths = ["loss.pixel.sa.sa_share", "loss.dp.mu", "loss.pixel.sa.lv.delta", "loss.fm.x.delta",
-             "loss.perceptual.layer"]
+    paths = [
+        "loss.pixel.sa.sa_share",
+        "loss.dp.mu",
+        "loss.pixel.sa.lv.delta",
+        "loss.fm.x.delta",
+        "loss.perceptual.layer",
+    ]
     assert dashboard.short_names(paths) == {
-        "loss.pixel.sa.sa_share": "sa_share", "loss.dp.mu": "mu", "loss.pixel.sa.lv.delta": "lv.delta",
-        "loss.fm.x.delta": "x.delta", "loss.perceptual.layer": "layer"}
+        "loss.pixel.sa.sa_share": "sa_share",
+        "loss.dp.mu": "mu",
+        "loss.pixel.sa.lv.delta": "lv.delta",
+        "loss.fm.x.delta": "x.delta",
+        "loss.perceptual.layer": "layer",
+    }
     # a name already taken (a top-level config key) is lengthened like a clash
     assert dashboard.short_names(["train.seed", "loss.dp.mu"], reserved=["seed"]) == {
-        "train.seed": "train.seed", "loss.dp.mu": "mu"}
+        "train.seed": "train.seed",
+        "loss.dp.mu": "mu",
+    }
     # a path that is a suffix of another keeps its full name; the other grows past it
     assert dashboard.short_names(["a.b", "x.a.b"]) == {"a.b": "a.b", "x.a.b": "x.a.b"}
 
@@ -35,8 +47,15 @@ def test_child_params_and_columns_use_the_same_names():
     searched = {"loss.dp.mu": 0.5, "loss.perceptual.layer": "conv4_4"}
     assert dashboard.child_params(searched) == {"mu": "0.5", "layer": "conv4_4"}
     assert dashboard.columns(searched) == [
-        "metrics.`val_lpips`", "metrics.`val_psnr`", "metrics.`val_ssim`", "params.`mu`", "params.`layer`",
-        "tags.`winner`", "tags.`status`", "tags.`steps`"]
+        "metrics.`val_lpips`",
+        "metrics.`val_psnr`",
+        "metrics.`val_ssim`",
+        "params.`mu`",
+        "params.`layer`",
+        "tags.`winner`",
+        "tags.`status`",
+        "tags.`steps`",
+    ]
 
 
 def test_view_state_filters_children_and_sorts_by_objective():
@@ -50,8 +69,10 @@ def test_view_state_filters_children_and_sorts_by_objective():
 
 def test_runs_url_carries_the_view_key_and_no_search_facet():
     url = dashboard.runs_url("http://127.0.0.1:5000/", "7", "abc123")
-    assert url == ("http://127.0.0.1:5000/#/experiments/7/runs?workflowType=machine_learning"
-                   "&compareRunsMode=TABLE&viewStateShareKey=srsweep-abc123")
+    assert url == (
+        "http://127.0.0.1:5000/#/experiments/7/runs?workflowType=machine_learning"
+        "&compareRunsMode=TABLE&viewStateShareKey=srsweep-abc123"
+    )
     for facet in ("searchFilter", "orderByKey", "orderByAsc", "startTime", "lifecycleFilter"):
         assert facet not in url  # the UI drops a shared view when the URL has one
 
@@ -72,23 +93,34 @@ def test_configure_writes_experiment_tags_the_ui_reads(tmp_path):
     assert client.get_run(parent).data.tags["dashboard_view"] == key == f"srsweep-{parent}"
 
 
-RESULTS = pd.DataFrame({
-    "trial_id": ["t1", "t2", "t3", "t4", "t5"],
-    "status": ["TERMINATED", "STOPPED", "TERMINATED", "ERROR", "STOPPED"],
-    "steps": [40, 10, 40, 3, 20],
-    "final_val_lpips": [0.30, 0.25, 0.28, 0.01, math.nan],
-    "final_val_psnr": [24.0, 22.0, 25.5, 99.0, 23.0],
-    "final_val_ssim": [0.70, 0.65, 0.72, 0.99, 0.66],
-})
+RESULTS = pd.DataFrame(
+    {
+        "trial_id": ["t1", "t2", "t3", "t4", "t5"],
+        "status": ["TERMINATED", "STOPPED", "TERMINATED", "ERROR", "STOPPED"],
+        "steps": [40, 10, 40, 3, 20],
+        "final_val_lpips": [0.30, 0.25, 0.28, 0.01, math.nan],
+        "final_val_psnr": [24.0, 22.0, 25.5, 99.0, 23.0],
+        "final_val_ssim": [0.70, 0.65, 0.72, 0.99, 0.66],
+    }
+)
 
 
 def test_parent_summary_counts_and_bests_by_hand():
     out = dashboard.parent_summary(RESULTS, "t3", bicubic_psnr=23.5)
     # the failed trial t4 (its 0.01 / 99.0 / 0.99) never counts as a best
-    assert out == {"trials_finished": 2.0, "trials_stopped": 2.0, "trials_failed": 1.0,
-                   "bicubic_val_psnr": 23.5, "best_val_lpips": 0.25, "best_val_psnr": 25.5,
-                   "best_val_ssim": 0.72, "winner_val_lpips": 0.28, "winner_val_psnr": 25.5,
-                   "winner_val_ssim": 0.72, "winner_steps": 40.0}
+    assert out == {
+        "trials_finished": 2.0,
+        "trials_stopped": 2.0,
+        "trials_failed": 1.0,
+        "bicubic_val_psnr": 23.5,
+        "best_val_lpips": 0.25,
+        "best_val_psnr": 25.5,
+        "best_val_ssim": 0.72,
+        "winner_val_lpips": 0.28,
+        "winner_val_psnr": 25.5,
+        "winner_val_ssim": 0.72,
+        "winner_steps": 40.0,
+    }
     assert "winner_val_lpips" not in dashboard.parent_summary(RESULTS, None, 23.5)
     with pytest.raises(ValueError, match="winner 'zz' is not a trial"):
         dashboard.parent_summary(RESULTS, "zz", 23.5)
@@ -98,6 +130,7 @@ def test_parent_summary_counts_and_bests_by_hand():
 
 # ---- srsweep ui: the real mlflow server --------------------------------------------------
 
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -106,10 +139,17 @@ def _free_port() -> int:
 
 def test_security_args_match_the_bind_address():
     assert ui.security_args("127.0.0.1", 5001) == [
-        "--allowed-hosts", "127.0.0.1:5001,localhost:5001,127.0.0.1,localhost",
-        "--cors-allowed-origins", "http://127.0.0.1:5001,http://localhost:5001"]
+        "--allowed-hosts",
+        "127.0.0.1:5001,localhost:5001,127.0.0.1,localhost",
+        "--cors-allowed-origins",
+        "http://127.0.0.1:5001,http://localhost:5001",
+    ]
     assert ui.security_args("10.0.0.7", 80) == [
-        "--allowed-hosts", "10.0.0.7:80,10.0.0.7", "--cors-allowed-origins", "http://10.0.0.7:80"]
+        "--allowed-hosts",
+        "10.0.0.7:80,10.0.0.7",
+        "--cors-allowed-origins",
+        "http://10.0.0.7:80",
+    ]
 
 
 @pytest.mark.slow
@@ -153,8 +193,13 @@ def test_sigterm_to_foreground_serve_leaves_nothing_on_the_port(tmp_path):
     port = _free_port()
     code = f"from sweeper import ui; ui.serve({uri!r}, port={port})"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}"
     server_pids: list[int] = []
     try:

@@ -1,4 +1,5 @@
 """Tests for trainables.data: image loading, LR making, datasets, patch sampling."""
+
 from __future__ import annotations
 
 import pickle
@@ -13,12 +14,22 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from trainables.data import (
-    ArrowPatches, DataError, ImageSet, PairedImages, TrainPatches, cache_patches_arrow,
-    embedded, folder_hr, folder_pairs, list_images, load_image, make_lr, mod_crop,
+    ArrowPatches,
+    DataError,
+    ImageSet,
+    PairedImages,
+    TrainPatches,
+    cache_patches_arrow,
+    embedded,
+    folder_hr,
+    folder_pairs,
+    list_images,
+    load_image,
+    make_lr,
+    mod_crop,
     open_dataset,
 )
 from trainables.edges import CannySpec, canny
-
 
 
 def write_rgb(path: Path, rgb: np.ndarray) -> Path:
@@ -296,8 +307,8 @@ def test_patches_aligned_crop_without_augmentation(pairs):
         seen.add(i)
         hr, lr = pairs.pair(i)
         item = tp[k]
-        want_lr = lr[y:y + 4, x:x + 4]
-        want_hr = hr[2 * y:2 * y + 8, 2 * x:2 * x + 8]
+        want_lr = lr[y : y + 4, x : x + 4]
+        want_hr = hr[2 * y : 2 * y + 8, 2 * x : 2 * x + 8]
         assert torch.equal(item["lr"], torch.from_numpy(want_lr).permute(2, 0, 1).float() / 255)
         assert torch.equal(item["hr"], torch.from_numpy(want_hr).permute(2, 0, 1).float() / 255)
     assert seen == {0, 1, 2}

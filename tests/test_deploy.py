@@ -1,6 +1,7 @@
 """The deploy files parse, pass Ray's own cluster-launcher schema, and carry what deploy/README.md
 says they carry: token auth, the package on every node, shared storage, the weights folder and
 the tracking URI; the RayJob's entrypoint is a command line `srsweep` itself accepts."""
+
 from __future__ import annotations
 
 import copy
@@ -37,8 +38,12 @@ def test_launcher_carries_the_sweep_settings(name):
     cmds = _commands(cfg)
     assert "pip install -q -e ~/srsweep" in cmds and cfg["file_mounts"]["~/srsweep"] == "."
     assert cfg["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"  # same token on every node
-    for var in ("'export RAY_AUTH_MODE=token'", "'export SRSWEEP_WEIGHTS_DIR=",
-                "'export MLFLOW_TRACKING_URI=http", "'export SRSWEEP_STORAGE="):
+    for var in (
+        "'export RAY_AUTH_MODE=token'",
+        "'export SRSWEEP_WEIGHTS_DIR=",
+        "'export MLFLOW_TRACKING_URI=http",
+        "'export SRSWEEP_STORAGE=",
+    ):
         assert var in cmds, var
     assert "ray start --head --port=6379" in cmds and "ray start --address=$RAY_HEAD_IP:6379" in cmds
 
@@ -88,6 +93,14 @@ def test_rayjob_runs_srsweep_with_the_same_settings():
 
 def test_readme_explains_every_deploy_file():
     text = (DEPLOY / "README.md").read_text()
-    for name in [*LAUNCHERS, "rayjob.yaml", "ray start --head", "ray start --address", "RAY_AUTH_TOKEN",
-                 "srsweep run", "--address", "serve_postgres.sh"]:
+    for name in [
+        *LAUNCHERS,
+        "rayjob.yaml",
+        "ray start --head",
+        "ray start --address",
+        "RAY_AUTH_TOKEN",
+        "srsweep run",
+        "--address",
+        "serve_postgres.sh",
+    ]:
         assert name in text, name

@@ -1,5 +1,6 @@
 """The sweep's terminal and dashboard helpers on values: --set routing, --tiny, resume
 checks, one metric format, ETA smoothing, labelled panels, config diff, ranked markdown."""
+
 from __future__ import annotations
 
 import types
@@ -16,8 +17,15 @@ from trainables.panels import LABELS, image_key, label_panels
 
 
 def test_set_routes_sweep_keys_to_the_sweep_and_others_to_the_experiment():
-    to_sweep, to_exp = overrides.parse(["budget.num_samples=2", "train.steps=20", "loss.dp.mu=.inf",
-                                        "set.name=x", "scheduler.grace_period=1"])
+    to_sweep, to_exp = overrides.parse(
+        [
+            "budget.num_samples=2",
+            "train.steps=20",
+            "loss.dp.mu=.inf",
+            "set.name=x",
+            "scheduler.grace_period=1",
+        ]
+    )
     assert to_sweep == {"budget.num_samples": 2, "scheduler.grace_period": 1}
     assert to_exp == {"train.steps": 20, "loss.dp.mu": float("inf"), "name": "x"}
     with pytest.raises(ConfigError, match="expected KEY.PATH=VALUE"):
@@ -25,8 +33,13 @@ def test_set_routes_sweep_keys_to_the_sweep_and_others_to_the_experiment():
 
 
 def test_apply_merges_tiny_then_set_over_the_sweep_file():
-    data = {"name": "s", "base": ["esrgan"], "set": {"train": {"steps": 400, "val_every": 100}},
-            "budget": {"num_samples": 50}, "resources": {"gpu": 1}}
+    data = {
+        "name": "s",
+        "base": ["esrgan"],
+        "set": {"train": {"steps": 400, "val_every": 100}},
+        "budget": {"num_samples": 50},
+        "resources": {"gpu": 1},
+    }
     out = overrides.apply(data, ["budget.num_samples=2", "train.val_every=5"], tiny=True)
     assert out["budget"] == {"num_samples": 2} and out["resources"] == {"gpu": 0}
     assert out["scheduler"] == {"grace_period": 1}
@@ -41,7 +54,8 @@ def test_apply_merges_tiny_then_set_over_the_sweep_file():
 def test_resume_accepts_the_launch_values_and_refuses_changes():
     state = types.SimpleNamespace(
         sweep=types.SimpleNamespace(model_dump=lambda mode: {"budget": {"num_samples": 2}}, base=["esrgan"]),
-        experiment={"train": {"steps": 20}})
+        experiment={"train": {"steps": 20}},
+    )
     overrides.check_resume(state, ["budget.num_samples=2", "train.steps=20"], tiny=False)
     with pytest.raises(ConfigError, match="experiment key train.steps was 20 at launch, not 30"):
         overrides.check_resume(state, ["train.steps=30"], tiny=False)
@@ -81,7 +95,7 @@ def test_label_panels_adds_a_caption_strip_and_keeps_the_pixels():
     out = label_panels(grid)
     assert out.shape == (16 + 24, 96, 3) and (out[16:] == grid).all()
     for i in range(len(LABELS)):  # every panel's caption has white text pixels
-        assert out[:16, i * 24:(i + 1) * 24].max() > 200
+        assert out[:16, i * 24 : (i + 1) * 24].max() > 200
     with pytest.raises(ValueError, match="not 4 equal panels"):
         label_panels(grid[:, :95])
     assert image_key(1, "img 003.png") == "val_sample_1_img_003.png"
@@ -94,9 +108,16 @@ def test_config_diff_lists_only_differing_leaves():
 
 
 def test_ranked_markdown_uses_short_names_and_the_metric_format():
-    ranked = pd.DataFrame({"rank": [1.0, np.nan], "trial_id": ["a", "b"], "param.loss.dp.mu": [0.5, 2.0],
-                           "final_val_lpips": [0.021385, 0.3], "final_val_psnr": [27.456, 26.0],
-                           "status": ["TERMINATED", "STOPPED"]})
+    ranked = pd.DataFrame(
+        {
+            "rank": [1.0, np.nan],
+            "trial_id": ["a", "b"],
+            "param.loss.dp.mu": [0.5, 2.0],
+            "final_val_lpips": [0.021385, 0.3],
+            "final_val_psnr": [27.456, 26.0],
+            "status": ["TERMINATED", "STOPPED"],
+        }
+    )
     md = report.ranked_markdown(ranked, {"loss.dp.mu": "mu"}).splitlines()
     assert md[0] == "| rank | trial_id | mu | final_val_lpips | final_val_psnr | status |"
     assert md[2] == "| 1 | a | 0.5 | 0.02139 | 27.46 | TERMINATED |"
@@ -104,9 +125,19 @@ def test_ranked_markdown_uses_short_names_and_the_metric_format():
 
 
 def test_plan_describes_each_kind_of_range():
-    assert describe(Param.model_validate({"path": "loss.dp.mu", "float": [0.2, 20], "log": True,
-                                          "or": [float("inf")]})) == "float [0.2, 20] log, or .inf"
-    assert describe(Param.model_validate({"path": "loss.fm.blocks", "first_k": [1, 10]})) == \
-        "first k blocks, k in 1..10"
-    assert describe(Param.model_validate({"path": "loss.perceptual.layer",
-                                          "choices": ["conv3_4", "conv5_4"]})) == "one of conv3_4 | conv5_4"
+    assert (
+        describe(
+            Param.model_validate(
+                {"path": "loss.dp.mu", "float": [0.2, 20], "log": True, "or": [float("inf")]}
+            )
+        )
+        == "float [0.2, 20] log, or .inf"
+    )
+    assert (
+        describe(Param.model_validate({"path": "loss.fm.blocks", "first_k": [1, 10]}))
+        == "first k blocks, k in 1..10"
+    )
+    assert (
+        describe(Param.model_validate({"path": "loss.perceptual.layer", "choices": ["conv3_4", "conv5_4"]}))
+        == "one of conv3_4 | conv5_4"
+    )

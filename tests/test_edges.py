@@ -1,4 +1,5 @@
 """Tests for trainables.edges: local-variance and Canny edge maps, checked on values."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -22,7 +23,7 @@ def lv_reference(x: np.ndarray, window: int, delta: float, channels: str) -> np.
     out = np.zeros(x.shape)
     for i in range(h):
         for j in range(w):
-            win = xp[:, :, i:i + window, j:j + window]
+            win = xp[:, :, i : i + window, j : j + window]
             m = win.mean(axis=(2, 3), keepdims=True)  # eq. 2
             mu = ((win - m) ** 2).mean(axis=(2, 3))  # eq. 1, divided by |window| = k^2
             out[:, :, i, j] = mu / (mu + delta)  # eq. 3
@@ -87,7 +88,7 @@ def test_step_edge_window3(channels):
     # gray: 0.299 + 0.587 + 0.114 is 1 only up to float32 rounding
     assert torch.allclose(w[:, col - 1], torch.full((8,), want), atol=1e-5)
     assert torch.allclose(w[:, col], torch.full((8,), want), atol=1e-5)
-    far = torch.cat([w[:, :col - 1], w[:, col + 1:]], dim=1)
+    far = torch.cat([w[:, : col - 1], w[:, col + 1 :]], dim=1)
     assert far.abs().max() < 1e-5  # windows that do not straddle the step
     assert (w.argmax(dim=1) >= col - 1).all() and (w.argmax(dim=1) <= col).all()
 
@@ -101,8 +102,8 @@ def test_step_edge_window5_profile():
         mu = p - p * p
         assert w[c].item() == pytest.approx(mu / (mu + delta), abs=1e-5)
     assert w[col - 1].item() == pytest.approx(w[col].item(), abs=1e-6)  # symmetric maximum
-    assert w[col - 1] > w[col - 2] and w[:col - 2].abs().max() < 1e-5
-    assert w[col + 2:].abs().max() < 1e-5
+    assert w[col - 1] > w[col - 2] and w[: col - 2].abs().max() < 1e-5
+    assert w[col + 2 :].abs().max() < 1e-5
 
 
 def test_values_in_unit_interval():
@@ -123,8 +124,8 @@ def test_batch_consistency():
     for channels in ("gray", "rgb"):
         full = local_variance(x, 5, 0.02, channels)
         for i in range(4):
-            one = local_variance(x[i:i + 1], 5, 0.02, channels)
-            assert torch.allclose(full[i:i + 1], one, atol=1e-7)
+            one = local_variance(x[i : i + 1], 5, 0.02, channels)
+            assert torch.allclose(full[i : i + 1], one, atol=1e-7)
 
 
 def test_delta_monotone():
@@ -149,10 +150,18 @@ def test_no_gradient_and_input_untouched():
     assert torch.equal(x.detach(), before)
 
 
-@pytest.mark.parametrize("kwargs", [
-    {"window": 4}, {"window": 2}, {"window": 1}, {"window": 3.5},
-    {"delta": 0.0}, {"delta": -1.0}, {"channels": "yuv"},
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"window": 4},
+        {"window": 2},
+        {"window": 1},
+        {"window": 3.5},
+        {"delta": 0.0},
+        {"delta": -1.0},
+        {"channels": "yuv"},
+    ],
+)
 def test_local_variance_bad_arguments(kwargs):
     with pytest.raises(ValueError):
         local_variance(torch.rand(1, 3, 8, 8), **kwargs)
@@ -182,7 +191,7 @@ def test_local_variance_cuda_matches_cpu():
 def square_image(size: int = 32, lo: int = 10, hi: int = 21, colour=(255, 255, 255)) -> np.ndarray:
     """Black image with a filled square on rows/cols lo..hi (inclusive)."""
     img = np.zeros((size, size, 3), np.uint8)
-    img[lo:hi + 1, lo:hi + 1] = colour
+    img[lo : hi + 1, lo : hi + 1] = colour
     return img
 
 

@@ -1,4 +1,5 @@
 """Parquet round trip of the results table and the two PNG plots."""
+
 import json
 import math
 
@@ -19,23 +20,34 @@ def results(n=6, seed=0, params=True):
     lp = np.round(rng.uniform(0.1, 0.4, n), 4)
     ps = np.round(rng.uniform(26, 30, n), 2)
     lp[2], ps[2] = np.nan, np.nan  # the ERROR row
-    df = pd.DataFrame({
-        "trial_id": [f"t{i}" for i in range(n)], "status": status,
-        "mlflow_run_id": [None if s == "ERROR" else f"run{i}" for i, s in enumerate(status)],
-        "steps": [100] * n, "time_s": rng.uniform(10, 20, n),
-        "final_val_lpips": lp, "final_val_psnr": ps, "final_val_ssim": rng.uniform(0.6, 0.8, n),
-        "best_val_lpips": lp, "best_val_psnr": ps, "best_val_ssim": rng.uniform(0.6, 0.8, n),
-        "sa_share": rng.uniform(0.1, 0.2, n), "beta2": [20.0] * (n - 1) + [np.nan],
-        "config_json": [json.dumps({"name": f"t{i}"}) for i in range(n)],
-        "per_image_lpips_json": [json.dumps({"a": float(v)}) if v == v else None for v in lp],
-        "checkpoint": [f"/c/t{i}.pt" if i % 2 else None for i in range(n)],
-    })
+    df = pd.DataFrame(
+        {
+            "trial_id": [f"t{i}" for i in range(n)],
+            "status": status,
+            "mlflow_run_id": [None if s == "ERROR" else f"run{i}" for i, s in enumerate(status)],
+            "steps": [100] * n,
+            "time_s": rng.uniform(10, 20, n),
+            "final_val_lpips": lp,
+            "final_val_psnr": ps,
+            "final_val_ssim": rng.uniform(0.6, 0.8, n),
+            "best_val_lpips": lp,
+            "best_val_psnr": ps,
+            "best_val_ssim": rng.uniform(0.6, 0.8, n),
+            "sa_share": rng.uniform(0.1, 0.2, n),
+            "beta2": [20.0] * (n - 1) + [np.nan],
+            "config_json": [json.dumps({"name": f"t{i}"}) for i in range(n)],
+            "per_image_lpips_json": [json.dumps({"a": float(v)}) if v == v else None for v in lp],
+            "checkpoint": [f"/c/t{i}.pt" if i % 2 else None for i in range(n)],
+        }
+    )
     if params:
         df["param.loss.dp.mu"] = rng.choice([0.01, 0.5, 5.0, math.inf], n)
         df["param.loss.dp.resnet_stage"] = rng.integers(1, 5, n)
         df["param.loss.pixel.sa.edge"] = rng.choice(["lv", "canny"], n)
         df["param.loss.pixel.sa.lv.delta"] = [0.01 * (i + 1) if i % 3 else np.nan for i in range(n)]
-        df["param.loss.fm.blocks"] = [str(list(range(1 + i % 3))) for i in range(n)]  # lists stored as strings
+        df["param.loss.fm.blocks"] = [
+            str(list(range(1 + i % 3))) for i in range(n)
+        ]  # lists stored as strings
     return df
 
 
@@ -46,20 +58,26 @@ def assert_same(back, df):
             if isinstance(y, float) and math.isnan(y) or y is None:
                 assert x is None or (isinstance(x, float) and math.isnan(x)), (c, x, y)
             else:
-                assert x == y and type(x) is type(y) or (isinstance(y, (float, np.floating)) and x == y), (c, x, y)
+                assert x == y and type(x) is type(y) or (isinstance(y, (float, np.floating)) and x == y), (
+                    c,
+                    x,
+                    y,
+                )
 
 
 def test_parquet_round_trip_with_inf_lists_none_and_strings(tmp_path):
     df = results()
-    df["param.loss.fm.real_lists"] = [[1, 2], [3], None, [1, 2, 3], [], [4]]          # real lists
-    df["param.loss.dp.mixed"] = [0.5, "vgg_only", math.inf, None, 2, "x"]            # str + numbers
+    df["param.loss.fm.real_lists"] = [[1, 2], [3], None, [1, 2, 3], [], [4]]  # real lists
+    df["param.loss.dp.mixed"] = [0.5, "vgg_only", math.inf, None, 2, "x"]  # str + numbers
     df["param.model.kind"] = ["a", None, "b", "c", "d", "e"]
     path = write_parquet(df, tmp_path / "sub" / "results.parquet")
     assert path.is_file() and not list(path.parent.glob("*.tmp"))
     back = read_parquet(path)
     assert_same(back, df)
-    assert back["param.loss.dp.mu"].dtype == np.float64 and np.isinf(back["param.loss.dp.mu"]).sum() == \
-        np.isinf(df["param.loss.dp.mu"]).sum()
+    assert (
+        back["param.loss.dp.mu"].dtype == np.float64
+        and np.isinf(back["param.loss.dp.mu"]).sum() == np.isinf(df["param.loss.dp.mu"]).sum()
+    )
     assert back["param.loss.fm.real_lists"][3] == [1, 2, 3] and back["param.loss.dp.mixed"][2] == math.inf
     assert back["param.loss.fm.blocks"][1] == "[0, 1]"  # strings stay strings
     assert pq.read_schema(path).field("param.loss.fm.real_lists").type == "string"  # stored as JSON text

@@ -1,4 +1,5 @@
 """The trainer's GAN step against losses written out by hand, and SA-share tracking."""
+
 import copy
 
 import pytest
@@ -10,23 +11,43 @@ from trainables.train import Trainer
 
 
 def _esrgan(tiny_data, **sa):
-    loss = {"pixel": {"criterion": "l1", "beta1": 0.01},
-            "perceptual": {"layer": "conv5_4", "criterion": "l1", "weight": 1.0},
-            "adv": {"kind": "ragan", "weight": 0.005}}
+    loss = {
+        "pixel": {"criterion": "l1", "beta1": 0.01},
+        "perceptual": {"layer": "conv5_4", "criterion": "l1", "weight": 1.0},
+        "adv": {"kind": "ragan", "weight": 0.005},
+    }
     if sa:
         loss["pixel"]["sa"] = {"edge": "lv", "calibration_batches": 2, **sa}
         loss["perceptual"]["layer"] = "conv2_2"
         loss["fm"] = {"blocks": [0, 3]}
-    return validate({
-        "seed": 1,
-        "data": {"train": str(tiny_data / "train"), "val": str(tiny_data / "val"), "patch_size": 32,
-                 "batch_size": 2, "num_workers": 0},
-        "model": {"generator": {"arch": "rrdbnet", "num_feat": 8, "num_blocks": 1, "grow_ch": 4},
-                  "discriminator": {"arch": "vgg", "num_feat": 8}},
-        "backbones": {"weights": "random"}, "loss": loss,
-        "train": {"pretrain_steps": 0, "steps": 40, "val_every": 1000, "log_every": 1,
-                  "checkpoint_every": 1000, "val_crop": 64, "val_images": 1, "device": "cpu"},
-    })
+    return validate(
+        {
+            "seed": 1,
+            "data": {
+                "train": str(tiny_data / "train"),
+                "val": str(tiny_data / "val"),
+                "patch_size": 32,
+                "batch_size": 2,
+                "num_workers": 0,
+            },
+            "model": {
+                "generator": {"arch": "rrdbnet", "num_feat": 8, "num_blocks": 1, "grow_ch": 4},
+                "discriminator": {"arch": "vgg", "num_feat": 8},
+            },
+            "backbones": {"weights": "random"},
+            "loss": loss,
+            "train": {
+                "pretrain_steps": 0,
+                "steps": 40,
+                "val_every": 1000,
+                "log_every": 1,
+                "checkpoint_every": 1000,
+                "val_crop": 64,
+                "val_images": 1,
+                "device": "cpu",
+            },
+        }
+    )
 
 
 def test_esrgan_g_and_d_losses_by_hand(tiny_data, tmp_path):

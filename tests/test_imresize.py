@@ -1,4 +1,5 @@
 """imresize against hand-computed MATLAB ``contributions`` and MATLAB-made LR files."""
+
 import numpy as np
 import pytest
 import torch

@@ -1,4 +1,5 @@
 """SIGINT / SIGTERM to a real driver-like subprocess: a clean stop at a safe point, one line."""
+
 import os
 import signal
 import subprocess
@@ -34,8 +35,14 @@ def _run(tmp_path, body: str, signals: list, sweep_dir="my sweep-1") -> subproce
     script = tmp_path / "driver.py"
     script.write_text(PRELUDE.format(body=textwrap.indent(textwrap.dedent(body), "    ")))
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, str(script), str(tmp_path / sweep_dir)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(tmp_path / sweep_dir)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
     assert proc.stdout.readline().strip() == "ready"
     for i, sig in enumerate(signals):
         proc.send_signal(sig)
@@ -64,23 +71,31 @@ def test_a_signal_stops_at_the_next_safe_point_with_the_resume_command(tmp_path,
 
 
 def test_raising_interrupts_a_blocking_wait(tmp_path):
-    r = _run(tmp_path, """
+    r = _run(
+        tmp_path,
+        """
         print("ready", flush=True)
         with guard.raising():
             time.sleep(600)  # stands in for ray.get(pretraining task)
         print("not reached", flush=True)
-    """, [signal.SIGTERM])
+    """,
+        [signal.SIGTERM],
+    )
     assert r.returncode == 130 and "interrupted by SIGTERM" in r.stderr and "not reached" not in r.stdout
 
 
 def test_a_second_signal_raises_even_without_a_check(tmp_path):
-    r = _run(tmp_path, """
+    r = _run(
+        tmp_path,
+        """
         print("ready", flush=True)
         while guard.received is None:
             time.sleep(0.01)
         print("got one", flush=True)
         time.sleep(600)  # stuck: the user presses Ctrl-C again
-    """, [signal.SIGINT, signal.SIGINT])
+    """,
+        [signal.SIGINT, signal.SIGINT],
+    )
     assert r.returncode == 130 and r.stderr.count("\n") == 1 and "interrupted by SIGINT" in r.stderr
 
 
@@ -101,8 +116,9 @@ def test_after_tune_tells_an_interrupted_fit_from_a_finished_one(tmp_path):
     for sig in (signal.SIGINT, signal.SIGTERM):  # SIGTERM is forwarded to Tune's handler
         r = _run(tmp_path, body, [sig])
         assert r.returncode == 130 and r.stdout.splitlines() == ["tune saw it", "restored=True"], r.stderr
-        assert r.stderr.strip().endswith(f"srsweep: interrupted by {sig.name}; resume with: srsweep resume "
-                                         f"'{tmp_path / 'my sweep-1'}'"), r.stderr
+        assert r.stderr.strip().endswith(
+            f"srsweep: interrupted by {sig.name}; resume with: srsweep resume '{tmp_path / 'my sweep-1'}'"
+        ), r.stderr
 
 
 def test_no_signal_finishes_normally_and_the_hint_is_exact(tmp_path):

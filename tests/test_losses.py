@@ -1,21 +1,38 @@
 """Loss terms on hand-checkable tensors: values, gradients, detached weights."""
+
 import math
 
 import pytest
 import torch
 
-from trainables.losses import (CHARBONNIER_EPS, dual_perceptual, fm_block_losses, fm_scale, fm_softmax,
-                               gan_d, gan_g, perceptual, resnet_loss, rho, sa_feature, sa_pixel, weighted_distance)
+from trainables.losses import (
+    CHARBONNIER_EPS,
+    dual_perceptual,
+    fm_block_losses,
+    fm_scale,
+    fm_softmax,
+    gan_d,
+    gan_g,
+    perceptual,
+    resnet_loss,
+    rho,
+    sa_feature,
+    sa_pixel,
+    weighted_distance,
+)
 
 D = torch.tensor([[-2.0, -0.5], [0.0, 1.5]], dtype=torch.float64)  # a 2x2 difference
 
 
-@pytest.mark.parametrize("criterion, expected", [
-    ("l1", [2.0, 0.5, 0.0, 1.5]),
-    ("l2", [4.0, 0.25, 0.0, 2.25]),
-    ("huber", [1.5, 0.125, 0.0, 1.0]),  # 0.5 d^2 inside |d| < 1, |d| - 0.5 outside
-    ("charbonnier", [math.sqrt(4 + 1e-6), math.sqrt(0.25 + 1e-6), 1e-3, math.sqrt(2.25 + 1e-6)]),
-])
+@pytest.mark.parametrize(
+    "criterion, expected",
+    [
+        ("l1", [2.0, 0.5, 0.0, 1.5]),
+        ("l2", [4.0, 0.25, 0.0, 2.25]),
+        ("huber", [1.5, 0.125, 0.0, 1.0]),  # 0.5 d^2 inside |d| < 1, |d| - 0.5 outside
+        ("charbonnier", [math.sqrt(4 + 1e-6), math.sqrt(0.25 + 1e-6), 1e-3, math.sqrt(2.25 + 1e-6)]),
+    ],
+)
 def test_rho_values(criterion, expected):
     assert rho(D, criterion).flatten().tolist() == pytest.approx(expected, abs=1e-12)
 
@@ -60,8 +77,9 @@ def test_sa_pixel_by_hand():
     assert plain_total.item() == pytest.approx(0.01) and zero.item() == 0.0 == zero_raw.item()
     # Charbonnier per element sqrt(d^2 + eps^2)
     _, sa_c, _ = sa_pixel(sr, hr, 1.0, 1.0, w, "charbonnier")
-    expected = (0 + math.sqrt(1 + CHARBONNIER_EPS**2) + 0.5 * math.sqrt(4 + CHARBONNIER_EPS**2)
-                + CHARBONNIER_EPS) / 4
+    expected = (
+        0 + math.sqrt(1 + CHARBONNIER_EPS**2) + 0.5 * math.sqrt(4 + CHARBONNIER_EPS**2) + CHARBONNIER_EPS
+    ) / 4
     assert sa_c.item() == pytest.approx(expected)
 
 
@@ -112,8 +130,8 @@ def test_perceptual_is_mean_l1_of_features():
 
 def test_dp_value_and_gradient_uses_detached_zeta():
     x = torch.tensor(2.0, requires_grad=True)
-    l_vgg = x**2           # 4, d/dx = 2x = 4
-    l_res = 3 * x          # 6, d/dx = 3
+    l_vgg = x**2  # 4, d/dx = 2x = 4
+    l_res = 3 * x  # 6, d/dx = 3
     loss, zeta = dual_perceptual(l_vgg, l_res, mu=0.5)
     z = (4 + 1e-8) / (6 + 1e-8)
     assert zeta.item() == pytest.approx(z) and not zeta.requires_grad
@@ -164,7 +182,7 @@ def test_ragan_matches_formula():
     real = torch.tensor([1.0, 3.0])
     fake = torch.tensor([0.0, -2.0])
     mr, mf = 2.0, -1.0
-    d_rf = [_sig(r - mf) for r in (1.0, 3.0)]   # D_Ra(x_r, x_f)
+    d_rf = [_sig(r - mf) for r in (1.0, 3.0)]  # D_Ra(x_r, x_f)
     d_fr = [_sig(f - mr) for f in (0.0, -2.0)]  # D_Ra(x_f, x_r)
     mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
     g = 0.5 * (mean([-math.log(1 - d) for d in d_rf]) + mean([-math.log(d) for d in d_fr]))
@@ -176,7 +194,9 @@ def test_ragan_matches_formula():
 def test_vanilla_gan_matches_formula():
     real, fake = torch.tensor([2.0]), torch.tensor([-1.0])
     assert gan_g(fake, None, "vanilla").item() == pytest.approx(-math.log(_sig(-1.0)))
-    assert gan_d(real, fake, "vanilla").item() == pytest.approx(-math.log(_sig(2.0)) - math.log(1 - _sig(-1.0)))
+    assert gan_d(real, fake, "vanilla").item() == pytest.approx(
+        -math.log(_sig(2.0)) - math.log(1 - _sig(-1.0))
+    )
 
 
 def test_ragan_discriminator_gradient_as_basicsr():

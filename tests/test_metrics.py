@@ -1,4 +1,5 @@
 """PSNR / SSIM / LPIPS against closed forms, scikit-image and the lpips package."""
+
 import math
 
 import numpy as np
@@ -17,9 +18,9 @@ def _img(h=16, w=16, seed=0, b=1):
 
 def test_rgb_to_y_bt601_values():
     x = torch.zeros(1, 3, 1, 4, dtype=torch.float64)
-    x[0, :, 0, 1] = 1.0          # white
-    x[0, 0, 0, 2] = 1.0          # pure red
-    x[0, :, 0, 3] = 128 / 255    # mid gray
+    x[0, :, 0, 1] = 1.0  # white
+    x[0, 0, 0, 2] = 1.0  # pure red
+    x[0, :, 0, 3] = 128 / 255  # mid gray
     y = rgb_to_y(x).flatten().tolist()
     assert y == pytest.approx([16.0, 235.0, 16 + 65.481, 16 + 219 * 128 / 255], abs=1e-9)
 
@@ -37,7 +38,7 @@ def test_psnr_closed_form_y_and_shave():
     hr = torch.full((1, 3, 12, 12), 100 / 255, dtype=torch.float64)
     sr = hr.clone()
     sr[..., 4:8, 4:8] += 10 / 255  # inside the area kept after shaving 2 px
-    sr[..., 0, :] = 0.0            # border garbage that the shave must drop
+    sr[..., 0, :] = 0.0  # border garbage that the shave must drop
     d = 219 / 255 * 10
     expected = 10 * math.log10(255**2 / (d**2 * 16 / 64))
     assert psnr(sr, hr, shave=2, round_y=False).item() == pytest.approx(expected, abs=1e-9)
@@ -61,14 +62,20 @@ def test_ssim_of_constant_images_closed_form():
     y = torch.full((1, 3, 16, 16), b, dtype=torch.float64)
     c1 = (0.01 * 255) ** 2
     A, B = a * 255, b * 255
-    assert ssim(x, y, y_channel=False).item() == pytest.approx((2 * A * B + c1) / (A * A + B * B + c1), abs=1e-9)
+    assert ssim(x, y, y_channel=False).item() == pytest.approx(
+        (2 * A * B + c1) / (A * A + B * B + c1), abs=1e-9
+    )
 
 
 def test_per_image_values_in_a_batch():
     sr, hr = _img(24, 20, 1, b=3), _img(24, 20, 2, b=3)
     for i in range(3):
-        assert psnr(sr, hr, 2)[i].item() == pytest.approx(psnr(sr[i:i + 1], hr[i:i + 1], 2).item(), abs=1e-12)
-        assert ssim(sr, hr, 2)[i].item() == pytest.approx(ssim(sr[i:i + 1], hr[i:i + 1], 2).item(), abs=1e-12)
+        assert psnr(sr, hr, 2)[i].item() == pytest.approx(
+            psnr(sr[i : i + 1], hr[i : i + 1], 2).item(), abs=1e-12
+        )
+        assert ssim(sr, hr, 2)[i].item() == pytest.approx(
+            ssim(sr[i : i + 1], hr[i : i + 1], 2).item(), abs=1e-12
+        )
 
 
 def test_errors_on_shape_problems():
@@ -97,17 +104,26 @@ def test_agrees_with_scikit_image_on_real_images(shared_data):
     for sr, hr in _set5_bicubic(shared_data):
         ys, yh = _y_numpy(sr)[4:-4, 4:-4], _y_numpy(hr)[4:-4, 4:-4]
         ref_p = peak_signal_noise_ratio(yh, ys, data_range=255)
-        ref_s = structural_similarity(yh, ys, data_range=255, gaussian_weights=True, sigma=1.5,
-                                      use_sample_covariance=False)
+        ref_s = structural_similarity(
+            yh, ys, data_range=255, gaussian_weights=True, sigma=1.5, use_sample_covariance=False
+        )
         assert psnr(sr, hr, shave=4).item() == pytest.approx(ref_p, abs=1e-3)
         assert ssim(sr, hr, shave=4).item() == pytest.approx(ref_s, abs=1e-4)
         # RGB variants: per-channel SSIM averaged, PSNR over all channels.
         s_rgb, h_rgb = (t[0].permute(1, 2, 0).numpy() * 255 for t in (sr, hr))
-        ref_rgb = structural_similarity(h_rgb, s_rgb, data_range=255, gaussian_weights=True, sigma=1.5,
-                                        use_sample_covariance=False, channel_axis=2)
+        ref_rgb = structural_similarity(
+            h_rgb,
+            s_rgb,
+            data_range=255,
+            gaussian_weights=True,
+            sigma=1.5,
+            use_sample_covariance=False,
+            channel_axis=2,
+        )
         assert ssim(sr, hr, y_channel=False).item() == pytest.approx(ref_rgb, abs=1e-4)
         assert psnr(sr, hr, y_channel=False).item() == pytest.approx(
-            peak_signal_noise_ratio(h_rgb, s_rgb, data_range=255), abs=1e-3)
+            peak_signal_noise_ratio(h_rgb, s_rgb, data_range=255), abs=1e-3
+        )
 
 
 def test_quantize_rounds_to_8_bit_grid():

@@ -1,5 +1,6 @@
 """Generators / discriminators: shapes, closed-form parameter counts, residual structure,
 pre-activation feature convention, gradients, determinism and init scale (CPU, tiny)."""
+
 import math
 
 import pytest
@@ -7,9 +8,17 @@ import torch
 import torch.nn.functional as F
 
 from trainables.config import RRDBNetConfig, SRGANDiscConfig, SRResNetConfig, VGGDiscConfig
-from trainables.models import (RRDB, DenseBlock, RRDBNet, SRGANDiscriminator, SRResNet,
-                               VGGStyleDiscriminator, build_discriminator, build_generator,
-                               count_params)
+from trainables.models import (
+    RRDB,
+    DenseBlock,
+    RRDBNet,
+    SRGANDiscriminator,
+    SRResNet,
+    VGGStyleDiscriminator,
+    build_discriminator,
+    build_generator,
+    count_params,
+)
 
 
 def rand(*shape, seed=0):
@@ -36,10 +45,13 @@ def zero_(module):
 
 # -------------------------------------------------------------------------- generators
 @pytest.mark.parametrize("scale", [2, 3, 4])
-@pytest.mark.parametrize("make", [
-    lambda s: SRResNet(num_feat=8, num_blocks=2, scale=s),
-    lambda s: RRDBNet(num_feat=8, num_blocks=1, grow_ch=4, scale=s),
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda s: SRResNet(num_feat=8, num_blocks=2, scale=s),
+        lambda s: RRDBNet(num_feat=8, num_blocks=1, grow_ch=4, scale=s),
+    ],
+)
 def test_generator_output_size(make, scale):
     g = make(scale)
     out = g(rand(2, 3, 12, 10))
@@ -54,11 +66,13 @@ def test_generator_rejects_bad_scale(cls):
 
 def test_srresnet_param_count_closed_form():
     nf, nb = 8, 2
-    expected = (conv(3, nf, 9)                       # head
-                + nb * 2 * conv(nf, nf, 3)           # residual blocks
-                + conv(nf, nf, 3)                    # body conv before the long skip
-                + 2 * conv(nf, 4 * nf, 3)            # two x2 sub-pixel stages
-                + conv(nf, 3, 9))                    # tail
+    expected = (
+        conv(3, nf, 9)  # head
+        + nb * 2 * conv(nf, nf, 3)  # residual blocks
+        + conv(nf, nf, 3)  # body conv before the long skip
+        + 2 * conv(nf, 4 * nf, 3)  # two x2 sub-pixel stages
+        + conv(nf, 3, 9)
+    )  # tail
     assert expected == 11491
     assert count_params(SRResNet(num_feat=nf, num_blocks=nb, scale=4)) == expected
     # x3: one conv nf -> 9 nf before PixelShuffle(3)
@@ -69,9 +83,14 @@ def test_srresnet_param_count_closed_form():
 def test_rrdbnet_param_count_closed_form():
     nf, gc, nb = 8, 4, 2
     dense = sum(conv(nf + k * gc, gc, 3) for k in range(4)) + conv(nf + 4 * gc, nf, 3)
-    expected = (conv(3, nf, 3) + nb * 3 * dense + conv(nf, nf, 3)   # first, trunk, trunk conv
-                + 2 * conv(nf, nf, 3)                               # two upsampling convs
-                + conv(nf, nf, 3) + conv(nf, 3, 3))                 # conv_hr, conv_last
+    expected = (
+        conv(3, nf, 3)
+        + nb * 3 * dense
+        + conv(nf, nf, 3)  # first, trunk, trunk conv
+        + 2 * conv(nf, nf, 3)  # two upsampling convs
+        + conv(nf, nf, 3)
+        + conv(nf, 3, 3)
+    )  # conv_hr, conv_last
     assert count_params(RRDBNet(num_feat=nf, num_blocks=nb, grow_ch=gc, scale=4)) == expected
     x3 = expected - conv(nf, nf, 3)  # one nearest x3 stage
     assert count_params(RRDBNet(num_feat=nf, num_blocks=nb, grow_ch=gc, scale=3)) == x3
@@ -139,10 +158,13 @@ def test_dense_block_init_is_scaled():
         assert abs(c.weight.std().item() / target - 1) < 0.2
 
 
-@pytest.mark.parametrize("make", [
-    lambda: SRResNet(num_feat=8, num_blocks=2, scale=4),
-    lambda: RRDBNet(num_feat=8, num_blocks=1, grow_ch=4, scale=3),
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: SRResNet(num_feat=8, num_blocks=2, scale=4),
+        lambda: RRDBNet(num_feat=8, num_blocks=1, grow_ch=4, scale=3),
+    ],
+)
 def test_generator_batch_independence_and_determinism(make):
     torch.manual_seed(7)
     g = make().eval()
@@ -153,14 +175,17 @@ def test_generator_batch_independence_and_determinism(make):
         batch = g(x)
         assert torch.equal(batch, g2(x))
         for i in range(3):
-            assert torch.allclose(batch[i:i + 1], g(x[i:i + 1]), atol=1e-5)
+            assert torch.allclose(batch[i : i + 1], g(x[i : i + 1]), atol=1e-5)
 
 
 # ---------------------------------------------------------------------- discriminators
-@pytest.mark.parametrize("cls,valid,invalid,rule", [
-    (VGGStyleDiscriminator, [32, 64, 96, 128], [16, 48, 100, 0], "multiple of 32"),
-    (SRGANDiscriminator, [16, 32, 48, 64, 96, 128], [8, 40, 100, 0], "multiple of 16"),
-])
+@pytest.mark.parametrize(
+    "cls,valid,invalid,rule",
+    [
+        (VGGStyleDiscriminator, [32, 64, 96, 128], [16, 48, 100, 0], "multiple of 32"),
+        (SRGANDiscriminator, [16, 32, 48, 64, 96, 128], [8, 40, 100, 0], "multiple of 16"),
+    ],
+)
 def test_discriminator_patch_sizes(cls, valid, invalid, rule):
     for p in valid:
         logit, feats = cls(num_feat=8, patch_size=p)(rand(2, 3, p, p))
@@ -192,10 +217,13 @@ def test_discriminator_param_counts_closed_form():
     assert count_params(SRGANDiscriminator(num_feat=nf, patch_size=p)) == srg
 
 
-@pytest.mark.parametrize("cls,p,n,strides", [
-    (VGGStyleDiscriminator, 64, 10, [1, 2] * 5),
-    (SRGANDiscriminator, 32, 8, [1, 2] * 4),
-])
+@pytest.mark.parametrize(
+    "cls,p,n,strides",
+    [
+        (VGGStyleDiscriminator, 64, 10, [1, 2] * 5),
+        (SRGANDiscriminator, 32, 8, [1, 2] * 4),
+    ],
+)
 def test_discriminator_features_are_pre_activation(cls, p, n, strides):
     torch.manual_seed(0)
     d = cls(num_feat=8, patch_size=p)

@@ -1,4 +1,5 @@
 """The composed generator objective: weights, shares, calibration, one pass per network, D batches."""
+
 import math
 
 import pytest
@@ -62,8 +63,9 @@ def test_total_is_the_weighted_sum_of_the_paper_terms(disc):
     p = _parts(t)
     # Recompute each term from its definition.
     w = local_variance(hr, 5, 0.01, "gray")
-    assert p["loss_pixel"] == pytest.approx(0.01 * float(L.weighted_distance(sr, hr)) +
-                                            20 * float(L.weighted_distance(sr, hr, w)), rel=1e-5)
+    assert p["loss_pixel"] == pytest.approx(
+        0.01 * float(L.weighted_distance(sr, hr)) + 20 * float(L.weighted_distance(sr, hr, w)), rel=1e-5
+    )
     assert p["loss_sa_pixel"] == pytest.approx(20 * float(L.weighted_distance(sr, hr, w)), rel=1e-5)
     # DP, released variant: sum of the stage-1 L1 (the only stage at resnet_stage 1), raw input.
     with torch.no_grad():
@@ -72,8 +74,13 @@ def test_total_is_the_weighted_sum_of_the_paper_terms(disc):
     zeta = (p["loss_vgg"] + L.DP_C) / (p["loss_resnet"] + L.DP_C)
     assert p["loss_dp_zeta"] == pytest.approx(zeta, rel=1e-5)
     assert p["loss_dp"] == pytest.approx(p["loss_vgg"] + zeta * p["loss_resnet"] / 0.5, rel=1e-5)
-    expected = (p["loss_pixel"] + 0.7 * p["loss_dp"] + 0.3 * p["loss_sa_feature"] + 0.9 * p["loss_fm"]
-                + 0.005 * p["loss_adv"])
+    expected = (
+        p["loss_pixel"]
+        + 0.7 * p["loss_dp"]
+        + 0.3 * p["loss_sa_feature"]
+        + 0.9 * p["loss_fm"]
+        + 0.005 * p["loss_adv"]
+    )
     assert p["loss_g_total"] == pytest.approx(expected, rel=1e-5)
     assert p["sa_share"] == pytest.approx(p["loss_sa_pixel"] / p["loss_g_total"], rel=1e-6)
     assert sum(p[f"fm_w{b}"] for b in (0, 2, 5)) == pytest.approx(1.0)
@@ -137,6 +144,7 @@ def test_discriminator_sees_real_and_fake_as_separate_batches():
 def test_a_toy_term_needs_one_class_and_no_edit_to_the_objective(disc, monkeypatch):
     class MeanTerm(Term):
         """mean(VGG(sr) - VGG(hr)) at the perceptual layer, weight 2: reads the shared cache."""
+
         name = "toy"
 
         def __init__(self, cfg):
@@ -166,7 +174,9 @@ def test_a_toy_term_needs_one_class_and_no_edit_to_the_objective(disc, monkeypat
 
 
 def test_mu_inf_builds_no_resnet_and_is_vgg_only(disc):
-    obj = GeneratorObjective(cfg_with({**FULL, "dp": {"mu": math.inf, "resnet_stage": 4}, "sa_feature": None}))
+    obj = GeneratorObjective(
+        cfg_with({**FULL, "dp": {"mu": math.inf, "resnet_stage": 4}, "sa_feature": None})
+    )
     assert obj.resnet is None
     obj.fm_scale.fill_(1.0)
     t = _run(obj, disc, *_batch())
@@ -231,8 +241,12 @@ def test_discriminator_loss_sees_detached_sr(disc):
 @pytest.mark.parametrize("layer", ["conv1_2", "conv2_2", "conv3_4", "conv4_4", "conv5_4", "relu3_4", "pool2"])
 def test_sa_feature_loss_is_nonnegative_and_minimal_at_hr(layer, disc):
     # beta3 large so the old pre-activation weight alpha3 + beta3 * conv(W) went negative.
-    loss = {"pixel": {"sa": {"edge": "lv", "beta2": 1.0}}, "perceptual": {"layer": layer, "weight": 0.0},
-            "sa_feature": {"alpha3": 1.0, "beta3": 10.0, "weight": 1.0}, "adv": {"weight": 0.0}}
+    loss = {
+        "pixel": {"sa": {"edge": "lv", "beta2": 1.0}},
+        "perceptual": {"layer": layer, "weight": 0.0},
+        "sa_feature": {"alpha3": 1.0, "beta3": 10.0, "weight": 1.0},
+        "adv": {"weight": 0.0},
+    }
     obj = GeneratorObjective(cfg_with(loss))
     g = torch.Generator().manual_seed(3)
     hr = torch.rand(2, 3, 32, 32, generator=g)

@@ -1,4 +1,5 @@
 """Tracking outages: a real ``mlflow server`` is killed and restarted while points are logged."""
+
 import json
 import os
 import signal
@@ -10,9 +11,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+from mlflow import MlflowClient
 from sweeper.outbox import Outbox, is_outage
 
 
@@ -31,11 +32,25 @@ class Server:
 
     def start(self) -> None:
         exe = Path(sys.executable).parent / "mlflow"
-        cmd = [str(exe), "server", "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
-               "--artifacts-destination", str(self.root / "artifacts"), "--host", "127.0.0.1",
-               "--port", str(self.port), "--workers", "1"]
-        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
-               "MLFLOW_DISABLE_TELEMETRY": "true"}
+        cmd = [
+            str(exe),
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{self.root / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(self.root / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--workers",
+            "1",
+        ]
+        env = {
+            **os.environ,
+            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+            "MLFLOW_DISABLE_TELEMETRY": "true",
+        }
         log = open(self.root / "server.log", "a")
         self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=log, start_new_session=True)
         deadline = time.monotonic() + 180
@@ -131,8 +146,12 @@ def test_outage_buffers_then_flushes_exactly_the_logged_points(server, tmp_path)
     assert client.get_run(run).data.tags["checkpoint"] == "/x/ckpt_5"
     art = client.download_artifacts(real_b, "val_scores/step_0000002.json", str(tmp_path / "dl"))
     assert json.loads(Path(art).read_text()) == {"psnr": 21.5}
-    report = {**box.stats, "again_duplicates_skipped": again.stats["duplicates_skipped"],
-              "points_in_store": points_in_store, "max_call_s_during_outage": round(max(durations), 2)}
+    report = {
+        **box.stats,
+        "again_duplicates_skipped": again.stats["duplicates_skipped"],
+        "points_in_store": points_in_store,
+        "max_call_s_during_outage": round(max(durations), 2),
+    }
     print("outbox:", json.dumps(report))
     assert box.stats["points_logged"] == 28 and box.stats["points_buffered"] == 18
     assert box.stats["points_sent"] == 24 and box.stats["duplicates_skipped"] == 4

@@ -1,6 +1,7 @@
 """A team's tracking server for real: PostgreSQL (Debian's `postgresql`, initdb into a temp dir,
 127.0.0.1 on a free port) and `mlflow/serve_postgres.sh` over it, used over HTTP: a run with
 metrics and an artifact is logged and read back. Everything started here is stopped here, by PID."""
+
 from __future__ import annotations
 
 import glob
@@ -84,8 +85,10 @@ def _wait(check, what: str, proc: subprocess.Popen, log: Path, timeout: float = 
 def postgres():
     bindir = _pg_bin()
     if bindir is None:
-        pytest.skip("PostgreSQL server binaries (initdb, postgres) not installed: "
-                    "apt-get install -y postgresql (.ci/run does it when run as root)")
+        pytest.skip(
+            "PostgreSQL server binaries (initdb, postgres) not installed: "
+            "apt-get install -y postgresql (.ci/run does it when run as root)"
+        )
     psycopg2 = pytest.importorskip("psycopg2", reason="psycopg2-binary missing (it is in the dev extra)")
     root = Path(tempfile.mkdtemp(prefix="srsw-pg-", dir="/tmp"))  # /tmp: readable by the postgres user
     # initdb refuses to run as root: run the server as the `postgres` system user then.
@@ -94,14 +97,31 @@ def postgres():
         shutil.chown(root, user)
     log = root / "postgres.log"
     port = free_port()
-    subprocess.run([str(bindir / "initdb"), "-D", str(root / "data"), "-U", "mlflow", "--auth=trust",
-                    "-E", "UTF8"], check=True, capture_output=True, user=user)
+    subprocess.run(
+        [str(bindir / "initdb"), "-D", str(root / "data"), "-U", "mlflow", "--auth=trust", "-E", "UTF8"],
+        check=True,
+        capture_output=True,
+        user=user,
+    )
     with open(log, "w") as out:
         if user:
             shutil.chown(log, user)
-        proc = subprocess.Popen([str(bindir / "postgres"), "-D", str(root / "data"), "-p", str(port),
-                                 "-k", str(root), "-c", "listen_addresses=127.0.0.1"],
-                                stdout=out, stderr=subprocess.STDOUT, user=user)
+        proc = subprocess.Popen(
+            [
+                str(bindir / "postgres"),
+                "-D",
+                str(root / "data"),
+                "-p",
+                str(port),
+                "-k",
+                str(root),
+                "-c",
+                "listen_addresses=127.0.0.1",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            user=user,
+        )
     try:
         dsn = f"host=127.0.0.1 port={port} user=mlflow dbname=postgres"
         _wait(lambda: psycopg2.connect(dsn).close() is None, "postgres", proc, log)
@@ -123,12 +143,21 @@ def test_mlflow_server_on_postgres_over_http(postgres, tmp_path):
     log = tmp_path / "mlflow.log"
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     with open(log, "w") as out:
-        proc = subprocess.Popen([str(REPO / "mlflow" / "serve_postgres.sh"), db, str(tmp_path / "artifacts"),
-                                 str(port)], stdout=out, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen(
+            [str(REPO / "mlflow" / "serve_postgres.sh"), db, str(tmp_path / "artifacts"), str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait(lambda: urllib.request.urlopen(f"{url}/health", timeout=2).status == 200, "mlflow server",
-              proc, log, timeout=180)
+        _wait(
+            lambda: urllib.request.urlopen(f"{url}/health", timeout=2).status == 200,
+            "mlflow server",
+            proc,
+            log,
+            timeout=180,
+        )
         client = MlflowClient(url)
         exp = client.create_experiment("team-sweep")
         run = client.create_run(exp, run_name="trial-0", tags={"ray_node_id": "abc"})
@@ -149,12 +178,15 @@ def test_mlflow_server_on_postgres_over_http(postgres, tmp_path):
         import psycopg2
 
         with psycopg2.connect(db) as conn, conn.cursor() as cur:
-            cur.execute("SELECT value FROM metrics WHERE run_uuid = %s AND key = 'val_psnr' ORDER BY step",
-                        (run.info.run_id,))
+            cur.execute(
+                "SELECT value FROM metrics WHERE run_uuid = %s AND key = 'val_psnr' ORDER BY step",
+                (run.info.run_id,),
+            )
             assert [r[0] for r in cur.fetchall()] == [30.5, 31.25, 32.0]
         # Security middleware: a foreign Host header is refused.
-        req = urllib.request.Request(f"{url}/api/2.0/mlflow/experiments/search?max_results=1",
-                                     headers={"Host": "evil.example.com"})
+        req = urllib.request.Request(
+            f"{url}/api/2.0/mlflow/experiments/search?max_results=1", headers={"Host": "evil.example.com"}
+        )
         with pytest.raises(urllib.error.HTTPError) as err:
             urllib.request.urlopen(req, timeout=5)
         assert err.value.code in (400, 403)
@@ -165,7 +197,11 @@ def test_mlflow_server_on_postgres_over_http(postgres, tmp_path):
 
 
 def test_serve_postgres_refuses_other_uris(tmp_path):
-    r = subprocess.run([str(REPO / "mlflow" / "serve_postgres.sh"), "sqlite:///x.db", str(tmp_path)],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [str(REPO / "mlflow" / "serve_postgres.sh"), "sqlite:///x.db", str(tmp_path)],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 2 and r.stderr.strip() == (
-        "serve_postgres.sh: sqlite:///x.db: expected postgresql://USER@HOST:PORT/DB")
+        "serve_postgres.sh: sqlite:///x.db: expected postgresql://USER@HOST:PORT/DB"
+    )

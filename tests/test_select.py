@@ -1,4 +1,5 @@
 """Winner selection on hand-made results tables (the schema the sweep driver builds)."""
+
 import json
 import math
 
@@ -6,19 +7,40 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sweeper.select import (NoWinnerError, SelectionRule, format_ranking, pareto_front, rank, select,
-                            short_param_names, winner_config)
+from sweeper.select import (
+    NoWinnerError,
+    SelectionRule,
+    format_ranking,
+    pareto_front,
+    rank,
+    select,
+    short_param_names,
+    winner_config,
+)
 from sweeper.significance import PairedTest
 
 
 def trial(tid, lpips, psnr, status="TERMINATED", ssim=0.70, per_image=None, steps=100, **params):
-    row = {"trial_id": tid, "status": status, "mlflow_run_id": f"run-{tid}", "steps": steps, "time_s": 12.5,
-           "final_val_lpips": lpips, "final_val_psnr": psnr, "final_val_ssim": ssim,
-           "best_val_lpips": lpips, "best_val_psnr": psnr, "best_val_ssim": ssim,
-           "sa_share": 0.15, "beta2": 20.0, "param.loss.dp.mu": 0.5, "param.loss.dp.resnet_stage": 3,
-           "config_json": json.dumps({"name": tid, "loss": {"dp": {"mu": math.inf}}}),
-           "per_image_lpips_json": json.dumps(per_image) if per_image is not None else None,
-           "checkpoint": f"/ckpt/{tid}/last.pt"}
+    row = {
+        "trial_id": tid,
+        "status": status,
+        "mlflow_run_id": f"run-{tid}",
+        "steps": steps,
+        "time_s": 12.5,
+        "final_val_lpips": lpips,
+        "final_val_psnr": psnr,
+        "final_val_ssim": ssim,
+        "best_val_lpips": lpips,
+        "best_val_psnr": psnr,
+        "best_val_ssim": ssim,
+        "sa_share": 0.15,
+        "beta2": 20.0,
+        "param.loss.dp.mu": 0.5,
+        "param.loss.dp.resnet_stage": 3,
+        "config_json": json.dumps({"name": tid, "loss": {"dp": {"mu": math.inf}}}),
+        "per_image_lpips_json": json.dumps(per_image) if per_image is not None else None,
+        "checkpoint": f"/ckpt/{tid}/last.pt",
+    }
     row.update({f"param.{k.replace('__', '.')}": v for k, v in params.items()})
     return row
 
@@ -28,11 +50,11 @@ def table(*rows):
 
 
 FIVE = table(
-    trial("t1", 0.20, 27.0),   # best LPIPS, below the floor
-    trial("t2", 0.22, 28.5),   # the winner
+    trial("t1", 0.20, 27.0),  # best LPIPS, below the floor
+    trial("t2", 0.22, 28.5),  # the winner
     trial("t3", 0.25, 29.0),
-    trial("t4", 0.21, 27.5),   # below the floor
-    trial("t5", 0.30, 28.0),   # exactly on the floor: may win
+    trial("t4", 0.21, 27.5),  # below the floor
+    trial("t5", 0.30, 28.0),  # exactly on the floor: may win
 )
 FLOOR = SelectionRule(psnr_floor=28.0)
 
@@ -54,11 +76,17 @@ def test_rank_by_hand_with_a_floor_that_excludes_the_best_lpips():
 
 
 def test_error_unfinished_and_nan_rows_are_last_and_never_win():
-    df = pd.concat([table(
-        trial("e1", 0.01, 40.0, status="ERROR"),          # fantastic numbers, but it crashed
-        trial("r1", 0.02, 39.0, status="RUNNING"),
-        trial("n1", float("nan"), 30.0),                   # finished, no LPIPS
-    ), FIVE], ignore_index=True)
+    df = pd.concat(
+        [
+            table(
+                trial("e1", 0.01, 40.0, status="ERROR"),  # fantastic numbers, but it crashed
+                trial("r1", 0.02, 39.0, status="RUNNING"),
+                trial("n1", float("nan"), 30.0),  # finished, no LPIPS
+            ),
+            FIVE,
+        ],
+        ignore_index=True,
+    )
     r = rank(df, FLOOR)
     assert list(r["trial_id"]) == ["t2", "t3", "t5", "t1", "t4", "e1", "r1", "n1"]
     assert list(r["rank"][:5]) == [1, 2, 3, 4, 5] and r["rank"][5:].isna().all()
@@ -68,11 +96,17 @@ def test_error_unfinished_and_nan_rows_are_last_and_never_win():
 def test_a_stopped_trial_with_the_best_lpips_does_not_win():
     # s1 and s2 were stopped by ASHA (STOPPED, or TERMINATED short of the budget in an
     # older table): their LPIPS after 30 / 50 steps is not comparable with 100 steps.
-    df = pd.concat([table(
-        trial("s1", 0.05, 29.0, status="STOPPED", steps=30),
-        trial("s2", 0.06, 29.0, status="TERMINATED", steps=50),
-        trial("s3", 0.07, 29.0, status="STOPPED", steps=50),
-    ), FIVE], ignore_index=True)
+    df = pd.concat(
+        [
+            table(
+                trial("s1", 0.05, 29.0, status="STOPPED", steps=30),
+                trial("s2", 0.06, 29.0, status="TERMINATED", steps=50),
+                trial("s3", 0.07, 29.0, status="STOPPED", steps=50),
+            ),
+            FIVE,
+        ],
+        ignore_index=True,
+    )
     rule = SelectionRule(psnr_floor=28.0, total_steps=100)
     r = rank(df, rule)
     # finished (may win, then below the floor), then stopped: most steps first, then LPIPS
@@ -93,8 +127,10 @@ def test_a_stopped_trial_with_the_best_lpips_does_not_win():
 
 
 def test_pareto_front_uses_finished_trials_only():
-    df = pd.concat([HAND, table(trial("S", 0.01, 40.0, status="STOPPED", steps=30),
-                                trial("T", 0.02, 39.0, steps=50))], ignore_index=True)
+    df = pd.concat(
+        [HAND, table(trial("S", 0.01, 40.0, status="STOPPED", steps=30), trial("T", 0.02, 39.0, steps=50))],
+        ignore_index=True,
+    )
     assert list(pareto_front(df, total_steps=100)["trial_id"]) == ["A", "C", "D", "B"]
     assert list(pareto_front(df)["trial_id"]) == ["T"]  # T's status says finished, steps unchecked
     outside = HAND.assign(constraint_ok=[False] + [True] * 9)
@@ -150,9 +186,18 @@ def test_missing_column_and_bad_rule_are_clear_errors():
 def test_rank_on_a_large_random_table_matches_pandas():
     rng = np.random.default_rng(5)
     n = 300
-    df = table(*[trial(f"t{i:03d}", rng.uniform(0.1, 0.4), rng.uniform(25, 30),
-                       status=rng.choice(["TERMINATED", "STOPPED", "ERROR", "RUNNING"], p=[.5, .3, .1, .1]),
-                       loss__dp__mu=rng.choice([0.1, 0.5, math.inf])) for i in range(n)])
+    df = table(
+        *[
+            trial(
+                f"t{i:03d}",
+                rng.uniform(0.1, 0.4),
+                rng.uniform(25, 30),
+                status=rng.choice(["TERMINATED", "STOPPED", "ERROR", "RUNNING"], p=[0.5, 0.3, 0.1, 0.1]),
+                loss__dp__mu=rng.choice([0.1, 0.5, math.inf]),
+            )
+            for i in range(n)
+        ]
+    )
     df.loc[rng.choice(n, 20, replace=False), "final_val_lpips"] = np.nan
     r = rank(df, SelectionRule(psnr_floor=27.0))
     ok = df[df.status.eq("TERMINATED") & df.final_val_lpips.notna()]
@@ -160,22 +205,22 @@ def test_rank_on_a_large_random_table_matches_pandas():
     stopped = df[df.status.eq("STOPPED") & df.final_val_lpips.notna()]
     assert r.iloc[0]["trial_id"] == feas.loc[feas.final_val_lpips.idxmin(), "trial_id"]
     assert r["rank"].notna().sum() == len(ok) and r["may_win"].sum() == len(feas)
-    assert r["may_win"].iloc[:len(feas)].all()
-    assert set(r["trial_id"].iloc[len(ok):len(ok) + len(stopped)]) == set(stopped.trial_id)
-    assert (np.diff(r["final_val_lpips"].iloc[:len(feas)]) >= 0).all()
+    assert r["may_win"].iloc[: len(feas)].all()
+    assert set(r["trial_id"].iloc[len(ok) : len(ok) + len(stopped)]) == set(stopped.trial_id)
+    assert (np.diff(r["final_val_lpips"].iloc[: len(feas)]) >= 0).all()
 
 
 HAND = table(
-    trial("A", 0.10, 25.0),                     # extreme: best LPIPS
-    trial("B", 0.20, 30.0),                     # extreme: best PSNR
+    trial("A", 0.10, 25.0),  # extreme: best LPIPS
+    trial("B", 0.20, 30.0),  # extreme: best PSNR
     trial("C", 0.15, 28.0),
-    trial("D", 0.15, 28.0),                     # duplicate of C: both stay
-    trial("E", 0.18, 27.0),                     # dominated by C
-    trial("F", 0.10, 24.0),                     # same LPIPS as A, lower PSNR: dominated
-    trial("G", 0.25, 30.0),                     # same PSNR as B, worse LPIPS: dominated
-    trial("H", 0.05, 35.0, status="ERROR"),     # would dominate all, but crashed
+    trial("D", 0.15, 28.0),  # duplicate of C: both stay
+    trial("E", 0.18, 27.0),  # dominated by C
+    trial("F", 0.10, 24.0),  # same LPIPS as A, lower PSNR: dominated
+    trial("G", 0.25, 30.0),  # same PSNR as B, worse LPIPS: dominated
+    trial("H", 0.05, 35.0, status="ERROR"),  # would dominate all, but crashed
     trial("I", float("nan"), 31.0),
-    trial("J", 0.12, float("inf")),             # not finite: excluded
+    trial("J", 0.12, float("inf")),  # not finite: excluded
 )
 
 
@@ -235,12 +280,13 @@ def test_format_ranking_winner_first_and_significance_sentence():
     assert lines[-1].startswith("winner vs runner-up (t2 vs t3): mean LPIPS difference -0.0")
     assert "95% t-CI" in lines[-1] and "p = 0.00781" in lines[-1] and "8 images" in lines[-1]
     assert lines[-1].endswith(": significant at 0.05")
-    rows = [l.split() for l in lines[header + 2:header + 7]]
+    rows = [l.split() for l in lines[header + 2 : header + 7]]
     assert [r[-1] for r in rows] == ["yes", "yes", "yes", "no", "no"]
     assert [r[-3] for r in rows] == ["100"] * 5  # steps
     same = FIVE.assign(per_image_lpips_json=json.dumps({f"i{k}": 0.2 for k in range(8)}))
-    assert format_ranking(select(same, FLOOR)).endswith("p = 1 (exact over 256 sign patterns, two-sided), "
-                                                       "8 images: not significant at 0.05")
+    assert format_ranking(select(same, FLOOR)).endswith(
+        "p = 1 (exact over 256 sign patterns, two-sided), 8 images: not significant at 0.05"
+    )
     assert "significance not tested (no per-image LPIPS" in format_ranking(select(FIVE, FLOOR))
 
 
@@ -256,30 +302,44 @@ def test_two_images_are_never_called_significant():
 
 def test_sa_share_target_and_reached_side_by_side():
     df = FIVE.assign(
-        **{"param.loss.pixel.sa.sa_share_target": [0.15, 0.17, 0.19, 0.1, 0.3], "sa_share_mean": 0.2})
+        **{"param.loss.pixel.sa.sa_share_target": [0.15, 0.17, 0.19, 0.1, 0.3], "sa_share_mean": 0.2}
+    )
     text = format_ranking(select(df, FLOOR))
     lines = text.splitlines()
     head = next(l for l in lines if l.startswith("rank")).split()
     i = head.index("sa_share_target")
-    assert head[i:i + 3] == ["sa_share_target", "sa_share", "sa_share_mean"] and head[i + 3] == "LPIPS"
+    assert head[i : i + 3] == ["sa_share_target", "sa_share", "sa_share_mean"] and head[i + 3] == "LPIPS"
     row = next(l.split() for l in lines if l.split()[:1] == ["1"])
-    assert row[i:i + 3] == ["0.170", "0.150", "0.200"]
-    assert ("sa_share_target: SA share of the generator loss asked for; sa_share: share reached (last value); "
-            "sa_share_mean: share reached, mean over the GAN stage") in lines
+    assert row[i : i + 3] == ["0.170", "0.150", "0.200"]
+    assert (
+        "sa_share_target: SA share of the generator loss asked for; sa_share: share reached (last value); "
+        "sa_share_mean: share reached, mean over the GAN stage"
+    ) in lines
     # the old key name (before the rename) gets the same clear header
     old = FIVE.assign(**{"param.loss.pixel.sa.sa_share": 0.15})
     lines = format_ranking(select(old, FLOOR)).splitlines()
     head = next(l for l in lines if l.startswith("rank")).split()
     assert head[head.index("sa_share_target") + 1] == "sa_share"
-    assert "sa_share_target: SA share of the generator loss asked for; sa_share: share reached (last value)" in lines
+    assert (
+        "sa_share_target: SA share of the generator loss asked for; sa_share: share reached (last value)"
+        in lines
+    )
 
 
 def test_short_param_names_do_not_collide():
-    names = short_param_names(["param.loss.pixel.sa.lv.delta", "param.loss.x.delta", "param.loss.dp.mu",
-                               "param.a.b", "param.b"])
-    assert names == {"param.loss.pixel.sa.lv.delta": "lv.delta", "param.loss.x.delta": "x.delta",
-                     "param.loss.dp.mu": "mu", "param.a.b": "a.b", "param.b": "b"}
-    assert short_param_names(["param.train.status"], reserved=["status"]) == {"param.train.status": "train.status"}
+    names = short_param_names(
+        ["param.loss.pixel.sa.lv.delta", "param.loss.x.delta", "param.loss.dp.mu", "param.a.b", "param.b"]
+    )
+    assert names == {
+        "param.loss.pixel.sa.lv.delta": "lv.delta",
+        "param.loss.x.delta": "x.delta",
+        "param.loss.dp.mu": "mu",
+        "param.a.b": "a.b",
+        "param.b": "b",
+    }
+    assert short_param_names(["param.train.status"], reserved=["status"]) == {
+        "param.train.status": "train.status"
+    }
 
 
 def test_select_survives_a_broken_per_image_score():

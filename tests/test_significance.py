@@ -1,11 +1,12 @@
 """The paired sign-flip test and t-interval on per-image LPIPS, against hand-computed values."""
+
 import itertools
 import math
 
 import numpy as np
 import pytest
 
-from sweeper.significance import MIN_IMAGES, paired_test, paired_differences, sign_flip_p, t_interval
+from sweeper.significance import MIN_IMAGES, paired_differences, paired_test, sign_flip_p, t_interval
 
 
 def pair(diffs, base=0.3):
@@ -65,8 +66,9 @@ def test_exact_matches_scipy_permutation_test():
     rng = np.random.default_rng(4)
     for n in (6, 9, 12):
         d = rng.normal(-0.01, 0.02, n)
-        ref = stats.permutation_test((d,), np.mean, permutation_type="samples", n_resamples=np.inf,
-                                     alternative="two-sided")
+        ref = stats.permutation_test(
+            (d,), np.mean, permutation_type="samples", n_resamples=np.inf, alternative="two-sided"
+        )
         assert sign_flip_p(d)[0] == pytest.approx(ref.pvalue, rel=1e-12)
         lo, hi = stats.t.interval(0.95, n - 1, loc=d.mean(), scale=stats.sem(d))
         assert t_interval(d) == pytest.approx((lo, hi), rel=1e-12)
@@ -81,9 +83,9 @@ def test_monte_carlo_beyond_sixteen_images():
     exact = count / 2**17
     p, is_exact, patterns = sign_flip_p(d, n_resamples=9999, seed=3)
     assert not is_exact and patterns == 10000
-    assert round(p * 10000) == p * 10000 and p >= 1 / 10000     # (hits + 1) / (9999 + 1)
+    assert round(p * 10000) == p * 10000 and p >= 1 / 10000  # (hits + 1) / (9999 + 1)
     assert abs(p - exact) < 4 * math.sqrt(exact * (1 - exact) / 9999) + 1e-4
-    assert sign_flip_p(d, n_resamples=9999, seed=3)[0] == p      # fixed seed: reproducible
+    assert sign_flip_p(d, n_resamples=9999, seed=3)[0] == p  # fixed seed: reproducible
     # Nothing random beats an all-negative sample; the +1 correction keeps p above 0.
     assert sign_flip_p(np.full(30, -0.1), n_resamples=999, seed=0)[0] == 1 / 1000
 

@@ -1,5 +1,6 @@
 """Search spaces and sweep files: every YAML in search_spaces/ loads, compiles, samples
 valid configs; decoding conventions are exact; bad sweep files fail with one line."""
+
 import math
 import subprocess
 import sys
@@ -87,8 +88,13 @@ def test_demo_sweep_settings():
     assert cfg.model.discriminator.arch == "vgg"  # 10 D blocks: fm.blocks first_k up to 10
     assert (cfg.train.pretrain_steps, cfg.train.steps, cfg.train.val_every) == (150, 60, 15)
     assert cfg.backbones.weights == "random" and cfg.data.train == "embedded"
-    assert [p.path for p in sweep.space] == ["loss.pixel.sa.sa_share_target", "loss.dp.mu", "loss.dp.resnet_stage",
-                                             "loss.fm.blocks", "loss.perceptual.layer"]
+    assert [p.path for p in sweep.space] == [
+        "loss.pixel.sa.sa_share_target",
+        "loss.dp.mu",
+        "loss.dp.resnet_stage",
+        "loss.fm.blocks",
+        "loss.perceptual.layer",
+    ]
     assert sweep.search.algorithm == "tpe" and sweep.selection.psnr_margin == -1.0
     assert sweep.experiment_name == "srsweep-demo"
 
@@ -108,15 +114,22 @@ def _decoded(sweep_name: str, params: dict) -> dict:
 
 
 def test_mu_vgg_only_branch():
-    assert _decoded("dp_optuna", {"loss.dp.mu#choice": "inf", "loss.dp.resnet_stage": 2}) == \
-        {"loss.dp.mu": math.inf, "loss.dp.resnet_stage": 2}
-    assert _decoded("dp_optuna", {"loss.dp.mu#choice": "range", "loss.dp.mu": 0.7, "loss.dp.resnet_stage": 3}) == \
-        {"loss.dp.mu": 0.7, "loss.dp.resnet_stage": 3}
+    assert _decoded("dp_optuna", {"loss.dp.mu#choice": "inf", "loss.dp.resnet_stage": 2}) == {
+        "loss.dp.mu": math.inf,
+        "loss.dp.resnet_stage": 2,
+    }
+    assert _decoded(
+        "dp_optuna", {"loss.dp.mu#choice": "range", "loss.dp.mu": 0.7, "loss.dp.resnet_stage": 3}
+    ) == {"loss.dp.mu": 0.7, "loss.dp.resnet_stage": 3}
 
 
 def test_canny_branch_brings_its_children_only():
-    canny = {"loss.pixel.sa.sa_share_target": 0.2, "loss.pixel.sa.edge": "canny",
-             "loss.pixel.sa.canny.low": 80, "loss.pixel.sa.canny.high": 210}
+    canny = {
+        "loss.pixel.sa.sa_share_target": 0.2,
+        "loss.pixel.sa.edge": "canny",
+        "loss.pixel.sa.canny.low": 80,
+        "loss.pixel.sa.canny.high": 210,
+    }
     assert _decoded("sa_esrgan", canny) == canny
     lv = {"loss.pixel.sa.sa_share_target": 0.1, "loss.pixel.sa.edge": "lv", "loss.pixel.sa.lv.delta": 0.02}
     assert _decoded("sa_esrgan", lv) == lv
@@ -124,28 +137,51 @@ def test_canny_branch_brings_its_children_only():
 
 def test_subset_and_first_k():
     flags = {f"loss.fm.blocks#{i}": i in (0, 2) for i in range(8)}
-    assert _decoded("fm", {**flags, "loss.fm.weight": 2.0, "loss.perceptual.weight": 0.5}) == \
-        {"loss.fm.blocks": [0, 2], "loss.fm.weight": 2.0, "loss.perceptual.weight": 0.5}
+    assert _decoded("fm", {**flags, "loss.fm.weight": 2.0, "loss.perceptual.weight": 0.5}) == {
+        "loss.fm.blocks": [0, 2],
+        "loss.fm.weight": 2.0,
+        "loss.perceptual.weight": 0.5,
+    }
     none = {f"loss.fm.blocks#{i}": False for i in range(8)}  # all off reads as "no restriction"
     assert decode(none) == {"loss.fm.blocks": list(range(8))}
     assert decode({"loss.fm.blocks": 3}) == {"loss.fm.blocks": [0, 1, 2]}
 
 
 def test_combined_full_assignment_and_overrides():
-    params = {"loss.pixel.sa.sa_share_target": 0.15, "loss.pixel.sa.edge": "lv", "loss.pixel.sa.lv.delta": 0.01,
-              "loss.dp.mu#choice": "inf", "loss.dp.resnet_stage": 4, "loss.fm.blocks": 4,
-              "loss.perceptual.layer": "conv4_4"}
+    params = {
+        "loss.pixel.sa.sa_share_target": 0.15,
+        "loss.pixel.sa.edge": "lv",
+        "loss.pixel.sa.lv.delta": 0.01,
+        "loss.dp.mu#choice": "inf",
+        "loss.dp.resnet_stage": 4,
+        "loss.fm.blocks": 4,
+        "loss.perceptual.layer": "conv4_4",
+    }
     out = _decoded("combined", params)
-    assert out == {"loss.pixel.sa.sa_share_target": 0.15, "loss.pixel.sa.edge": "lv", "loss.pixel.sa.lv.delta": 0.01,
-                   "loss.dp.mu": math.inf, "loss.dp.resnet_stage": 4, "loss.fm.blocks": [0, 1, 2, 3],
-                   "loss.perceptual.layer": "conv4_4"}
+    assert out == {
+        "loss.pixel.sa.sa_share_target": 0.15,
+        "loss.pixel.sa.edge": "lv",
+        "loss.pixel.sa.lv.delta": 0.01,
+        "loss.dp.mu": math.inf,
+        "loss.dp.resnet_stage": 4,
+        "loss.fm.blocks": [0, 1, 2, 3],
+        "loss.perceptual.layer": "conv4_4",
+    }
     assert nested(out)["loss"]["dp"] == {"mu": math.inf, "resnet_stage": 4}
-    assert nested(out)["loss"]["pixel"]["sa"] == {"sa_share_target": 0.15, "edge": "lv", "lv": {"delta": 0.01}}
+    assert nested(out)["loss"]["pixel"]["sa"] == {
+        "sa_share_target": 0.15,
+        "edge": "lv",
+        "lv": {"delta": 0.01},
+    }
 
 
 def test_int_step_and_log_distributions():
-    fn = compile_space([{"path": "train.steps", "int": [10, 20], "step": 5},
-                        {"path": "loss.adv.weight", "float": [1e-3, 1e-2], "log": True}])
+    fn = compile_space(
+        [
+            {"path": "train.steps", "int": [10, 20], "step": 5},
+            {"path": "loss.adv.weight", "float": [1e-3, 1e-2], "log": True},
+        ]
+    )
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
     study.optimize(lambda t: fn(t) or 0.0, n_trials=15)
     assert {t.params["train.steps"] for t in study.trials} <= {10, 15, 20}
@@ -156,13 +192,14 @@ def test_points_to_evaluate_are_written_as_config_values():
     sweep = load_sweep(REPO / "search_spaces" / "dp_optuna.yaml")
     assert sweep.search.points_to_evaluate == [
         {"loss.dp.mu#choice": "range", "loss.dp.mu": 0.5, "loss.dp.resnet_stage": 3},
-        {"loss.dp.mu#choice": "inf", "loss.dp.resnet_stage": 3}]
+        {"loss.dp.mu#choice": "inf", "loss.dp.resnet_stage": 3},
+    ]
     fm = load_sweep(REPO / "search_spaces" / "fm.yaml").search.points_to_evaluate[0]
     assert decode(fm)["loss.fm.blocks"] == list(range(8))
     combined = load_sweep(REPO / "search_spaces" / "combined.yaml").space
-    assert encode(combined, {"loss.fm.blocks": [0, 1, 2], "loss.pixel.sa.edge": "canny",
-                             "loss.pixel.sa.canny.low": 60}) == \
-        {"loss.fm.blocks": 3, "loss.pixel.sa.edge": "canny", "loss.pixel.sa.canny.low": 60}
+    assert encode(
+        combined, {"loss.fm.blocks": [0, 1, 2], "loss.pixel.sa.edge": "canny", "loss.pixel.sa.canny.low": 60}
+    ) == {"loss.fm.blocks": 3, "loss.pixel.sa.edge": "canny", "loss.pixel.sa.canny.low": 60}
     with pytest.raises(ValueError, match=r"loss.fm.blocks: \[1, 2\] is not list\(range\(k\)\)"):
         encode(combined, {"loss.fm.blocks": [1, 2]})
     with pytest.raises(ValueError, match="loss.pixel.sa.lv.delta: not a parameter of the space"):
@@ -182,8 +219,12 @@ def test_ray_optuna_search_drives_the_compiled_space():
     from ray.tune.search.optuna import OptunaSearch
 
     sweep = load_sweep(REPO / "search_spaces" / "combined.yaml")
-    search = OptunaSearch(space=compile_space(sweep.space), metric=["val_lpips", "val_psnr"], mode=["min", "max"],
-                          sampler=optuna.samplers.NSGAIISampler(seed=0))
+    search = OptunaSearch(
+        space=compile_space(sweep.space),
+        metric=["val_lpips", "val_psnr"],
+        mode=["min", "max"],
+        sampler=optuna.samplers.NSGAIISampler(seed=0),
+    )
     exp = experiment_dict(sweep, REPO / "search_spaces" / "combined.yaml")
     for i in range(3):
         config = search.suggest(f"t{i}")
@@ -192,37 +233,85 @@ def test_ray_optuna_search_drives_the_compiled_space():
 
 
 # --------------------------------------------------------------------- bad files
-BASE = {"name": "bad", "base": "esrgan_dp", "space": [{"path": "loss.dp.mu", "float": [0.1, 20], "log": True}]}
+BASE = {
+    "name": "bad",
+    "base": "esrgan_dp",
+    "space": [{"path": "loss.dp.mu", "float": [0.1, 20], "log": True}],
+}
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"budgett": {"num_samples": 2}},
-     "budgett: unknown key (allowed: name, base, set, space, objective, search, budget, scheduler, resources, "
-     "failure, selection, constraint)"),
-    ({"space": [{"path": "loss.dp.mu", "float": [0.1, 1]}, {"path": "loss.dp.resnet_stage", "choices": [1, 2]},
-                {"path": "loss.dp.mux", "float": [0.1, 1]}]},
-     "space[2].path: loss.dp.mux is not a config key"),
-    ({"space": [{"path": "model.generator.num_feat", "int": [8, 64]}]},
-     "space[0].path: model.generator.num_feat cannot be searched (the shared pretraining fixes model and data)"),
-    ({"space": [{"path": "data.patch_size", "choices": [64, 128]}]},
-     "space[0].path: data.patch_size cannot be searched (the shared pretraining fixes model and data)"),
-    ({"space": [{"path": "loss.dp.mu", "float": [0.3, 0.3]}]}, "space[0].float: low (0.3) must be < high (0.3)"),
-    ({"space": [{"path": "loss.perceptual.layer", "choices": []}]}, "space[0].choices: must list at least one value"),
-    ({"space": [{"path": "loss.pixel.criterion", "choices": ["l1", "l2"],
-                 "when": {"l3": [{"path": "loss.dp.mu", "float": [0.1, 1]}]}}]},
-     "space[0].when: 'l3' is not one of the choices 'l1', 'l2'"),
-    ({"space": [{"path": "loss.dp.mu", "flaot": [0.1, 1]}]},
-     "space[0].flaot: unknown key (allowed: path, float, int, log, step, or, choices, grid, first_k, subset, when)"),
-    ({"space": [{"path": "loss.dp.resnet_stage", "choices": [1, 5]}]}, "space[0].choices: 5 is not one of 1, 2, 3, 4"),
-    ({"space": [{"path": "loss.dp.mu", "float": [0.1, 1]}, {"path": "loss.dp.mu", "float": [1, 2]}]},
-     "space[1].path: loss.dp.mu is searched twice (also space[0].path)"),
-    ({"space": [{"path": "loss.fm.blocks", "first_k": [1, 8]}]},
-     "space[0].path: loss.fm.blocks: the experiment (base + set) has no loss.fm section; add it under set"),
-    ({"search": {"points_to_evaluate": [{"loss.dp.mu": 50}]}},
-     "search.points_to_evaluate[0]: loss.dp.mu: 50 is not a float in [0.1, 20]"),
-    ({"objective": {"metrics": [{"name": "val_lpipz", "mode": "min"}]}},
-     "objective.metrics[0].name: 'val_lpipz' is not one of 'val_lpips', 'val_psnr', 'val_ssim'"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (
+            {"budgett": {"num_samples": 2}},
+            "budgett: unknown key (allowed: name, base, set, space, objective, search, budget, scheduler, resources, "
+            "failure, selection, constraint)",
+        ),
+        (
+            {
+                "space": [
+                    {"path": "loss.dp.mu", "float": [0.1, 1]},
+                    {"path": "loss.dp.resnet_stage", "choices": [1, 2]},
+                    {"path": "loss.dp.mux", "float": [0.1, 1]},
+                ]
+            },
+            "space[2].path: loss.dp.mux is not a config key",
+        ),
+        (
+            {"space": [{"path": "model.generator.num_feat", "int": [8, 64]}]},
+            "space[0].path: model.generator.num_feat cannot be searched (the shared pretraining fixes model and data)",
+        ),
+        (
+            {"space": [{"path": "data.patch_size", "choices": [64, 128]}]},
+            "space[0].path: data.patch_size cannot be searched (the shared pretraining fixes model and data)",
+        ),
+        (
+            {"space": [{"path": "loss.dp.mu", "float": [0.3, 0.3]}]},
+            "space[0].float: low (0.3) must be < high (0.3)",
+        ),
+        (
+            {"space": [{"path": "loss.perceptual.layer", "choices": []}]},
+            "space[0].choices: must list at least one value",
+        ),
+        (
+            {
+                "space": [
+                    {
+                        "path": "loss.pixel.criterion",
+                        "choices": ["l1", "l2"],
+                        "when": {"l3": [{"path": "loss.dp.mu", "float": [0.1, 1]}]},
+                    }
+                ]
+            },
+            "space[0].when: 'l3' is not one of the choices 'l1', 'l2'",
+        ),
+        (
+            {"space": [{"path": "loss.dp.mu", "flaot": [0.1, 1]}]},
+            "space[0].flaot: unknown key (allowed: path, float, int, log, step, or, choices, grid, first_k, subset, when)",
+        ),
+        (
+            {"space": [{"path": "loss.dp.resnet_stage", "choices": [1, 5]}]},
+            "space[0].choices: 5 is not one of 1, 2, 3, 4",
+        ),
+        (
+            {"space": [{"path": "loss.dp.mu", "float": [0.1, 1]}, {"path": "loss.dp.mu", "float": [1, 2]}]},
+            "space[1].path: loss.dp.mu is searched twice (also space[0].path)",
+        ),
+        (
+            {"space": [{"path": "loss.fm.blocks", "first_k": [1, 8]}]},
+            "space[0].path: loss.fm.blocks: the experiment (base + set) has no loss.fm section; add it under set",
+        ),
+        (
+            {"search": {"points_to_evaluate": [{"loss.dp.mu": 50}]}},
+            "search.points_to_evaluate[0]: loss.dp.mu: 50 is not a float in [0.1, 20]",
+        ),
+        (
+            {"objective": {"metrics": [{"name": "val_lpipz", "mode": "min"}]}},
+            "objective.metrics[0].name: 'val_lpipz' is not one of 'val_lpips', 'val_psnr', 'val_ssim'",
+        ),
+    ],
+)
 def test_bad_sweep_files_fail_with_one_line(tmp_path, change, message):
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump({**BASE, **change}))
@@ -237,13 +326,17 @@ def test_space_at_its_first_values_must_validate(tmp_path):
     path.write_text(yaml.safe_dump({**BASE, "set": {"loss": {"perceptual": None}}}))
     with pytest.raises(ConfigError) as exc:
         load_sweep(path)
-    assert str(exc.value) == (f"{path} (base + set + space at first values): loss.dp: needs a perceptual "
-                              "section (it uses the VGG layer and weight)")
+    assert str(exc.value) == (
+        f"{path} (base + set + space at first values): loss.dp: needs a perceptual "
+        "section (it uses the VGG layer and weight)"
+    )
 
 
 def test_no_torch_import():
-    code = ("import sys; import sweeper.space, sweeper.sweep_config as c; "
-            "s = c.load_sweep('search_spaces/combined.yaml'); sweeper.space.compile_space(s.space); "
-            "assert 'torch' not in sys.modules, 'torch imported'")
+    code = (
+        "import sys; import sweeper.space, sweeper.sweep_config as c; "
+        "s = c.load_sweep('search_spaces/combined.yaml'); sweeper.space.compile_space(s.space); "
+        "assert 'torch' not in sys.modules, 'torch imported'"
+    )
     res = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr

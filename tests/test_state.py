@@ -1,10 +1,12 @@
 """The sweep state (paths fixed at launch, one typed snapshot), the trainer's events, and
 the module boundaries the sweeper keeps (MLflow in one module)."""
+
 import math
 import re
 from pathlib import Path
 
 import pytest
+
 from sweeper.state import STATE_FILE, SweepState, absolute_paths
 from sweeper.sweep_config import experiment_dict, load_sweep
 from trainables.config import ConfigError, validate
@@ -15,12 +17,17 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_absolute_paths_are_taken_against_the_launch_folder(tmp_path, monkeypatch):
     monkeypatch.delenv("SRSWEEP_WEIGHTS_DIR", raising=False)
-    raw = {"data": {"train": "../shared/data/DIV2K256", "val": "embedded", "patch_size": 32},
-           "backbones": {"weights": "random", "weights_dir": "/abs/w"},
-           "train": {"pretrained_g": "runs/g.pt", "steps": 3}}
+    raw = {
+        "data": {"train": "../shared/data/DIV2K256", "val": "embedded", "patch_size": 32},
+        "backbones": {"weights": "random", "weights_dir": "/abs/w"},
+        "train": {"pretrained_g": "runs/g.pt", "steps": 3},
+    }
     out = absolute_paths(raw, tmp_path / "repo")
-    assert out["data"] == {"train": str(tmp_path / "shared" / "data" / "DIV2K256"), "val": "embedded",
-                           "patch_size": 32}
+    assert out["data"] == {
+        "train": str(tmp_path / "shared" / "data" / "DIV2K256"),
+        "val": "embedded",
+        "patch_size": 32,
+    }
     assert out["backbones"]["weights_dir"] == "/abs/w"
     assert out["train"] == {"pretrained_g": str(tmp_path / "repo" / "runs" / "g.pt"), "steps": 3}
     assert raw["data"]["train"] == "../shared/data/DIV2K256"  # the input is not modified
@@ -34,9 +41,18 @@ def _state(tmp_path: Path) -> SweepState:
     sweep = load_sweep(path)
     exp = absolute_paths(experiment_dict(sweep, path), tmp_path)
     exp["loss"]["dp"]["mu"] = math.inf
-    return SweepState(sweep=sweep, sweep_file=str(path), experiment=exp, sweep_dir=str(tmp_path),
-                      tracking_uri="sqlite:///x.db", experiment_id="1", parent_run_id="p", bicubic_psnr=30.5,
-                      total_steps=60, tags={"backbones": "random-init"})
+    return SweepState(
+        sweep=sweep,
+        sweep_file=str(path),
+        experiment=exp,
+        sweep_dir=str(tmp_path),
+        tracking_uri="sqlite:///x.db",
+        experiment_id="1",
+        parent_run_id="p",
+        bicubic_psnr=30.5,
+        total_steps=60,
+        tags={"backbones": "random-init"},
+    )
 
 
 def test_state_round_trips_with_its_sweep_snapshot(tmp_path):
@@ -46,9 +62,17 @@ def test_state_round_trips_with_its_sweep_snapshot(tmp_path):
     assert back == state and back.experiment["loss"]["dp"]["mu"] == math.inf
     assert back.sweep.search.algorithm == "tpe" and back.base_config.train.val_every == 15
     # Optuna's names -> the trial's validated config, searched values on top of the base.
-    cfg = back.trial_config({"loss.dp.mu#choice": "range", "loss.dp.mu": 2.5, "loss.fm.blocks": 3,
-                             "loss.dp.resnet_stage": 2, "loss.perceptual.layer": "conv3_4",
-                             "loss.pixel.sa.sa_share_target": 0.2}, "t1")
+    cfg = back.trial_config(
+        {
+            "loss.dp.mu#choice": "range",
+            "loss.dp.mu": 2.5,
+            "loss.fm.blocks": 3,
+            "loss.dp.resnet_stage": 2,
+            "loss.perceptual.layer": "conv3_4",
+            "loss.pixel.sa.sa_share_target": 0.2,
+        },
+        "t1",
+    )
     assert (cfg.loss.dp.mu, cfg.loss.dp.resnet_stage, cfg.loss.fm.blocks) == (2.5, 2, [0, 1, 2])
     assert cfg.loss.pixel.sa.sa_share_target == 0.2 and cfg.loss.perceptual.layer == "conv3_4"
     with pytest.raises(ConfigError, match=r"^trial t2: loss\.dp\.resnet_stage: 7 is not one of"):
@@ -79,16 +103,33 @@ class Events:
 
 
 def _cfg(tiny_data):
-    return validate({
-        "data": {"train": str(tiny_data / "train"), "val": str(tiny_data / "val"), "patch_size": 32,
-                 "batch_size": 2, "num_workers": 0},
-        "model": {"generator": {"arch": "srresnet", "num_feat": 8, "num_blocks": 1},
-                  "discriminator": {"arch": "srgan", "num_feat": 8}},
-        "backbones": {"weights": "random"},
-        "loss": {"perceptual": {"layer": "conv2_2"}},
-        "train": {"pretrain_steps": 0, "steps": 5, "val_every": 2, "log_every": 1, "checkpoint_every": 100,
-                  "val_images": 1, "val_crop": 32, "device": "cpu"},
-    })
+    return validate(
+        {
+            "data": {
+                "train": str(tiny_data / "train"),
+                "val": str(tiny_data / "val"),
+                "patch_size": 32,
+                "batch_size": 2,
+                "num_workers": 0,
+            },
+            "model": {
+                "generator": {"arch": "srresnet", "num_feat": 8, "num_blocks": 1},
+                "discriminator": {"arch": "srgan", "num_feat": 8},
+            },
+            "backbones": {"weights": "random"},
+            "loss": {"perceptual": {"layer": "conv2_2"}},
+            "train": {
+                "pretrain_steps": 0,
+                "steps": 5,
+                "val_every": 2,
+                "log_every": 1,
+                "checkpoint_every": 100,
+                "val_images": 1,
+                "val_crop": 32,
+                "device": "cpu",
+            },
+        }
+    )
 
 
 @pytest.mark.parametrize("on_validation", [False, True])
@@ -109,7 +150,9 @@ def test_mlflow_is_called_from_one_module():
     """Every MLflow call goes through sweeper/tracking.py (the API changes between releases),
     and the tracking outbox (sweeper/outbox.py), which buffers those writes."""
     files = [p for d in ("sweeper", "trainables") for p in (REPO / d).glob("*.py")]
-    users = sorted(str(p.relative_to(REPO)) for p in files
-                   if re.search(r"mlflow\.|from mlflow|import mlflow", p.read_text()))
+    users = sorted(
+        str(p.relative_to(REPO))
+        for p in files
+        if re.search(r"mlflow\.|from mlflow|import mlflow", p.read_text())
+    )
     assert users == ["sweeper/outbox.py", "sweeper/tracking.py"]
-

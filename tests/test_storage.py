@@ -1,6 +1,7 @@
 """Sweep storage on a folder and on a REAL S3 server (moto's server mode on 127.0.0.1, started
 and stopped here): a Ray Tune experiment writes its state and checkpoints to s3://, is
 interrupted by an error, and ``Tuner.restore`` from s3:// continues it from the checkpoint."""
+
 from __future__ import annotations
 
 import json
@@ -16,8 +17,17 @@ from pathlib import Path
 
 import pytest
 
-from sweeper.storage import (StorageError, check_writable, download_dir, exists, join, read_text,
-                             resolve_storage, upload_file, write_text)
+from sweeper.storage import (
+    StorageError,
+    check_writable,
+    download_dir,
+    exists,
+    join,
+    read_text,
+    resolve_storage,
+    upload_file,
+    write_text,
+)
 
 MOTO = shutil.which("moto_server", path=str(Path(sys.executable).parent))
 
@@ -59,8 +69,12 @@ def s3():
         port = s.getsockname()[1]
     log = tempfile.TemporaryFile()
     proc = subprocess.Popen([MOTO, "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=log)
-    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
-           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    env = {
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
@@ -72,12 +86,16 @@ def s3():
             except OSError:
                 if proc.poll() is not None or time.time() > end:
                     log.seek(0)
-                    raise RuntimeError(f"moto_server did not start: {log.read()[-1000:]!r}")
+                    raise RuntimeError(f"moto_server did not start: {log.read()[-1000:]!r}") from None
                 time.sleep(0.3)
         import pyarrow.fs as pafs
 
-        pafs.S3FileSystem(endpoint_override=f"127.0.0.1:{port}", scheme="http", region="us-east-1",
-                          allow_bucket_creation=True).create_dir("sweeps")
+        pafs.S3FileSystem(
+            endpoint_override=f"127.0.0.1:{port}",
+            scheme="http",
+            region="us-east-1",
+            allow_bucket_creation=True,
+        ).create_dir("sweeps")
         yield port
     finally:
         for k, v in saved.items():
@@ -116,8 +134,10 @@ def _steps(config):
             raise RuntimeError("simulated node loss")
         with tempfile.TemporaryDirectory() as d:
             (Path(d) / "state.json").write_text(json.dumps({"step": step}))
-            tune.report({"step": step, "score": step * config["x"], "resumed_from": start},
-                        checkpoint=tune.Checkpoint.from_directory(d))
+            tune.report(
+                {"step": step, "score": step * config["x"], "resumed_from": start},
+                checkpoint=tune.Checkpoint.from_directory(d),
+            )
 
 
 def test_tune_experiment_on_s3_and_restore(s3, tmp_path):
@@ -129,15 +149,20 @@ def test_tune_experiment_on_s3_and_restore(s3, tmp_path):
     if ray.is_initialized():  # the workers must inherit the AWS_* variables set by the fixture
         ray.shutdown()
     here = os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])
-    ray.init(num_cpus=2, object_store_memory=2 * 2**30, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": here}})  # workers import _steps from this file
+    ray.init(
+        num_cpus=2,
+        object_store_memory=2 * 2**30,
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env={"env_vars": {"PYTHONPATH": here}},
+    )  # workers import _steps from this file
     try:
-        tuner = tune.Tuner(tune.with_resources(_steps, {"cpu": 1}),
-                           param_space={"x": tune.grid_search([1.0, 2.0]),
-                                        "marker": str(tmp_path / "crashed")},
-                           tune_config=tune.TuneConfig(metric="score", mode="max"),
-                           run_config=tune.RunConfig(name="demo", storage_path=path, storage_filesystem=fs,
-                                                     verbose=0))
+        tuner = tune.Tuner(
+            tune.with_resources(_steps, {"cpu": 1}),
+            param_space={"x": tune.grid_search([1.0, 2.0]), "marker": str(tmp_path / "crashed")},
+            tune_config=tune.TuneConfig(metric="score", mode="max"),
+            run_config=tune.RunConfig(name="demo", storage_path=path, storage_filesystem=fs, verbose=0),
+        )
         first = tuner.fit()
         assert len(first.errors) == 1  # x=1 crashed at step 3, x=2 finished
         exp = join(path, "demo")
@@ -148,15 +173,17 @@ def test_tune_experiment_on_s3_and_restore(s3, tmp_path):
         print(f"\n{len(keys)} objects under s3://{exp}, e.g. {ckpts[:3]}")
         assert tune.Tuner.can_restore(exp, storage_filesystem=fs)
 
-        restored = tune.Tuner.restore(exp, tune.with_resources(_steps, {"cpu": 1}), resume_errored=True,
-                                      storage_filesystem=fs).fit()
+        restored = tune.Tuner.restore(
+            exp, tune.with_resources(_steps, {"cpu": 1}), resume_errored=True, storage_filesystem=fs
+        ).fit()
         df = restored.get_dataframe()
         assert not restored.errors and sorted(df["step"]) == [4, 4]
         # The crashed trial continued from its step-2 checkpoint in S3, not from scratch; the
         # finished one was not run again.
         assert sorted(df["resumed_from"]) == [0, 2], df[["trial_id", "resumed_from"]]
-        print(f"restored from s3://{exp}: steps {sorted(df['step'])}, "
-              f"resumed_from {sorted(df['resumed_from'])}")
+        print(
+            f"restored from s3://{exp}: steps {sorted(df['step'])}, resumed_from {sorted(df['resumed_from'])}"
+        )
 
         # The driver's readers take local folders: a mirror of the experiment reads the same.
         local = download_dir(exp, fs, tmp_path / "mirror")

@@ -1,4 +1,5 @@
 """Parameter importances compare trials at equal training: ASHA-stopped trials are left out."""
+
 import optuna
 
 from sweeper.study import importances, storage_url, study_name
@@ -7,10 +8,17 @@ from sweeper.study import importances, storage_url, study_name
 def _study(tmp_path, rows):
     study = optuna.create_study(study_name=study_name(tmp_path), storage=storage_url(tmp_path))
     for x, y, steps, value in rows:
-        study.add_trial(optuna.trial.create_trial(
-            params={"x": x, "y": y}, value=value, user_attrs={"steps": steps},
-            distributions={"x": optuna.distributions.FloatDistribution(0, 1),
-                           "y": optuna.distributions.FloatDistribution(0, 1)}))
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={"x": x, "y": y},
+                value=value,
+                user_attrs={"steps": steps},
+                distributions={
+                    "x": optuna.distributions.FloatDistribution(0, 1),
+                    "y": optuna.distributions.FloatDistribution(0, 1),
+                },
+            )
+        )
 
 
 def test_importances_count_only_full_budget_trials(tmp_path):

@@ -3,6 +3,7 @@
 Runs the installed ``srsweep`` as a user does. Slow-ish (Ray start-up, several tiny
 trials), so marked ``slow``; CI runs it.
 """
+
 import json
 import os
 import re
@@ -21,20 +22,33 @@ SRSWEEP = str(Path(sys.executable).with_name("srsweep"))
 pytestmark = pytest.mark.slow
 
 
-def write_sweep(tmp_path: Path, tiny_data: Path, num_samples: int, concurrent: int, steps: int = 6,
-                where: str = ".") -> Path:
+def write_sweep(
+    tmp_path: Path, tiny_data: Path, num_samples: int, concurrent: int, steps: int = 6, where: str = "."
+) -> Path:
     """``tiny_data`` may be relative: to the folder srsweep is started from, not the sweep file's."""
     sweep = {
         "name": "e2e",
         "base": ["sa_esrgan_lv", "tiny_cpu"],
         "set": {
-            "data": {"train": str(tiny_data / "train"), "val": str(tiny_data / "val"),
-                     "patch_size": 32, "batch_size": 2},
-            "loss": {"pixel": {"sa": {"beta2": None, "sa_share_target": 0.15, "calibration_batches": 1}},
-                     "dp": {"mu": 0.5, "resnet_stage": 1},
-                     "fm": {"blocks": [0, 1], "weight": 1.0}},
-            "train": {"pretrain_steps": 4, "steps": steps, "val_every": 2, "val_images": 2, "val_crop": 64,
-                      "log_every": 2},
+            "data": {
+                "train": str(tiny_data / "train"),
+                "val": str(tiny_data / "val"),
+                "patch_size": 32,
+                "batch_size": 2,
+            },
+            "loss": {
+                "pixel": {"sa": {"beta2": None, "sa_share_target": 0.15, "calibration_batches": 1}},
+                "dp": {"mu": 0.5, "resnet_stage": 1},
+                "fm": {"blocks": [0, 1], "weight": 1.0},
+            },
+            "train": {
+                "pretrain_steps": 4,
+                "steps": steps,
+                "val_every": 2,
+                "val_images": 2,
+                "val_crop": 64,
+                "log_every": 2,
+            },
         },
         "space": [
             {"path": "loss.pixel.sa.sa_share_target", "float": [0.05, 0.3]},
@@ -56,8 +70,9 @@ def write_sweep(tmp_path: Path, tiny_data: Path, num_samples: int, concurrent: i
 
 def srsweep(*args, cwd, timeout=900, **kw):
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true"}
-    return subprocess.run([SRSWEEP, *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                          env=env, **kw)
+    return subprocess.run(
+        [SRSWEEP, *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env, **kw
+    )
 
 
 def _sweep_dir(tmp_path: Path) -> Path:
@@ -108,15 +123,22 @@ def test_sweep_end_to_end_then_rerun_the_winner(tmp_path, tiny_data):
     assert steps == sorted(set(steps)) and all(s % 2 == 0 for s in steps)
     # Labelled sample grids as step-indexed MLflow images (the UI's slider), one key per val image.
     arts = [a.path for a in client.list_artifacts(winners[0].info.run_id, "images")]
-    assert {p.split("/")[-1].split("+")[0] for p in arts if p.endswith(".png")} == \
-        {"val_sample_0_img_002", "val_sample_1_img_003"}, arts
+    assert {p.split("/")[-1].split("+")[0] for p in arts if p.endswith(".png")} == {
+        "val_sample_0_img_002",
+        "val_sample_1_img_003",
+    }, arts
     parent = client.get_run(state["parent_run_id"])
     assert parent.data.tags["winner_run_id"] == winners[0].info.run_id
-    assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"results.parquet", "pareto.png",
-                                                                         "winner.yaml", "sweep.yaml"}
+    assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {
+        "results.parquet",
+        "pareto.png",
+        "winner.yaml",
+        "sweep.yaml",
+    }
     # The winner file is a complete config that `srsweep train` reruns unchanged.
-    res = srsweep("train", d / "winner.yaml", "--out", tmp_path / "rerun", "--set", "train.steps=2",
-                  cwd=tmp_path)
+    res = srsweep(
+        "train", d / "winner.yaml", "--out", tmp_path / "rerun", "--set", "train.steps=2", cwd=tmp_path
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     # `best` can be asked again, by experiment name, and tags the same winner.
     res = srsweep("best", "e2e", "--tracking-uri", uri, "--resamples", "200", cwd=tmp_path)
@@ -126,8 +148,15 @@ def test_sweep_end_to_end_then_rerun_the_winner(tmp_path, tiny_data):
 def test_killed_driver_resumes_without_duplicates(tmp_path, tiny_data):
     sweep = write_sweep(tmp_path, tiny_data, num_samples=4, concurrent=1, steps=8)
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true"}
-    proc = subprocess.Popen([SRSWEEP, "run", str(sweep)], cwd=tmp_path, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
+    proc = subprocess.Popen(
+        [SRSWEEP, "run", str(sweep)],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
     # Kill the whole driver session (driver + its local Ray) once a second trial reports.
     deadline = time.monotonic() + 600
     seen, trials = [], set()

@@ -1,4 +1,5 @@
 """The training loop on real images: resume equals uninterrupted, divergence, presets."""
+
 from pathlib import Path
 
 import numpy as np
@@ -25,22 +26,45 @@ class ListReporter:
 
 
 def _cfg(tiny_data, **train):
-    return validate({
-        "seed": 3,
-        "data": {"train": str(tiny_data / "train"), "val": str(tiny_data / "val"), "patch_size": 32,
-                 "batch_size": 2, "num_workers": 0},
-        "model": {"generator": {"arch": "srresnet", "num_feat": 8, "num_blocks": 1},
-                  "discriminator": {"arch": "srgan", "num_feat": 8}},
-        "backbones": {"weights": "random"},
-        "loss": {"pixel": {"criterion": "charbonnier", "beta1": 0.01,
-                           "sa": {"edge": "lv", "sa_share_target": 0.15, "calibration_batches": 2}},
-                 "perceptual": {"layer": "conv2_2", "weight": 1.0},
-                 "dp": {"mu": 0.5, "resnet_stage": 1},
-                 "fm": {"blocks": [0, 3], "weight": 1.0},
-                 "adv": {"kind": "ragan", "weight": 0.005}},
-        "train": {"pretrain_steps": 3, "steps": 5, "milestones": [2], "val_every": 4, "log_every": 1,
-                  "checkpoint_every": 100, "val_crop": 64, "device": "cpu", **train},
-    })
+    return validate(
+        {
+            "seed": 3,
+            "data": {
+                "train": str(tiny_data / "train"),
+                "val": str(tiny_data / "val"),
+                "patch_size": 32,
+                "batch_size": 2,
+                "num_workers": 0,
+            },
+            "model": {
+                "generator": {"arch": "srresnet", "num_feat": 8, "num_blocks": 1},
+                "discriminator": {"arch": "srgan", "num_feat": 8},
+            },
+            "backbones": {"weights": "random"},
+            "loss": {
+                "pixel": {
+                    "criterion": "charbonnier",
+                    "beta1": 0.01,
+                    "sa": {"edge": "lv", "sa_share_target": 0.15, "calibration_batches": 2},
+                },
+                "perceptual": {"layer": "conv2_2", "weight": 1.0},
+                "dp": {"mu": 0.5, "resnet_stage": 1},
+                "fm": {"blocks": [0, 3], "weight": 1.0},
+                "adv": {"kind": "ragan", "weight": 0.005},
+            },
+            "train": {
+                "pretrain_steps": 3,
+                "steps": 5,
+                "milestones": [2],
+                "val_every": 4,
+                "log_every": 1,
+                "checkpoint_every": 100,
+                "val_crop": 64,
+                "device": "cpu",
+                **train,
+            },
+        }
+    )
 
 
 def _losses(rep):
@@ -84,7 +108,7 @@ def test_validation_reports_metrics_and_a_sample_grid(tiny_data, tmp_path):
     step, name, grid = rep.images[0]
     assert name == "val_sample_0_img_002" and grid.dtype == np.uint8 and grid.shape == (16 + 64, 4 * 64, 3)
     assert [n for s, n, _ in rep.images if s == step] == ["val_sample_0_img_002", "val_sample_1_img_003"]
-    assert ("pretrain_g.pt" in {n for _, n in rep.checkpoints})
+    assert "pretrain_g.pt" in {n for _, n in rep.checkpoints}
     step, rows = rep.scores_at  # per-image scores of the last validation (for the paired test)
     assert step == 4 and [r.name for r in rows] == ["img_002", "img_003"]
     assert np.mean([r.lpips for r in rows]) == pytest.approx(vals[4]["val_lpips"])
@@ -115,9 +139,18 @@ def test_every_paper_preset_is_shipped():
 
 @pytest.mark.parametrize("preset", PRESETS)
 def test_presets_train_at_tiny_size(preset, tiny_data, tmp_path):
-    cfg = load_config(preset, [f"data.train={tiny_data / 'train'}", f"data.val={tiny_data / 'val'}",
-                               "train.pretrain_steps=2", "train.steps=2", "train.val_every=2",
-                               "data.patch_size=32"], ["tiny_cpu"])
+    cfg = load_config(
+        preset,
+        [
+            f"data.train={tiny_data / 'train'}",
+            f"data.val={tiny_data / 'val'}",
+            "train.pretrain_steps=2",
+            "train.steps=2",
+            "train.val_every=2",
+            "data.patch_size=32",
+        ],
+        ["tiny_cpu"],
+    )
     rep = ListReporter()
     last = Trainer(cfg, tmp_path, rep).run()
     assert np.isfinite(last["loss_g_total"]) and "val_psnr" in last

@@ -1,5 +1,6 @@
 """Tests for trainables.video_data: windows, Vid4 folders, clip patches, synthetic motion,
 bad inputs, and the SA Charbonnier loss (SA eq. 23) on a clip."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -13,8 +14,17 @@ from skimage.registration import phase_cross_correlation
 from trainables.data import EMBEDDED_VAL, DataError, TrainPatches, embedded_folder, load_image, make_lr
 from trainables.edges import CannySpec, local_variance
 from trainables.losses import sa_pixel
-from trainables.video_data import (TrainClips, VideoClips, embedded_video, folder_video, fourier_shift,
-                                   open_video, smooth_trajectory, synthesize_sequence, window_indices)
+from trainables.video_data import (
+    TrainClips,
+    VideoClips,
+    embedded_video,
+    folder_video,
+    fourier_shift,
+    open_video,
+    smooth_trajectory,
+    synthesize_sequence,
+    window_indices,
+)
 
 
 def write_rgb(path: Path, rgb: np.ndarray) -> Path:
@@ -68,7 +78,8 @@ def test_clips_of_distinct_frames(tmp_path, with_lr):
         assert item["lr"].shape == (5, 3, 4, 4) and item["hr"].shape == (3, 16, 16)
         lr_vals = (item["lr"] * 255).round().amax(dim=(1, 2, 3)).tolist()
         assert lr_vals == [10 * (j + 1) + off for j in window] and torch.equal(
-            (item["lr"] * 255).round().amin(dim=(1, 2, 3)), (item["lr"] * 255).round().amax(dim=(1, 2, 3)))
+            (item["lr"] * 255).round().amin(dim=(1, 2, 3)), (item["lr"] * 255).round().amax(dim=(1, 2, 3))
+        )
         centre = window[2]
         assert torch.all((item["hr"] * 255).round() == 10 * (centre + 1))
     assert clips[10]["name"] == "seqB/0004" and clips[10]["seq"] == "seqB"
@@ -101,10 +112,10 @@ def test_train_clips_crops_and_augments_every_frame_alike(tmp_path):
         augs.add(aug)
         item = ds[k]
         for j, src in enumerate(window_indices(t, 5)):
-            want = TrainPatches.augment(make_lr(frames[src], 4)[y:y + 4, x:x + 4], *aug)
+            want = TrainPatches.augment(make_lr(frames[src], 4)[y : y + 4, x : x + 4], *aug)
             got = (item["lr"][j] * 255).round().byte()
             assert torch.equal(got, torch.from_numpy(want.copy()).permute(2, 0, 1))
-        hr_p = TrainPatches.augment(frames[t][4 * y:4 * y + 16, 4 * x:4 * x + 16], *aug)
+        hr_p = TrainPatches.augment(frames[t][4 * y : 4 * y + 16, 4 * x : 4 * x + 16], *aug)
         assert torch.equal((item["hr"] * 255).round().byte(), torch.from_numpy(hr_p.copy()).permute(2, 0, 1))
         assert torch.equal(item["edge"], torch.from_numpy(spec(hr_p)).permute(2, 0, 1))
     assert len(augs) > 4  # the flips really vary
@@ -257,7 +268,7 @@ def lv_reference(rgb: np.ndarray, window: int = 5, delta: float = 0.01) -> np.nd
     out = np.zeros_like(g)
     for i in range(g.shape[0]):
         for j in range(g.shape[1]):
-            mu = pad[i:i + window, j:j + window].var()
+            mu = pad[i : i + window, j : j + window].var()
             out[i, j] = mu / (mu + delta)
     return out
 
@@ -285,8 +296,16 @@ def test_sa_charbonnier_canny_on_a_clip_by_hand(tmp_path):
     frames = [np.zeros((32, 32, 3), np.uint8) for _ in range(5)]
     frames[2][:, 16:] = 200  # one vertical edge in the centre frame only
     write_seq(tmp_path / "s", frames)
-    ds = TrainClips(folder_video(tmp_path, 4), patch=32, length=40, seed=0, hflip=False, vflip=False,
-                    rot90=False, edge=CannySpec())
+    ds = TrainClips(
+        folder_video(tmp_path, 4),
+        patch=32,
+        length=40,
+        seed=0,
+        hflip=False,
+        vflip=False,
+        rot90=False,
+        edge=CannySpec(),
+    )
     k = next(k for k in range(40) if ds.crop_params(k)[1] == 2)
     item = ds[k]
     edge = item["edge"][None]
@@ -295,6 +314,6 @@ def test_sa_charbonnier_canny_on_a_clip_by_hand(tmp_path):
     hr = item["hr"][None]
     sr = hr + 0.05
     loss, sa, _ = sa_pixel(sr, hr, 0.001, 1.5, edge, "charbonnier")
-    c = np.sqrt(0.05 ** 2 + 1e-6)
+    c = np.sqrt(0.05**2 + 1e-6)
     assert float(sa) == pytest.approx(c * 1.5 * n_edge / (32 * 32), rel=1e-5)
     assert float(loss) == pytest.approx(c * (0.001 + 1.5 * 32 / 1024), rel=1e-5)

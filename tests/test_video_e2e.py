@@ -1,6 +1,7 @@
 """Video end to end, as a user runs it: `srsweep train sa_vsr_lv --tiny`, `srsweep eval` on
 embedded-video and a Vid4-layout folder (bicubic and the trained checkpoint), and a 2-trial
 `srsweep run` of the shipped search_spaces/sa_vsr.yaml; CPU, SQLite MLflow stores in tmp."""
+
 from __future__ import annotations
 
 import json
@@ -26,10 +27,15 @@ ROW = re.compile(r"^(\S+)\s+([\d.]+)\s+([\d.]+)(?:\s+([\d.]+))?$")
 
 
 def srsweep(*args, cwd, timeout=900):
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true",
-           "PYTHONPATH": str(REPO)}
-    return subprocess.run([SRSWEEP, *map(str, args)], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, env=env)
+    env = {
+        **os.environ,
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "PYTHONPATH": str(REPO),
+    }
+    return subprocess.run(
+        [SRSWEEP, *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env
+    )
 
 
 def table(stdout: str) -> dict[str, tuple[float, ...]]:
@@ -47,9 +53,24 @@ def trained(tmp_path_factory):
     """`srsweep train sa_vsr_lv --tiny` (fewer steps) logging to a SQLite store."""
     tmp = tmp_path_factory.mktemp("train")
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
-    res = srsweep("train", "sa_vsr_lv", "--tiny", "--out", tmp / "run", "--tracking-uri", uri,
-                  "--set", "train.pretrain_steps=4", "--set", "train.steps=4", "--set", "train.val_every=4",
-                  "--set", "train.val_images=2", cwd=tmp)
+    res = srsweep(
+        "train",
+        "sa_vsr_lv",
+        "--tiny",
+        "--out",
+        tmp / "run",
+        "--tracking-uri",
+        uri,
+        "--set",
+        "train.pretrain_steps=4",
+        "--set",
+        "train.steps=4",
+        "--set",
+        "train.val_every=4",
+        "--set",
+        "train.val_images=2",
+        cwd=tmp,
+    )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     return tmp, uri, res.stdout
 
@@ -62,7 +83,9 @@ def test_train_sa_vsr_lv_tiny_logs_to_mlflow(trained):
     client = MlflowClient(uri)
     (run,) = client.search_runs([client.get_experiment_by_name("srsweep-train").experiment_id])
     assert run.info.status == "FINISHED" and run.data.params["data.kind"] == "video"
-    assert run.data.params["model.generator.arch"] == "vsrresfeat" and run.data.params["data.synth_size"] == "64"
+    assert (
+        run.data.params["model.generator.arch"] == "vsrresfeat" and run.data.params["data.synth_size"] == "64"
+    )
     hist = client.get_metric_history(run.info.run_id, "val_psnr")
     assert [m.step for m in hist] == [4, 8] and all(m.value > 15 for m in hist)
     # the per-sequence table at each validation, its mean row equal to the logged val_psnr
@@ -71,7 +94,11 @@ def test_train_sa_vsr_lv_tiny_logs_to_mlflow(trained):
     local = client.download_artifacts(run.info.run_id, "val_sequences/step_0000008.json", str(tmp))
     tab = json.loads(Path(local).read_text())
     cols, rows = tab["columns"], tab["data"]
-    assert cols[:3] == ["sequence", "psnr_y", "ssim_y"] and [r[0] for r in rows] == ["chelsea", "coffee", "mean"]
+    assert cols[:3] == ["sequence", "psnr_y", "ssim_y"] and [r[0] for r in rows] == [
+        "chelsea",
+        "coffee",
+        "mean",
+    ]
     assert rows[2][1] == pytest.approx((rows[0][1] + rows[1][1]) / 2)
     assert rows[2][1] == pytest.approx(hist[-1].value)
 
@@ -109,9 +136,12 @@ def test_eval_on_a_vid4_layout_folder(trained, tmp_path):
     got = table(res.stdout)
     _, seq_rows = eval_bicubic_folder(tmp_path / "vid", 4, 5)
     assert got == {r.name: (round(r.psnr, 2), round(r.ssim, 4)) for r in seq_rows} | {
-        "mean": (round(np.mean([r.psnr for r in seq_rows]), 2), round(np.mean([r.ssim for r in seq_rows]), 4))}
+        "mean": (round(np.mean([r.psnr for r in seq_rows]), 2), round(np.mean([r.ssim for r in seq_rows]), 4))
+    }
     res = srsweep("eval", tmp_path / "vid", "--model", tmp / "run" / "last.pt", "--lpips", "none", cwd=tmp)
-    assert res.returncode == 0 and list(table(res.stdout)) == ["chelsea", "coffee", "mean"], res.stderr[-2000:]
+    assert res.returncode == 0 and list(table(res.stdout)) == ["chelsea", "coffee", "mean"], res.stderr[
+        -2000:
+    ]
     (tmp_path / "vid" / "HR" / "empty").mkdir()
     res = srsweep("eval", tmp_path / "vid", "--lpips", "none", cwd=tmp)
     errors = [line for line in res.stderr.splitlines() if line.startswith("srsweep: error:")]
@@ -138,8 +168,11 @@ def test_sa_vsr_sweep_two_trials(tmp_path):
     state = json.loads((d / "sweep.json").read_text())
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     exp = client.get_experiment_by_name("srsweep-sa_vsr")
-    children = [r for r in client.search_runs([exp.experiment_id])
-                if r.data.tags.get("mlflow.parentRunId") == state["parent_run_id"]]
+    children = [
+        r
+        for r in client.search_runs([exp.experiment_id])
+        if r.data.tags.get("mlflow.parentRunId") == state["parent_run_id"]
+    ]
     assert len(children) == 2 and all(r.data.tags["ray_status"] != "ERROR" for r in children)
     for r in children:
         assert r.data.params["data.kind"] == "video" and "val_psnr" in r.data.metrics

@@ -1,4 +1,5 @@
 """Tests for trainables.video_metrics: centre-frame scores, per-sequence and overall means."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,8 +13,15 @@ from trainables.data import DataError, load_image, make_lr, to_tensor
 from trainables.evaluate import ImageScore, bicubic
 from trainables.metrics import LPIPSMetric, psnr, quantize, ssim
 from trainables.video_data import folder_video
-from trainables.video_metrics import (bicubic_centre, eval_bicubic_folder, evaluate_video, format_video_table,
-                                      overall, sequence_rows, table_dict)
+from trainables.video_metrics import (
+    bicubic_centre,
+    eval_bicubic_folder,
+    evaluate_video,
+    format_video_table,
+    overall,
+    sequence_rows,
+    table_dict,
+)
 
 
 def write_rgb(path: Path, rgb: np.ndarray) -> None:
@@ -29,24 +37,30 @@ def vid_folder(shared_data, tmp_path_factory):
     src = load_image(sorted((shared_data / "DIV2K256" / "HR").glob("*.png"))[0])
     for seq, n, (vy, vx) in (("pan", 5, (0, 3)), ("tilt", 6, (3, 0))):
         for t in range(n):
-            hr = src[10 + vy * t:58 + vy * t, 10 + vx * t:58 + vx * t]
+            hr = src[10 + vy * t : 58 + vy * t, 10 + vx * t : 58 + vx * t]
             write_rgb(root / "HR" / seq / f"{t:03d}.png", hr)
             write_rgb(root / "LR_bicubic" / "X4" / seq / f"{t:03d}.png", make_lr(hr, 4))
     return root
 
 
 def test_sequence_rows_average_frames_then_sequences():
-    rows = [ImageScore("a/0", 30.0, 0.8, 0.2), ImageScore("a/1", 32.0, 0.9, 0.1),
-            ImageScore("b/0", 20.0, 0.5, 0.4)]
+    rows = [
+        ImageScore("a/0", 30.0, 0.8, 0.2),
+        ImageScore("a/1", 32.0, 0.9, 0.1),
+        ImageScore("b/0", 20.0, 0.5, 0.4),
+    ]
     seqs = sequence_rows(rows)
     assert [(r.name, r.psnr, r.ssim) for r in seqs] == [("a", 31.0, pytest.approx(0.85)), ("b", 20.0, 0.5)]
     assert seqs[0].lpips == pytest.approx(0.15) and seqs[1].lpips == 0.4
     mean = overall(seqs)
     assert (mean.psnr, mean.ssim, mean.lpips) == (25.5, pytest.approx(0.675), pytest.approx(0.275))
     # not the frame mean (27.33 dB): each sequence counts once
-    assert table_dict(seqs) == {"sequence": ["a", "b", "mean"], "psnr_y": [31.0, 20.0, 25.5],
-                                "ssim_y": [pytest.approx(0.85), 0.5, pytest.approx(0.675)],
-                                "lpips": [pytest.approx(0.15), 0.4, pytest.approx(0.275)]}
+    assert table_dict(seqs) == {
+        "sequence": ["a", "b", "mean"],
+        "psnr_y": [31.0, 20.0, 25.5],
+        "ssim_y": [pytest.approx(0.85), 0.5, pytest.approx(0.675)],
+        "lpips": [pytest.approx(0.15), 0.4, pytest.approx(0.275)],
+    }
     with pytest.raises(ValueError, match="'<sequence>/<frame>'"):
         sequence_rows([ImageScore("nosep", 1.0, 1.0)])
 

@@ -1,6 +1,7 @@
 """The video building blocks wired in: config keys and cross-checks, the model registry,
 `--tiny` for video presets, clips in the trainer (centre-frame validation, per-sequence
 means), the eval folder detection and one model family per sweep."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -50,7 +51,11 @@ def one_line_error(fn) -> str:
 def test_video_presets_validate_and_tiny_picks_the_video_overlay(preset):
     full = load_config(preset)
     assert (full.data.kind, full.data.num_frames, full.model.generator.arch) == ("video", 5, "vsrresfeat")
-    assert (full.model.generator.num_blocks, full.model.discriminator.num_blocks, full.train.steps) == (15, 3, 20000)
+    assert (full.model.generator.num_blocks, full.model.discriminator.num_blocks, full.train.steps) == (
+        15,
+        3,
+        20000,
+    )
     tiny = load_config(preset, overlays=["tiny_cpu"])  # what `srsweep train PRESET --tiny` asks for
     assert tiny == load_config(preset, overlays=["tiny_cpu_video"])
     assert (tiny.data.synth_size, tiny.model.generator.num_feat, tiny.backbones.weights) == (64, 16, "random")
@@ -60,14 +65,18 @@ def test_video_presets_validate_and_tiny_picks_the_video_overlay(preset):
 
 def test_video_keys_cross_checked_in_one_line():
     assert one_line_error(lambda: load_config("sa_vsr_lv", ["data.num_frames=3"])).endswith(
-        "sa_vsr_lv.yaml: data.num_frames: 3 differs from model.generator.num_frames 5")
+        "sa_vsr_lv.yaml: data.num_frames: 3 differs from model.generator.num_frames 5"
+    )
     assert one_line_error(lambda: load_config("esrgan", ["data.kind=video"])).endswith(
         "esrgan.yaml: data.kind: video does not fit model.generator.arch rrdbnet (clips need a video "
-        "generator, images an image one)")
+        "generator, images an image one)"
+    )
     assert one_line_error(lambda: load_config("esrgan", ["data.synth_size=64"])).endswith(
-        "esrgan.yaml: data.synth_size: a video key, but data.kind is image (set kind: video)")
+        "esrgan.yaml: data.synth_size: a video key, but data.kind is image (set kind: video)"
+    )
     assert one_line_error(lambda: load_config("sa_vsr_lv", ["data.synth_size=66"])).endswith(
-        "data.synth_size: 66 is not a multiple of scale 4")
+        "data.synth_size: 66 is not a multiple of scale 4"
+    )
     # A dumped image config (winner.yaml, checkpoints) lists the video defaults: still valid.
     cfg = load_config("esrgan", overlays=["tiny_cpu"])
     assert validate(to_dict(cfg)) == cfg
@@ -90,9 +99,15 @@ def test_registry_builds_the_video_models_and_keeps_their_own_skip():
 # ------------------------------------------------------------------------ validation
 def test_summary_averages_frames_per_sequence_then_sequences():
     cfg = load_config("sa_vsr_lv", overlays=["tiny_cpu"])
-    rows = [ImageScore("a/0", 10.0, 0.1, 0.5), ImageScore("a/1", 20.0, 0.3, 0.1), ImageScore("b/0", 40.0, 0.8, 0.3)]
+    rows = [
+        ImageScore("a/0", 10.0, 0.1, 0.5),
+        ImageScore("a/1", 20.0, 0.3, 0.1),
+        ImageScore("b/0", 40.0, 0.8, 0.3),
+    ]
     m = summary(rows, cfg)
-    assert (m.psnr, m.ssim, m.lpips) == pytest.approx((27.5, 0.5, 0.3))  # (15 + 40)/2, (0.2 + 0.8)/2, (0.3 + 0.3)/2
+    assert (m.psnr, m.ssim, m.lpips) == pytest.approx(
+        (27.5, 0.5, 0.3)
+    )  # (15 + 40)/2, (0.2 + 0.8)/2, (0.3 + 0.3)/2
     img = summary(rows, load_config("esrgan", overlays=["tiny_cpu"]))  # images: plain mean
     assert (img.psnr, img.ssim) == pytest.approx((70 / 3, 1.2 / 3))
 
@@ -110,9 +125,20 @@ def test_crop_clip_crops_every_frame_and_the_hr_alike():
 
 @pytest.mark.parametrize("preset", ["sa_vsr_lv", "sa_vsr_canny"])
 def test_trainer_trains_on_clips_and_validates_centre_frames(preset, tmp_path):
-    cfg = load_config(preset, ["train.pretrain_steps=2", "train.steps=2", "train.val_every=2",
-                               "train.log_every=1", "train.val_images=2", "data.synth_frames=5",
-                               "data.batch_size=2", "train.device=cpu"], ["tiny_cpu"])
+    cfg = load_config(
+        preset,
+        [
+            "train.pretrain_steps=2",
+            "train.steps=2",
+            "train.val_every=2",
+            "train.log_every=1",
+            "train.val_images=2",
+            "data.synth_frames=5",
+            "data.batch_size=2",
+            "train.device=cpu",
+        ],
+        ["tiny_cpu"],
+    )
     rep = ListReporter()
     t = Trainer(cfg, tmp_path, rep)
     batch = next(t.batches(0))
@@ -159,8 +185,9 @@ def test_video_folders_are_told_from_image_folders(tmp_path):
 # ----------------------------------------------------------------------------- sweeps
 def _sweep(tmp_path: Path, base, space) -> Path:
     path = tmp_path / "s.yaml"
-    path.write_text(yaml.safe_dump({"name": "fam", "base": base, "space": space,
-                                    "scheduler": {"type": "none"}}))
+    path.write_text(
+        yaml.safe_dump({"name": "fam", "base": base, "space": space, "scheduler": {"type": "none"}})
+    )
     return path
 
 
@@ -169,14 +196,31 @@ def test_a_sweep_is_one_model_family(tmp_path):
 
     beta2 = {"path": "loss.pixel.sa.beta2", "float": [1.0, 10.0]}
     assert load_sweep(_sweep(tmp_path, ["sa_vsr_lv", "tiny_cpu_video"], [beta2])).name == "fam"
-    msg = one_line_error(lambda: load_sweep(_sweep(tmp_path, ["sa_vsr_lv", "tiny_cpu_video"],
-                                                   [beta2, {"path": "model.generator.num_blocks", "int": [1, 3]}])))
-    assert msg.endswith("s.yaml: space[1].path: model.generator.num_blocks cannot be searched (the shared "
-                        "pretraining fixes model and data)")
-    msg = one_line_error(lambda: load_sweep(_sweep(tmp_path, ["sa_esrgan_lv", "sa_vsr_lv", "tiny_cpu"], [beta2])))
-    assert msg.endswith("s.yaml: base: mixes image presets (sa_esrgan_lv) and video presets (sa_vsr_lv); shared "
-                        "pretraining is per model family: one family per sweep")
-    branch = {"path": "loss.pixel.sa.edge", "choices": ["lv", "canny"],
-              "when": {"lv": [{"path": "data.kind", "choices": ["image", "video"]}]}}
+    msg = one_line_error(
+        lambda: load_sweep(
+            _sweep(
+                tmp_path,
+                ["sa_vsr_lv", "tiny_cpu_video"],
+                [beta2, {"path": "model.generator.num_blocks", "int": [1, 3]}],
+            )
+        )
+    )
+    assert msg.endswith(
+        "s.yaml: space[1].path: model.generator.num_blocks cannot be searched (the shared "
+        "pretraining fixes model and data)"
+    )
+    msg = one_line_error(
+        lambda: load_sweep(_sweep(tmp_path, ["sa_esrgan_lv", "sa_vsr_lv", "tiny_cpu"], [beta2]))
+    )
+    assert msg.endswith(
+        "s.yaml: base: mixes image presets (sa_esrgan_lv) and video presets (sa_vsr_lv); shared "
+        "pretraining is per model family: one family per sweep"
+    )
+    branch = {
+        "path": "loss.pixel.sa.edge",
+        "choices": ["lv", "canny"],
+        "when": {"lv": [{"path": "data.kind", "choices": ["image", "video"]}]},
+    }
     assert "space[0].when.lv[0].path: data.kind cannot be searched" in one_line_error(
-        lambda: load_sweep(_sweep(tmp_path, ["sa_vsr_lv", "tiny_cpu_video"], [branch])))
+        lambda: load_sweep(_sweep(tmp_path, ["sa_vsr_lv", "tiny_cpu_video"], [branch]))
+    )

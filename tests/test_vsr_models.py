@@ -1,4 +1,5 @@
 """Tests for trainables.vsr_models: VSRResFeatGAN generator and discriminator."""
+
 from __future__ import annotations
 
 import pytest
@@ -8,8 +9,14 @@ import torch.nn.functional as F
 from trainables.config import ConfigError, validate
 from trainables.imresize import imresize
 from trainables.models import count_params
-from trainables.vsr_models import (VSRDiscConfig, VSRDiscriminator, VSRResFeatGenConfig, VSRResFeatGenerator,
-                                   build_vsr_discriminator, build_vsr_generator)
+from trainables.vsr_models import (
+    VSRDiscConfig,
+    VSRDiscriminator,
+    VSRResFeatGenConfig,
+    VSRResFeatGenerator,
+    build_vsr_discriminator,
+    build_vsr_generator,
+)
 
 
 def conv_params(cin: int, cout: int, k: int = 3, bias: bool = True) -> int:
@@ -17,11 +24,13 @@ def conv_params(cin: int, cout: int, k: int = 3, bias: bool = True) -> int:
 
 
 def gen_params_by_hand(t: int, nf: int, blocks: int) -> int:
-    return (t * conv_params(3, nf)            # one conv per frame
-            + conv_params(t * nf, nf)         # first conv after the concat
-            + conv_params(nf, nf)             # second conv
-            + blocks * 2 * conv_params(nf, nf)
-            + conv_params(nf, 3))             # to the centre frame
+    return (
+        t * conv_params(3, nf)  # one conv per frame
+        + conv_params(t * nf, nf)  # first conv after the concat
+        + conv_params(nf, nf)  # second conv
+        + blocks * 2 * conv_params(nf, nf)
+        + conv_params(nf, 3)
+    )  # to the centre frame
 
 
 def test_generator_parameter_count_at_paper_size():
@@ -60,7 +69,7 @@ def test_generator_sees_every_frame_through_its_own_conv():
 
 def test_discriminator_parameter_count_at_paper_size():
     d = build_vsr_discriminator(VSRDiscConfig(), 128)
-    conv1 = conv_params(3, 64, 4)                   # no BN, with bias
+    conv1 = conv_params(3, 64, 4)  # no BN, with bias
     conv2 = conv_params(64, 128, 4, bias=False) + 2 * 128
     conv3 = conv_params(128, 256, 4, bias=False) + 2 * 256
     fc = 256 * 16 * 16 + 1
@@ -79,8 +88,9 @@ def test_discriminator_features_are_pre_activation_values():
     f0 = F.conv2d(x, b[0].conv.weight, b[0].conv.bias, stride=2, padding=1)
 
     def bn(z, m):
-        return (z - m.running_mean[:, None, None]) / torch.sqrt(m.running_var[:, None, None] + m.eps) \
-            * m.weight[:, None, None] + m.bias[:, None, None]
+        return (z - m.running_mean[:, None, None]) / torch.sqrt(
+            m.running_var[:, None, None] + m.eps
+        ) * m.weight[:, None, None] + m.bias[:, None, None]
 
     f1 = bn(F.conv2d(F.leaky_relu(f0, 0.2), b[1].conv.weight, None, stride=2, padding=1), b[1].bn)
     f2 = bn(F.conv2d(F.leaky_relu(f1, 0.2), b[2].conv.weight, None, stride=2, padding=1), b[2].bn)

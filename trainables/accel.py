@@ -6,6 +6,7 @@ the per-step feature cache sees one dtype; the backward pass and the optimiser s
 outside it (PyTorch's recommended pattern), and validation always runs in fp32, so the
 reported metrics never depend on these switches (docs/PERFORMANCE.md).
 """
+
 from __future__ import annotations
 
 import contextlib

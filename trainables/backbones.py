@@ -5,6 +5,7 @@ files from a directory (configured, $SRSWEEP_WEIGHTS_DIR, or the torch hub cache
 fails with one actionable line when they are missing; "random" is a seeded init for
 plumbing tests whose runs must be tagged `backbones=random-init` (see build_info).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -86,7 +87,8 @@ def weights_path(key: str, weights_dir: str | Path | None = None) -> Path:
             f"{spec.name} ImageNet weights not found: {path} does not exist (searched {folder}). "
             "On a machine with internet run 'srsweep weights fetch DIR', copy DIR here and set "
             f"backbones.weights_dir (or {ENV_VAR}) to it; check with 'srsweep weights verify "
-            "DIR'. For plumbing tests use 'weights: random'.")
+            "DIR'. For plumbing tests use 'weights: random'."
+        )
     return path
 
 
@@ -104,7 +106,8 @@ def load_state_dict(key: str, weights_dir: str | Path | None = None) -> dict:
     except Exception as exc:  # corrupt/truncated copy: one line naming the file
         raise ValueError(
             f"{path}: cannot load {spec.name} weights ({_first_line(exc)}); "
-            "re-copy it and check with 'srsweep weights verify DIR'") from None
+            "re-copy it and check with 'srsweep weights verify DIR'"
+        ) from None
     if not isinstance(state, Mapping):
         raise ValueError(f"{path}: not a state_dict ({type(state).__name__})")
     return dict(state)
@@ -140,27 +143,33 @@ def _check(key: str, spec: WeightSpec, folder: Path) -> VerifyResult:
     return VerifyResult(key, path, status, digest)
 
 
-def verify(weights_dir: str | Path | None = None,
-           specs: Mapping[str, WeightSpec] | None = None) -> list[VerifyResult]:
+def verify(
+    weights_dir: str | Path | None = None, specs: Mapping[str, WeightSpec] | None = None
+) -> list[VerifyResult]:
     specs = SPECS if specs is None else specs
     folder = resolve_weights_dir(weights_dir)
     return [_check(key, spec, folder) for key, spec in specs.items()]
 
 
-def fetch(dest_dir: str | Path, keys: Iterable[str] | None = None,
-          specs: Mapping[str, WeightSpec] | None = None, progress: bool = True) -> list[Path]:
+def fetch(
+    dest_dir: str | Path,
+    keys: Iterable[str] | None = None,
+    specs: Mapping[str, WeightSpec] | None = None,
+    progress: bool = True,
+) -> list[Path]:
     """Download checkpoints (needs internet); files already present and verified are kept."""
     specs = SPECS if specs is None else specs
     dest = Path(dest_dir).expanduser()
     dest.mkdir(parents=True, exist_ok=True)
     paths = []
-    for key in (list(specs) if keys is None else list(keys)):
+    for key in list(specs) if keys is None else list(keys):
         spec = _spec(key, specs)
         result = _check(key, spec, dest)
         if not result.ok:
             # torch.hub writes to a temp file and checks the hash before moving it in place.
-            torch.hub.download_url_to_file(spec.url, str(result.path),
-                                           hash_prefix=spec.hash_prefix, progress=progress)
+            torch.hub.download_url_to_file(
+                spec.url, str(result.path), hash_prefix=spec.hash_prefix, progress=progress
+            )
         paths.append(result.path)
     return paths
 
@@ -185,18 +194,18 @@ def _seeded(seed: int):
         yield
 
 
-def _load_strict(module: nn.Module, state: Mapping, prefix: str, key: str,
-                 weights_dir) -> None:
-    sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+def _load_strict(module: nn.Module, state: Mapping, prefix: str, key: str, weights_dir) -> None:
+    sub = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
     try:
         res = module.load_state_dict(sub, strict=False)
-        bad = [f"missing {k}" for k in res.missing_keys] + [
-            f"unexpected {k}" for k in res.unexpected_keys]
+        bad = [f"missing {k}" for k in res.missing_keys] + [f"unexpected {k}" for k in res.unexpected_keys]
     except RuntimeError as exc:  # shape mismatch; torch's first line is only a header
         bad = [line.strip() for line in str(exc).strip().splitlines()[1:2]] or [str(exc)]
     if bad:  # wrong file under the right name: say which file and what is off
-        raise ValueError(f"{weights_path(key, weights_dir)}: does not match torchvision's "
-                         f"{SPECS[key].name} ({bad[0].rstrip('.')})")
+        raise ValueError(
+            f"{weights_path(key, weights_dir)}: does not match torchvision's "
+            f"{SPECS[key].name} ({bad[0].rstrip('.')})"
+        )
 
 
 class _FrozenBackbone(nn.Module):
@@ -248,8 +257,13 @@ def vgg19_layer_names() -> tuple[str, ...]:
 class VGGFeatures(_FrozenBackbone):
     """Named VGG19 features; conv* are pre-activation (before ReLU)."""
 
-    def __init__(self, layers: Sequence[str], weights: str = "pretrained",
-                 weights_dir: str | Path | None = None, seed: int = 0):
+    def __init__(
+        self,
+        layers: Sequence[str],
+        weights: str = "pretrained",
+        weights_dir: str | Path | None = None,
+        seed: int = 0,
+    ):
         super().__init__(weights)
         names = vgg19_layer_names()
         layers = [layers] if isinstance(layers, str) else list(layers)
@@ -265,8 +279,7 @@ class VGGFeatures(_FrozenBackbone):
                     nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
                     nn.init.zeros_(m.bias)
         if weights == "pretrained":
-            _load_strict(features, load_state_dict("vgg19", weights_dir), "features.",
-                         "vgg19", weights_dir)
+            _load_strict(features, load_state_dict("vgg19", weights_dir), "features.", "vgg19", weights_dir)
         kept = []
         for layer in list(features)[: deepest + 1]:  # nothing past the deepest layer runs
             # torchvision's inplace ReLU would overwrite a stored conv (pre-activation) output.
@@ -291,9 +304,15 @@ class ResNetFeatures(_FrozenBackbone):
     L1 over them). normalize: ImageNet mean/std on the [0, 1] input (the DP paper text);
     False feeds the [0, 1] image as it is, as the authors' released ESRGAN-DP code does."""
 
-    def __init__(self, stage: int = 4, weights: str = "pretrained",
-                 weights_dir: str | Path | None = None, seed: int = 0,
-                 all_stages: bool = False, normalize: bool = True):
+    def __init__(
+        self,
+        stage: int = 4,
+        weights: str = "pretrained",
+        weights_dir: str | Path | None = None,
+        seed: int = 0,
+        all_stages: bool = False,
+        normalize: bool = True,
+    ):
         super().__init__(weights)
         if isinstance(stage, bool) or stage not in (1, 2, 3, 4):
             raise ValueError(f"ResNet50 stage must be 1, 2, 3 or 4, got {stage!r}")
@@ -301,8 +320,7 @@ class ResNetFeatures(_FrozenBackbone):
         with _seeded(seed):
             net = _tvm.resnet50(weights=None)
         if weights == "pretrained":
-            _load_strict(net, load_state_dict("resnet50", weights_dir), "", "resnet50",
-                         weights_dir)
+            _load_strict(net, load_state_dict("resnet50", weights_dir), "", "resnet50", weights_dir)
         parts = ["conv1", "bn1", "relu", "maxpool"] + [f"layer{i}" for i in range(1, stage + 1)]
         # Later stages, avgpool and fc are dropped: not built into the forward path at all.
         self.body = nn.Sequential(OrderedDict((p, getattr(net, p)) for p in parts))
@@ -319,8 +337,9 @@ class ResNetFeatures(_FrozenBackbone):
 
 
 # ---------------------------------------------------------------- LPIPS (AlexNet trunk)
-def load_alexnet_into_lpips(lpips_model: nn.Module, weights: str = "pretrained",
-                            weights_dir: str | Path | None = None, seed: int = 0) -> nn.Module:
+def load_alexnet_into_lpips(
+    lpips_model: nn.Module, weights: str = "pretrained", weights_dir: str | Path | None = None, seed: int = 0
+) -> nn.Module:
     """Fill an lpips.LPIPS(net='alex') trunk with ImageNet (or seeded random) weights."""
     _check_mode(weights)
     if getattr(lpips_model, "pnet_type", None) != "alex":
@@ -341,8 +360,9 @@ def load_alexnet_into_lpips(lpips_model: nn.Module, weights: str = "pretrained",
     return lpips_model
 
 
-def build_lpips(weights: str = "pretrained", weights_dir: str | Path | None = None,
-                seed: int = 0) -> nn.Module:
+def build_lpips(
+    weights: str = "pretrained", weights_dir: str | Path | None = None, seed: int = 0
+) -> nn.Module:
     """lpips.LPIPS(net='alex') with its shipped linear layers and no download attempt."""
     _check_mode(weights)
     import lpips

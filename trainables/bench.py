@@ -9,6 +9,7 @@ Compares, in one process and interleaved round by round (this machine is noisy):
   hr in every term that uses them, and the Canny map computed inside the step.
 Same models, same data, same config; only the composition differs.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,16 +27,25 @@ from trainables.objective import GeneratorObjective
 
 
 def _config(full: bool, args) -> dict:
-    loss = {"pixel": {"criterion": "l1", "beta1": 0.01}, "perceptual": {"layer": "conv5_4", "weight": 1.0},
-            "adv": {"kind": "ragan", "weight": 0.005}}
+    loss = {
+        "pixel": {"criterion": "l1", "beta1": 0.01},
+        "perceptual": {"layer": "conv5_4", "weight": 1.0},
+        "adv": {"kind": "ragan", "weight": 0.005},
+    }
     if full:
         loss["pixel"]["sa"] = {"edge": "canny", "beta2": 20.0}
         loss["dp"] = {"mu": 0.5, "resnet_stage": 3}
         loss["sa_feature"] = {"alpha3": 1.0, "beta3": 1.0, "weight": 0.1}
         loss["fm"] = {"blocks": list(range(10)), "weight": 1.0}
-    return {"data": {"patch_size": args.patch}, "backbones": {"weights": "random"}, "loss": loss,
-            "model": {"generator": {"arch": "rrdbnet", "num_feat": args.feat, "num_blocks": args.blocks},
-                      "discriminator": {"arch": "vgg", "num_feat": args.feat}}}
+    return {
+        "data": {"patch_size": args.patch},
+        "backbones": {"weights": "random"},
+        "loss": loss,
+        "model": {
+            "generator": {"arch": "rrdbnet", "num_feat": args.feat, "num_blocks": args.blocks},
+            "discriminator": {"arch": "vgg", "num_feat": args.feat},
+        },
+    }
 
 
 def _naive_terms(obj: GeneratorObjective, disc, sr, hr, lc) -> torch.Tensor:
@@ -102,11 +112,12 @@ def run(args: argparse.Namespace) -> dict[str, float]:
                 torch.cuda.synchronize()
             times[k].append(time.perf_counter() - t0)
     med = {k: statistics.median(v) * 1000 for k, v in times.items()}
-    print(f"G step, RRDBNet {args.feat}ch x {args.blocks} blocks, batch {args.batch}, HR patch {args.patch}, "
-          f"device {device}, {args.rounds} interleaved rounds, torch threads {torch.get_num_threads()}")
+    print(
+        f"G step, RRDBNet {args.feat}ch x {args.blocks} blocks, batch {args.batch}, HR patch {args.patch}, "
+        f"device {device}, {args.rounds} interleaved rounds, torch threads {torch.get_num_threads()}"
+    )
     print(f"{'step':<10} {'median ms':>10} {'x esrgan':>9}")
     for k in kinds:
         print(f"{k:<10} {med[k]:>10.1f} {med[k] / med['esrgan']:>9.2f}")
     print(f"naive / sa+dp+fm = {med['naive'] / med['sa+dp+fm']:.2f}")
     return med
-

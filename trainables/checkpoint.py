@@ -9,6 +9,7 @@
   states as tensors and plain numbers, which ``weights_only`` accepts.
 - :func:`safe_child` joins a run name from a config under its root and refuses escapes.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -22,8 +23,16 @@ from typing import Any, Iterable
 import numpy as np
 import torch
 
-__all__ = ["CheckpointError", "PathEscapeError", "save_atomic", "write_bytes_atomic", "load_safe",
-           "rng_state", "set_rng_state", "safe_child"]
+__all__ = [
+    "CheckpointError",
+    "PathEscapeError",
+    "save_atomic",
+    "write_bytes_atomic",
+    "load_safe",
+    "rng_state",
+    "set_rng_state",
+    "safe_child",
+]
 
 
 class CheckpointError(ValueError):
@@ -101,8 +110,7 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def load_safe(path: str | os.PathLike, map_location: Any = "cpu",
-              required: Iterable[str] = ()) -> dict:
+def load_safe(path: str | os.PathLike, map_location: Any = "cpu", required: Iterable[str] = ()) -> dict:
     """A checkpoint dict read without running code; ``required`` keys must be present.
 
     Raises :class:`CheckpointError` (one line) for a missing file, a folder, a file that is
@@ -140,10 +148,18 @@ def rng_state() -> dict:
     return {
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": {"kind": str(kind), "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached_gaussian": float(gauss)},
-        "python": {"version": int(version), "state": torch.tensor(py_state, dtype=torch.int64),
-                   "gauss_next": py_gauss},
+        "numpy": {
+            "kind": str(kind),
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(gauss),
+        },
+        "python": {
+            "version": int(version),
+            "state": torch.tensor(py_state, dtype=torch.int64),
+            "gauss_next": py_gauss,
+        },
     }
 
 
@@ -153,8 +169,9 @@ def set_rng_state(state: dict) -> None:
     if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
     n = state["numpy"]
-    np.random.set_state((n["kind"], n["keys"].cpu().numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                         n["cached_gaussian"]))
+    np.random.set_state(
+        (n["kind"], n["keys"].cpu().numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
     p = state["python"]
     random.setstate((p["version"], tuple(int(x) for x in p["state"].tolist()), p["gauss_next"]))
 

@@ -9,6 +9,7 @@ Sources of images (an :class:`ImageSet`):
 - ``folder_hr``: HR only, LR made with the MATLAB-compatible :func:`make_lr`;
 - ``embedded``: scikit-image's bundled photos, so a demo runs with no download.
 """
+
 from __future__ import annotations
 
 import os
@@ -82,9 +83,11 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
     if not folder.is_dir():
         raise DataError(f"{folder}: no such folder")
     # Dot files are skipped: macOS '._x.png' resource forks look like images but are not.
-    files = sorted(p for p in folder.iterdir()
-                   if p.is_file() and not p.name.startswith(".")
-                   and p.suffix.lower() in IMAGE_EXTENSIONS)
+    files = sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
+    )
     if not files:
         exts = ", ".join(e[1:] for e in IMAGE_EXTENSIONS)
         raise DataError(f"{folder}: no images found ({exts})")
@@ -110,8 +113,9 @@ def _header_size(path: Path) -> tuple[int, int]:
         with Image.open(path) as im:
             return im.size
     except Exception as exc:  # PIL raises several types for junk files
-        raise DataError(f"{path}: cannot read image (unreadable or not an image: "
-                        f"{type(exc).__name__})") from None
+        raise DataError(
+            f"{path}: cannot read image (unreadable or not an image: {type(exc).__name__})"
+        ) from None
 
 
 # ----------------------------------------------------------------------------- image sets
@@ -124,8 +128,9 @@ class ImageSet:
     DataLoader worker holds its own cache).
     """
 
-    def __init__(self, items: list[tuple[str, Path, Path | None]], scale: int,
-                 source: str, cache: bool = True):
+    def __init__(
+        self, items: list[tuple[str, Path, Path | None]], scale: int, source: str, cache: bool = True
+    ):
         if int(scale) != scale or scale < 1:
             raise ValueError(f"scale must be a positive integer, got {scale}")
         if not items:
@@ -143,21 +148,25 @@ class ImageSet:
     def names(self) -> list[str]:
         return [n for n, _, _ in self.items]
 
-    def _check_lr_size(self, lr_path: Path, lr_wh: tuple[int, int], hr_path: Path,
-                       hr_wh: tuple[int, int]) -> None:
+    def _check_lr_size(
+        self, lr_path: Path, lr_wh: tuple[int, int], hr_path: Path, hr_wh: tuple[int, int]
+    ) -> None:
         s = self.scale
         want = (hr_wh[0] // s, hr_wh[1] // s)
         if tuple(lr_wh) != want:
-            raise DataError(f"{lr_path}: LR is {lr_wh[0]}x{lr_wh[1]} but HR {hr_path} is "
-                            f"{hr_wh[0]}x{hr_wh[1]}; x{s} needs LR {want[0]}x{want[1]}")
+            raise DataError(
+                f"{lr_path}: LR is {lr_wh[0]}x{lr_wh[1]} but HR {hr_path} is "
+                f"{hr_wh[0]}x{hr_wh[1]}; x{s} needs LR {want[0]}x{want[1]}"
+            )
 
     def validate(self, min_hr_size: int = 0) -> None:
         """Check every file is readable, at least ``min_hr_size`` square, LR sizes match."""
         for _, hr_path, lr_path in self.items:
             w, h = _header_size(hr_path)
             if min_hr_size and (w < min_hr_size or h < min_hr_size):
-                raise DataError(f"{hr_path}: image is {w}x{h}, smaller than the "
-                                f"{min_hr_size}x{min_hr_size} HR patch")
+                raise DataError(
+                    f"{hr_path}: image is {w}x{h}, smaller than the {min_hr_size}x{min_hr_size} HR patch"
+                )
             if w < self.scale or h < self.scale:
                 raise DataError(f"{hr_path}: image is {w}x{h}, smaller than the scale x{self.scale}")
             if lr_path is not None:
@@ -182,8 +191,7 @@ class ImageSet:
             lr = make_lr(hr, self.scale)
         else:
             lr = load_image(lr_path)
-            self._check_lr_size(lr_path, (lr.shape[1], lr.shape[0]), hr_path,
-                                (hr.shape[1], hr.shape[0]))
+            self._check_lr_size(lr_path, (lr.shape[1], lr.shape[0]), hr_path, (hr.shape[1], hr.shape[0]))
         if self.cache:
             self._cache[i] = (hr, lr)
         return hr, lr
@@ -236,13 +244,13 @@ def embedded(split: str, scale: int = 4, cache: bool = True) -> ImageSet:
     by_stem = {p.stem: p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS}
     items = [(n, by_stem[n], None) for n in names if n in by_stem]
     if not items:
-        raise DataError(f"{folder}: none of the embedded {split} images "
-                        f"({', '.join(names)}) ship with this scikit-image")
+        raise DataError(
+            f"{folder}: none of the embedded {split} images ({', '.join(names)}) ship with this scikit-image"
+        )
     return ImageSet(items, scale, f"embedded:{split}", cache)
 
 
-def open_dataset(spec: str | os.PathLike, scale: int, split: str = "train",
-                 cache: bool = True) -> ImageSet:
+def open_dataset(spec: str | os.PathLike, scale: int, split: str = "train", cache: bool = True) -> ImageSet:
     """``"embedded"`` -> :func:`embedded`; a folder with ``HR/`` and
     ``LR_bicubic/X{scale}/`` -> :func:`folder_pairs`; any other folder -> :func:`folder_hr`.
     ``split`` only selects within the embedded set (a folder is one split)."""
@@ -288,9 +296,17 @@ class TrainPatches(Dataset):
     taken from the final augmented patch so it lines up with ``"hr"`` exactly.
     """
 
-    def __init__(self, images: ImageSet, patch: int, length: int, seed: int = 0,
-                 hflip: bool = True, vflip: bool = True, rot90: bool = True,
-                 edge: CannySpec | None = None):
+    def __init__(
+        self,
+        images: ImageSet,
+        patch: int,
+        length: int,
+        seed: int = 0,
+        hflip: bool = True,
+        vflip: bool = True,
+        rot90: bool = True,
+        edge: CannySpec | None = None,
+    ):
         if patch <= 0 or patch % images.scale:
             raise ValueError(f"HR patch {patch} must be a positive multiple of the scale {images.scale}")
         if length < 1:
@@ -311,8 +327,10 @@ class TrainPatches(Dataset):
         lp = self.patch // self.images.scale
         h, w = lr.shape[:2]
         if h < lp or w < lp:
-            raise DataError(f"{self.images.items[i][1]}: image is {hr.shape[1]}x{hr.shape[0]}, "
-                            f"smaller than the {self.patch}x{self.patch} HR patch")
+            raise DataError(
+                f"{self.images.items[i][1]}: image is {hr.shape[1]}x{hr.shape[0]}, "
+                f"smaller than the {self.patch}x{self.patch} HR patch"
+            )
         y, x = int(rng.integers(h - lp + 1)), int(rng.integers(w - lp + 1))
         flips = rng.random(3) < 0.5
         aug = tuple(bool(f and e) for f, e in zip(flips, (self.hflip, self.vflip, self.rot90)))
@@ -335,8 +353,8 @@ class TrainPatches(Dataset):
     def __getitem__(self, k: int) -> dict:
         i, y, x, aug, hr, lr = self._sample(k)
         s, lp = self.images.scale, self.patch // self.images.scale
-        lr_p = lr[y:y + lp, x:x + lp]
-        hr_p = self.augment(hr[y * s:(y + lp) * s, x * s:(x + lp) * s], *aug)
+        lr_p = lr[y : y + lp, x : x + lp]
+        hr_p = self.augment(hr[y * s : (y + lp) * s, x * s : (x + lp) * s], *aug)
         item = {"lr": to_tensor(self.augment(lr_p, *aug)), "hr": to_tensor(hr_p)}
         if self.edge is not None:
             item["edge"] = torch.from_numpy(self.edge(hr_p)).permute(2, 0, 1).contiguous()
@@ -344,17 +362,24 @@ class TrainPatches(Dataset):
 
 
 # ----------------------------------------------------------------------------- Arrow cache
-def cache_patches_arrow(dataset: Dataset, path: str | os.PathLike, n: int,
-                        chunk: int = 256) -> Path:
+def cache_patches_arrow(dataset: Dataset, path: str | os.PathLike, n: int, chunk: int = 256) -> Path:
     """Write items 0..n-1 of a patch dataset to an Arrow IPC file (uint8 bytes + shapes)."""
     import pyarrow as pa
 
     if getattr(dataset, "edge", None) is not None:  # the file holds lr/hr only
-        raise ValueError("cache_patches_arrow: Canny edge maps are not cached; build the dataset without edge=")
+        raise ValueError(
+            "cache_patches_arrow: Canny edge maps are not cached; build the dataset without edge="
+        )
 
     path = Path(path)
-    schema = pa.schema([("lr", pa.binary()), ("hr", pa.binary()),
-                        ("lr_shape", pa.list_(pa.int32())), ("hr_shape", pa.list_(pa.int32()))])
+    schema = pa.schema(
+        [
+            ("lr", pa.binary()),
+            ("hr", pa.binary()),
+            ("lr_shape", pa.list_(pa.int32())),
+            ("hr_shape", pa.list_(pa.int32())),
+        ]
+    )
 
     def as_bytes(t: torch.Tensor) -> bytes:
         return t.mul(255).round().clamp(0, 255).to(torch.uint8).numpy().tobytes()
@@ -362,10 +387,17 @@ def cache_patches_arrow(dataset: Dataset, path: str | os.PathLike, n: int,
     with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
         for start in range(0, n, chunk):
             rows = [dataset[k] for k in range(start, min(n, start + chunk))]
-            writer.write_batch(pa.record_batch([
-                [as_bytes(r["lr"]) for r in rows], [as_bytes(r["hr"]) for r in rows],
-                [list(r["lr"].shape) for r in rows], [list(r["hr"].shape) for r in rows],
-            ], schema=schema))
+            writer.write_batch(
+                pa.record_batch(
+                    [
+                        [as_bytes(r["lr"]) for r in rows],
+                        [as_bytes(r["hr"]) for r in rows],
+                        [list(r["lr"].shape) for r in rows],
+                        [list(r["hr"].shape) for r in rows],
+                    ],
+                    schema=schema,
+                )
+            )
     return path
 
 
@@ -384,7 +416,9 @@ class ArrowPatches(Dataset):
             try:
                 self._table = pa.ipc.open_file(pa.memory_map(str(self.path), "r")).read_all()
             except (OSError, pa.ArrowInvalid) as exc:
-                raise DataError(f"{self.path}: cannot read Arrow patch cache ({type(exc).__name__})") from None
+                raise DataError(
+                    f"{self.path}: cannot read Arrow patch cache ({type(exc).__name__})"
+                ) from None
         return self._table
 
     def __getstate__(self) -> dict:

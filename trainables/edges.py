@@ -9,6 +9,7 @@ Two methods, both computed on the HR target only (never differentiated through):
 ``channels="gray"`` works on BT.601 luma (one map shared by R, G and B through
 broadcasting); ``"rgb"`` gives one map per channel.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -38,8 +39,9 @@ def _box_mean(x: torch.Tensor, window: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def local_variance(x: torch.Tensor, window: int = 5, delta: float = 0.01,
-                   channels: str = "gray") -> torch.Tensor:
+def local_variance(
+    x: torch.Tensor, window: int = 5, delta: float = 0.01, channels: str = "gray"
+) -> torch.Tensor:
     """Local-variance edge map of a (B, 3, H, W) batch in [0, 1] -> values in [0, 1).
 
     Returns (B, 1, H, W) for ``"gray"`` and (B, 3, H, W) for ``"rgb"``, float32 (float64
@@ -54,8 +56,10 @@ def local_variance(x: torch.Tensor, window: int = 5, delta: float = 0.01,
         raise ValueError(f"expected a (B, 3, H, W) batch, got shape {tuple(x.shape)}")
     window, p = int(window), int(window) // 2
     if min(x.shape[2:]) <= p:
-        raise ValueError(f"image {x.shape[2]}x{x.shape[3]} too small for window {window} "
-                         f"(reflect padding needs more than {p} pixels per side)")
+        raise ValueError(
+            f"image {x.shape[2]}x{x.shape[3]} too small for window {window} "
+            f"(reflect padding needs more than {p} pixels per side)"
+        )
     x = x.detach()
     x = x.double() if x.dtype == torch.float64 else x.float()  # half would lose mu entirely
     if channels == "gray":
@@ -80,8 +84,7 @@ class CannySpec:
     def __post_init__(self):
         _check_channels(self.channels)
         if not 0 <= self.low <= self.high:
-            raise ValueError(f"canny thresholds need 0 <= low <= high, got low={self.low}, "
-                             f"high={self.high}")
+            raise ValueError(f"canny thresholds need 0 <= low <= high, got low={self.low}, high={self.high}")
 
     def __call__(self, img_uint8: np.ndarray) -> np.ndarray:
         return canny(img_uint8, self.low, self.high, self.channels)
@@ -95,8 +98,9 @@ def canny(img_uint8: np.ndarray, low: float, high: float, channels: str = "gray"
     """
     _check_channels(channels)
     if img_uint8.dtype != np.uint8 or img_uint8.ndim != 3 or img_uint8.shape[2] != 3:
-        raise ValueError(f"canny expects a uint8 (H, W, 3) RGB image, got "
-                         f"{img_uint8.dtype} {img_uint8.shape}")
+        raise ValueError(
+            f"canny expects a uint8 (H, W, 3) RGB image, got {img_uint8.dtype} {img_uint8.shape}"
+        )
     img = np.ascontiguousarray(img_uint8)  # augmented patches are strided views
     if channels == "gray":
         planes = [cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)]

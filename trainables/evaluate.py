@@ -3,6 +3,7 @@
 Used by ``srsweep eval`` (bicubic baseline, later checkpoints) and by training-time
 validation, so both report numbers computed the same way.
 """
+
 from __future__ import annotations
 
 import math
@@ -37,9 +38,14 @@ def bicubic(scale: int) -> Upscaler:
 
 
 @torch.no_grad()
-def evaluate(upscale: Upscaler, items: Iterable[dict], scale: int,
-             lpips: Optional[LPIPSMetric] = None, device: str | torch.device = "cpu",
-             batch: int = 1) -> list[ImageScore]:
+def evaluate(
+    upscale: Upscaler,
+    items: Iterable[dict],
+    scale: int,
+    lpips: Optional[LPIPSMetric] = None,
+    device: str | torch.device = "cpu",
+    batch: int = 1,
+) -> list[ImageScore]:
     """items: dicts with name, lr (3,h,w) and hr (3,H,W) float tensors in [0, 1].
 
     The SR output is rounded to 8 bits first, as a saved image would be; PSNR/SSIM on
@@ -53,7 +59,7 @@ def evaluate(upscale: Upscaler, items: Iterable[dict], scale: int,
         groups.setdefault((tuple(item["lr"].shape), tuple(item["hr"].shape)), []).append(i)
     step = max(1, batch)
     rows: list[Optional[ImageScore]] = [None] * len(items)
-    for idx in (g[k:k + step] for g in groups.values() for k in range(0, len(g), step)):
+    for idx in (g[k : k + step] for g in groups.values() for k in range(0, len(g), step)):
         lr = torch.stack([items[i]["lr"] for i in idx]).to(device)
         hr = torch.stack([items[i]["hr"] for i in idx]).to(device)
         sr = quantize(upscale(lr))
@@ -97,18 +103,27 @@ def center_crop(item: dict, size: int, scale: int) -> dict:
     lr, hr = item["lr"], item["hr"]
     s = size // scale
     y, x = max(0, (lr.shape[1] - s) // 2), max(0, (lr.shape[2] - s) // 2)
-    return {**item, "lr": lr[:, y:y + s, x:x + s],
-            "hr": hr[:, y * scale:(y + s) * scale, x * scale:(x + s) * scale]}
+    return {
+        **item,
+        "lr": lr[:, y : y + s, x : x + s],
+        "hr": hr[:, y * scale : (y + s) * scale, x * scale : (x + s) * scale],
+    }
 
 
-def sample_grid(lr: torch.Tensor, sr: torch.Tensor, hr: torch.Tensor, scale: int, max_side: int = 256) -> np.ndarray:
+def sample_grid(
+    lr: torch.Tensor, sr: torch.Tensor, hr: torch.Tensor, scale: int, max_side: int = 256
+) -> np.ndarray:
     """LR (nearest) | bicubic | SR | HR side by side, uint8 HxWx3, for visual checks."""
     crop = {"name": "", "lr": lr, "hr": hr}
     if max(hr.shape[-2:]) > max_side:
         crop = center_crop(crop, max_side, scale)
         sr = center_crop({"lr": lr, "hr": sr}, max_side, scale)["hr"]
     lr_c, hr_c = crop["lr"], crop["hr"]
-    panels = [F.interpolate(lr_c[None], scale_factor=scale, mode="nearest")[0],
-              bicubic(scale)(lr_c[None])[0], sr.clamp(0, 1), hr_c]
+    panels = [
+        F.interpolate(lr_c[None], scale_factor=scale, mode="nearest")[0],
+        bicubic(scale)(lr_c[None])[0],
+        sr.clamp(0, 1),
+        hr_c,
+    ]
     grid = torch.cat([p.cpu().float() for p in panels], dim=2)
     return (grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)

@@ -13,6 +13,7 @@ them bit-exactly, symmetric misses by up to 10 gray levels at the borders.
 Each axis is a dense (out, in) matrix built once per (in, out, scale) and cached, so a
 resize is two matmuls: it works on batches, on any device, and is differentiable.
 """
+
 from __future__ import annotations
 
 import math
@@ -33,8 +34,9 @@ def cubic(x: torch.Tensor) -> torch.Tensor:
 
 
 @lru_cache(maxsize=64)
-def resize_matrix(in_len: int, out_len: int, scale: float, antialias: bool = True,
-                  border: str = "symmetric") -> torch.Tensor:
+def resize_matrix(
+    in_len: int, out_len: int, scale: float, antialias: bool = True, border: str = "symmetric"
+) -> torch.Tensor:
     """The (out_len, in_len) float64 matrix MATLAB's ``contributions`` describes."""
     if antialias and scale < 1:
         width = KERNEL_WIDTH / scale
@@ -64,8 +66,9 @@ def resize_matrix(in_len: int, out_len: int, scale: float, antialias: bool = Tru
     return mat
 
 
-def _out_size(in_size: tuple[int, int], scale: float | None,
-              size: tuple[int, int] | None) -> tuple[tuple[int, int], tuple[float, float]]:
+def _out_size(
+    in_size: tuple[int, int], scale: float | None, size: tuple[int, int] | None
+) -> tuple[tuple[int, int], tuple[float, float]]:
     if (scale is None) == (size is None):
         raise ValueError("imresize: give exactly one of scale or size")
     if size is not None:
@@ -87,8 +90,13 @@ def _matrices(x: torch.Tensor, scale, size, antialias: bool, border: str):
     return mh, mw
 
 
-def imresize(x: torch.Tensor, scale: float | None = None, size: tuple[int, int] | None = None,
-             antialias: bool = True, border: str = "symmetric") -> torch.Tensor:
+def imresize(
+    x: torch.Tensor,
+    scale: float | None = None,
+    size: tuple[int, int] | None = None,
+    antialias: bool = True,
+    border: str = "symmetric",
+) -> torch.Tensor:
     """Resize (..., H, W) images like MATLAB ``imresize(x, scale, 'bicubic')``.
 
     Output is float (same dtype as a floating input, float32 otherwise), neither
@@ -100,8 +108,12 @@ def imresize(x: torch.Tensor, scale: float | None = None, size: tuple[int, int] 
     return mh @ x @ mw.T
 
 
-def imresize_uint8(x: torch.Tensor, scale: float | None = None, size: tuple[int, int] | None = None,
-                   border: str = "symmetric") -> torch.Tensor:
+def imresize_uint8(
+    x: torch.Tensor,
+    scale: float | None = None,
+    size: tuple[int, int] | None = None,
+    border: str = "symmetric",
+) -> torch.Tensor:
     """MATLAB's path for uint8 images: 0-255 values in, uint8 out.
 
     MATLAB resizes one axis at a time, the one with the smaller scale first (height on

@@ -7,6 +7,7 @@ Normalisation: every distance is ``mean(h * rho(u - v))`` over all elements of `
 (the papers write sums). A mean keeps weights comparable across patch sizes, batch
 sizes and feature-map sizes; it rescales each paper's weights by a constant only.
 """
+
 from __future__ import annotations
 
 import math
@@ -16,8 +17,8 @@ import torch
 import torch.nn.functional as F
 
 CHARBONNIER_EPS = 1e-3  # SA eq. 5
-HUBER_DELTA = 1.0       # FM eq. 2's default; pixel losses take loss.pixel.huber_delta
-DP_C = 1e-8             # DP eq. 9: "a tiny positive constant" keeping the ratio finite
+HUBER_DELTA = 1.0  # FM eq. 2's default; pixel losses take loss.pixel.huber_delta
+DP_C = 1e-8  # DP eq. 9: "a tiny positive constant" keeping the ratio finite
 
 
 def rho(d: torch.Tensor, criterion: str, delta: float = HUBER_DELTA) -> torch.Tensor:
@@ -35,8 +36,13 @@ def rho(d: torch.Tensor, criterion: str, delta: float = HUBER_DELTA) -> torch.Te
     raise ValueError(f"unknown criterion {criterion!r}; use l1, charbonnier, huber or l2")
 
 
-def weighted_distance(u: torch.Tensor, v: torch.Tensor, weight: Optional[torch.Tensor | float] = None,
-                      criterion: str = "l1", delta: float = HUBER_DELTA) -> torch.Tensor:
+def weighted_distance(
+    u: torch.Tensor,
+    v: torch.Tensor,
+    weight: Optional[torch.Tensor | float] = None,
+    criterion: str = "l1",
+    delta: float = HUBER_DELTA,
+) -> torch.Tensor:
     """``mean(h * rho(u - v))``, SA eq. 6-7; ``weight`` broadcasts (a gray map over RGB).
 
     A zero map gives exactly 0 (no division by the weight sum, so no NaN)."""
@@ -44,13 +50,21 @@ def weighted_distance(u: torch.Tensor, v: torch.Tensor, weight: Optional[torch.T
     if weight is not None:
         r = r * weight
         if r.shape != u.shape:
-            raise ValueError(f"weight {tuple(torch.as_tensor(weight).shape)} does not broadcast to {tuple(u.shape)}")
+            raise ValueError(
+                f"weight {tuple(torch.as_tensor(weight).shape)} does not broadcast to {tuple(u.shape)}"
+            )
     return r.mean()
 
 
-def sa_pixel(sr: torch.Tensor, hr: torch.Tensor, beta1: float, beta2: torch.Tensor | float,
-             edge: Optional[torch.Tensor], criterion: str,
-             delta: float = HUBER_DELTA) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def sa_pixel(
+    sr: torch.Tensor,
+    hr: torch.Tensor,
+    beta1: float,
+    beta2: torch.Tensor | float,
+    edge: Optional[torch.Tensor],
+    criterion: str,
+    delta: float = HUBER_DELTA,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """SA pixel loss ``rho_w(hr, sr, beta1 * 1 + beta2 * W(hr))`` (SA eq. 12-13, 19, 23).
 
     Returns (total, sa_part, sa_raw) with total = beta1 * plain + sa_part, sa_part =
@@ -66,8 +80,14 @@ def sa_pixel(sr: torch.Tensor, hr: torch.Tensor, beta1: float, beta2: torch.Tens
     return beta1 * plain + sa, sa, raw
 
 
-def sa_feature(feat_sr: torch.Tensor, feat_hr: torch.Tensor, feat_edge: torch.Tensor,
-               alpha3: float, beta3: float, criterion: str = "charbonnier") -> torch.Tensor:
+def sa_feature(
+    feat_sr: torch.Tensor,
+    feat_hr: torch.Tensor,
+    feat_edge: torch.Tensor,
+    alpha3: float,
+    beta3: float,
+    criterion: str = "charbonnier",
+) -> torch.Tensor:
     """SA feature loss ``rho_w(VGG(hr), VGG(sr), alpha3 + beta3 * relu(VGG(W(hr))))`` (VSR poster).
 
     The weight takes W's post-activation features: ``relu`` of a ``conv*`` output is VGG's own
@@ -83,7 +103,9 @@ def perceptual(feat_sr: torch.Tensor, feat_hr: torch.Tensor, criterion: str = "l
     return weighted_distance(feat_sr, feat_hr.detach(), None, criterion)
 
 
-def dual_perceptual(l_vgg: torch.Tensor, l_res: Optional[torch.Tensor], mu: float) -> tuple[torch.Tensor, torch.Tensor]:
+def dual_perceptual(
+    l_vgg: torch.Tensor, l_res: Optional[torch.Tensor], mu: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """DP loss ``l_vgg + (1/mu) * zeta * l_res`` with ``zeta = value((l_vgg + c)/(l_res + c))``
     (DP eq. 8-9). zeta is detached: the gradient is grad l_vgg + (zeta/mu) grad l_res.
     mu = inf is VGG only. Returns (loss, zeta)."""
@@ -93,8 +115,9 @@ def dual_perceptual(l_vgg: torch.Tensor, l_res: Optional[torch.Tensor], mu: floa
     return l_vgg + zeta * l_res / mu, zeta
 
 
-def resnet_loss(feats_sr: Sequence[torch.Tensor], feats_hr: Sequence[torch.Tensor],
-                variant: str) -> torch.Tensor:
+def resnet_loss(
+    feats_sr: Sequence[torch.Tensor], feats_hr: Sequence[torch.Tensor], variant: str
+) -> torch.Tensor:
     """DP's ResNet term from ResNet50 stage outputs 1..m (``feats_*[s - 1]`` is stage s).
 
     paper (DP eq. 5): mean L1 of stage m's output alone;
@@ -108,8 +131,9 @@ def resnet_loss(feats_sr: Sequence[torch.Tensor], feats_hr: Sequence[torch.Tenso
     raise ValueError(f"unknown ResNet variant {variant!r}; use paper or released")
 
 
-def fm_block_losses(feats_sr: Sequence[torch.Tensor], feats_hr: Sequence[torch.Tensor],
-                    blocks: Sequence[int]) -> torch.Tensor:
+def fm_block_losses(
+    feats_sr: Sequence[torch.Tensor], feats_hr: Sequence[torch.Tensor], blocks: Sequence[int]
+) -> torch.Tensor:
     """``L_i = ||phi_i(sr) - phi_i(hr)||^2`` (FM eq. 6) per chosen D block, as means; (n,)."""
     return torch.stack([weighted_distance(feats_sr[i], feats_hr[i].detach(), None, "l2") for i in blocks])
 

@@ -9,6 +9,7 @@ All functions take float images in [0, 1], shape (B, 3, H, W), and return one va
 per image (B,), so callers can average or bootstrap per image.
 LPIPS: the ``lpips`` package, AlexNet trunk, inputs mapped to [-1, 1].
 """
+
 from __future__ import annotations
 
 from functools import lru_cache
@@ -30,10 +31,13 @@ def quantize(x: torch.Tensor) -> torch.Tensor:
     return x.clamp(0, 1).mul(255).round().div(255)
 
 
-def _prepare(sr: torch.Tensor, hr: torch.Tensor, shave: int, y_channel: bool,
-             round_y: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _prepare(
+    sr: torch.Tensor, hr: torch.Tensor, shave: int, y_channel: bool, round_y: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
     if sr.shape != hr.shape or sr.dim() != 4 or sr.shape[1] != 3:
-        raise ValueError(f"expected two (B, 3, H, W) batches of equal shape, got {tuple(sr.shape)} and {tuple(hr.shape)}")
+        raise ValueError(
+            f"expected two (B, 3, H, W) batches of equal shape, got {tuple(sr.shape)} and {tuple(hr.shape)}"
+        )
     # float64: per-image MSE of near-identical 8-bit images needs the precision.
     sr, hr = sr.double(), hr.double()
     if y_channel:
@@ -50,8 +54,9 @@ def _prepare(sr: torch.Tensor, hr: torch.Tensor, shave: int, y_channel: bool,
     return sr, hr
 
 
-def psnr(sr: torch.Tensor, hr: torch.Tensor, shave: int = 0, y_channel: bool = True,
-         round_y: bool = True) -> torch.Tensor:
+def psnr(
+    sr: torch.Tensor, hr: torch.Tensor, shave: int = 0, y_channel: bool = True, round_y: bool = True
+) -> torch.Tensor:
     """Per-image PSNR in dB (peak 255). Identical images give +inf."""
     sr, hr = _prepare(sr, hr, shave, y_channel, round_y)
     mse = (sr - hr).pow(2).flatten(1).mean(dim=1)
@@ -77,8 +82,9 @@ def _valid_filter_matrix(n: int, device: torch.device) -> torch.Tensor:
     return m.to(device)
 
 
-def ssim(sr: torch.Tensor, hr: torch.Tensor, shave: int = 0, y_channel: bool = True,
-         round_y: bool = True) -> torch.Tensor:
+def ssim(
+    sr: torch.Tensor, hr: torch.Tensor, shave: int = 0, y_channel: bool = True, round_y: bool = True
+) -> torch.Tensor:
     """Per-image SSIM (mean over channels for RGB), Wang et al. 2004 with a Gaussian window."""
     sr, hr = _prepare(sr, hr, shave, y_channel, round_y)
     c = sr.shape[1]
@@ -115,6 +121,8 @@ class LPIPSMetric(torch.nn.Module):
     @torch.no_grad()
     def forward(self, sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
         if sr.shape != hr.shape or sr.dim() != 4:
-            raise ValueError(f"expected two (B, 3, H, W) batches of equal shape, got {tuple(sr.shape)} and {tuple(hr.shape)}")
+            raise ValueError(
+                f"expected two (B, 3, H, W) batches of equal shape, got {tuple(sr.shape)} "
+                f"and {tuple(hr.shape)}"
+            )
         return self.net(sr * 2 - 1, hr * 2 - 1).flatten()
-

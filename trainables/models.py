@@ -14,6 +14,7 @@ Discriminators return ``(logit, features)``:
     feature-matching loss can back-propagate through them.
     ``len(features)`` = number of convs: 10 for VGGStyleDiscriminator, 8 for SRGANDiscriminator.
 """
+
 from __future__ import annotations
 
 import math
@@ -76,17 +77,18 @@ class SRResNet(nn.Module):
     LeakyReLU; tail: conv9x9 -> num_out. The 9x9 head/tail follow SRGAN.
     """
 
-    def __init__(self, num_in: int = 3, num_out: int = 3, num_feat: int = 64,
-                 num_blocks: int = 16, scale: int = 4):
+    def __init__(
+        self, num_in: int = 3, num_out: int = 3, num_feat: int = 64, num_blocks: int = 16, scale: int = 4
+    ):
         super().__init__()
         self.scale = scale
         self.head = nn.Sequential(nn.Conv2d(num_in, num_feat, 9, 1, 4), nn.LeakyReLU(SLOPE))
-        self.body = nn.Sequential(*[ResBlock(num_feat) for _ in range(num_blocks)],
-                                  nn.Conv2d(num_feat, num_feat, 3, 1, 1))
+        self.body = nn.Sequential(
+            *[ResBlock(num_feat) for _ in range(num_blocks)], nn.Conv2d(num_feat, num_feat, 3, 1, 1)
+        )
         up = []
         for r in _up_factors(scale):
-            up += [nn.Conv2d(num_feat, num_feat * r * r, 3, 1, 1), nn.PixelShuffle(r),
-                   nn.LeakyReLU(SLOPE)]
+            up += [nn.Conv2d(num_feat, num_feat * r * r, 3, 1, 1), nn.PixelShuffle(r), nn.LeakyReLU(SLOPE)]
         self.upsample = nn.Sequential(*up)
         self.tail = nn.Conv2d(num_feat, num_out, 9, 1, 4)
         _scaled_kaiming(self.modules(), 0.1)  # the paper: MSRA init x 0.1 for the whole net
@@ -104,8 +106,8 @@ class DenseBlock(nn.Module):
     def __init__(self, num_feat: int = 64, grow_ch: int = 32):
         super().__init__()
         self.convs = nn.ModuleList(
-            nn.Conv2d(num_feat + k * grow_ch, grow_ch if k < 4 else num_feat, 3, 1, 1)
-            for k in range(5))
+            nn.Conv2d(num_feat + k * grow_ch, grow_ch if k < 4 else num_feat, 3, 1, 1) for k in range(5)
+        )
         _scaled_kaiming(self.convs, 0.1)
 
     def forward(self, x):
@@ -132,8 +134,15 @@ class RRDBNet(nn.Module):
     nearest upsampling + conv3x3 + LeakyReLU, conv_hr + LeakyReLU, conv_last.
     Only the dense blocks get the x0.1 init (as ESRGAN); other convs use PyTorch's default."""
 
-    def __init__(self, num_in: int = 3, num_out: int = 3, num_feat: int = 64,
-                 num_blocks: int = 23, grow_ch: int = 32, scale: int = 4):
+    def __init__(
+        self,
+        num_in: int = 3,
+        num_out: int = 3,
+        num_feat: int = 64,
+        num_blocks: int = 23,
+        grow_ch: int = 32,
+        scale: int = 4,
+    ):
         super().__init__()
         self.scale = scale
         self.factors = _up_factors(scale)
@@ -179,8 +188,10 @@ class _ConvDiscriminator(nn.Module):
         super().__init__()
         name = type(self).__name__
         if patch_size <= 0 or patch_size % self.divisor:
-            raise ValueError(f"patch_size: {patch_size} is not supported by {name}: it must be a "
-                             f"positive multiple of {self.divisor} (one halving per stride-2 conv)")
+            raise ValueError(
+                f"patch_size: {patch_size} is not supported by {name}: it must be a "
+                f"positive multiple of {self.divisor} (one halving per stride-2 conv)"
+            )
         self.patch_size = patch_size
         self.blocks = nn.ModuleList(ConvBlock(*spec) for spec in layout)
         side = patch_size // self.divisor
@@ -189,8 +200,9 @@ class _ConvDiscriminator(nn.Module):
 
     def forward(self, x):
         if tuple(x.shape[-2:]) != (self.patch_size, self.patch_size):
-            raise ValueError(f"{type(self).__name__} built for {self.patch_size}px patches, "
-                             f"got {tuple(x.shape[-2:])}")
+            raise ValueError(
+                f"{type(self).__name__} built for {self.patch_size}px patches, got {tuple(x.shape[-2:])}"
+            )
         features = []
         for block in self.blocks:
             pre, x = block(x)
@@ -253,6 +265,7 @@ def register_generator(arch: str):
     def deco(fn):
         GENERATORS[arch] = fn
         return fn
+
     return deco
 
 
@@ -260,6 +273,7 @@ def register_discriminator(arch: str):
     def deco(fn):
         DISCRIMINATORS[arch] = fn
         return fn
+
     return deco
 
 

@@ -11,6 +11,7 @@ The local-variance map is computed on the device from hr; Canny maps arrive with
 State that must survive a resume (beta2, the FM rescale, the SA-share running sums) lives
 in the terms' buffers, so in this module's ``state_dict``.
 """
+
 from __future__ import annotations
 
 from typing import Callable, Optional
@@ -35,8 +36,14 @@ def _vgg(cfg: ExperimentConfig) -> nn.Module:
 def _resnet(cfg: ExperimentConfig) -> nn.Module:
     bb, dp = cfg.backbones, cfg.loss.dp
     released = dp.resnet_variant == "released"  # stages 1..m on the raw [0, 1] image
-    return ResNetFeatures(dp.resnet_stage, bb.weights, bb.weights_dir, seed=cfg.seed,
-                          all_stages=released, normalize=not released)
+    return ResNetFeatures(
+        dp.resnet_stage,
+        bb.weights,
+        bb.weights_dir,
+        seed=cfg.seed,
+        all_stages=released,
+        normalize=not released,
+    )
 
 
 # Frozen feature networks the terms may name in ``needs``; "disc" is the trainer's D.
@@ -96,8 +103,13 @@ class GeneratorObjective(nn.Module):
             raise ValueError("Canny edge maps must come with the batch (TrainPatches(canny=...))")
         return batch_edge
 
-    def forward(self, sr: torch.Tensor, hr: torch.Tensor, edge: Optional[torch.Tensor] = None,
-                disc: Optional[nn.Module] = None) -> StepOut:
+    def forward(
+        self,
+        sr: torch.Tensor,
+        hr: torch.Tensor,
+        edge: Optional[torch.Tensor] = None,
+        disc: Optional[nn.Module] = None,
+    ) -> StepOut:
         """The generator loss of one step; ``disc`` (frozen by the caller) is D."""
         nets: dict[str, Callable] = dict(self.backbones)
         if disc is not None:

@@ -3,6 +3,7 @@
 A plain four-panel strip (``evaluate.sample_grid``) leaves the reader guessing which panel
 is which; a caption row above each panel names it. Pure numpy + OpenCV's text renderer.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -26,8 +27,16 @@ def label_panels(grid: np.ndarray, labels=LABELS, header: int = HEADER) -> np.nd
     for i, text in enumerate(labels):
         (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
         x = i * pw + max(0, (pw - tw) // 2)
-        cv2.putText(strip, text, (x, (header + th) // 2), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1,
-                    cv2.LINE_AA)
+        cv2.putText(
+            strip,
+            text,
+            (x, (header + th) // 2),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            scale,
+            (255, 255, 255),
+            1,
+            cv2.LINE_AA,
+        )
     return np.concatenate([strip, grid], axis=0)
 
 

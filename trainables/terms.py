@@ -6,6 +6,7 @@ The objective (:mod:`trainables.objective`) builds one :class:`Features` cache p
 sums the terms; adding a term is one class here plus its config, registered with
 :func:`register_term`. The pure loss functions live in :mod:`trainables.losses`.
 """
+
 from __future__ import annotations
 
 import math
@@ -28,8 +29,14 @@ class Features:
     once (under no_grad, one call for all targets of a batch-independent network), at the
     first request. ``needs``: network -> the targets ("hr", "edge") some term asked for."""
 
-    def __init__(self, nets: dict[str, Callable], needs: dict[str, set[str]], sr: torch.Tensor,
-                 hr: torch.Tensor, edge: Optional[torch.Tensor]):
+    def __init__(
+        self,
+        nets: dict[str, Callable],
+        needs: dict[str, set[str]],
+        sr: torch.Tensor,
+        hr: torch.Tensor,
+        edge: Optional[torch.Tensor],
+    ):
         self.nets, self.needs = nets, needs
         self.sr, self.hr, self.edge = sr, hr, edge
         self._sr: dict[str, Any] = {}
@@ -39,7 +46,7 @@ class Features:
         if target == "hr":
             return self.hr
         if self.edge is None:
-            raise ValueError(f"a loss term needs the edge map, but loss.pixel.sa is not set")
+            raise ValueError("a loss term needs the edge map, but loss.pixel.sa is not set")
         return self.edge.expand(-1, 3, -1, -1) if self.edge.shape[1] == 1 else self.edge
 
     def of_sr(self, net: str) -> Any:
@@ -73,14 +80,15 @@ def _chunk(out: Any, n: int, i: int) -> Any:
 
 @dataclass
 class TermOut:
-    value: torch.Tensor                       # weighted contribution to the total (on the graph)
+    value: torch.Tensor  # weighted contribution to the total (on the graph)
     scalars: dict[str, torch.Tensor] = field(default_factory=dict)  # reported, detached later
-    extra: dict[str, torch.Tensor] = field(default_factory=dict)    # calibration inputs
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)  # calibration inputs
 
 
 @dataclass
 class StepOut:
     """One generator step: ``total`` carries the graph; ``parts`` maps each term to its out."""
+
     total: torch.Tensor
     parts: dict[str, TermOut] = field(default_factory=dict)
 
@@ -175,8 +183,10 @@ class PixelTerm(Term):
         raw = sum(float(st.extra("sa_raw")) for st in steps) / len(steps)
         rest = sum(float(st.total) for st in steps) / len(steps)  # beta2 = 0: the total is the rest
         if raw <= 0:
-            raise ValueError("SA calibration: the edge-weighted pixel loss is 0 on the calibration "
-                             "batches (flat images or an all-zero edge map); set beta2 instead")
+            raise ValueError(
+                "SA calibration: the edge-weighted pixel loss is 0 on the calibration "
+                "batches (flat images or an all-zero edge map); set beta2 instead"
+            )
         self.beta2.fill_(self._solve(torch.tensor(rest), torch.tensor(raw)).item())
 
     @torch.no_grad()
@@ -258,8 +268,9 @@ class SAFeatureTerm(Term):
 
     def forward(self, f: Features) -> TermOut:
         s, k = self.s, self.layer
-        sf = L.sa_feature(f.of_sr("vgg")[k], f.of("vgg", "hr")[k], f.of("vgg", "edge")[k],
-                          s.alpha3, s.beta3, s.criterion)
+        sf = L.sa_feature(
+            f.of_sr("vgg")[k], f.of("vgg", "hr")[k], f.of("vgg", "edge")[k], s.alpha3, s.beta3, s.criterion
+        )
         return TermOut(s.weight * sf, {"loss_sa_feature": sf})
 
 

@@ -16,6 +16,7 @@ Each sequence is an :class:`~trainables.data.ImageSet` (or an in-memory equivale
 loading, mod-cropping, LR making, header checks and caching are data.py's. Windows at
 the ends of a sequence replicate the first / last frame.
 """
+
 from __future__ import annotations
 
 import math
@@ -28,8 +29,17 @@ import torch
 from torch.utils.data import Dataset
 
 from trainables.config import VideoDataConfig  # noqa: F401  (defined with the other configs)
-from trainables.data import (DataError, ImageSet, TrainPatches, _header_size, embedded, list_images,
-                             load_image, make_lr, to_tensor)
+from trainables.data import (
+    DataError,
+    ImageSet,
+    TrainPatches,
+    _header_size,
+    embedded,
+    list_images,
+    load_image,
+    make_lr,
+    to_tensor,
+)
 from trainables.edges import CannySpec
 
 HR_DIRS = ("HR", "GT")
@@ -113,8 +123,10 @@ def _check_sequence(seq_dir: Path, frames: list[Path], num_frames: int) -> None:
     sizes = [_header_size(p) for p in frames]
     for p, wh in zip(frames, sizes):
         if wh != sizes[0]:
-            raise DataError(f"{seq_dir}: frames differ in size ({frames[0].name} is "
-                            f"{sizes[0][0]}x{sizes[0][1]}, {p.name} is {wh[0]}x{wh[1]})")
+            raise DataError(
+                f"{seq_dir}: frames differ in size ({frames[0].name} is "
+                f"{sizes[0][0]}x{sizes[0][1]}, {p.name} is {wh[0]}x{wh[1]})"
+            )
 
 
 def _pair_lr(hr_frames: list[Path], lr_dir: Path, scale: int) -> list[Path]:
@@ -150,8 +162,9 @@ def folder_video(root: str | os.PathLike, scale: int, num_frames: int = 5, cache
             if not lr_seq.is_dir():
                 raise DataError(f"{lr_seq}: no such folder (the LR frames of sequence {seq_dir.name})")
             lr_frames = _pair_lr(hr_frames, lr_seq, scale)
-        frames = ImageSet([(h.stem, h, lr) for h, lr in zip(hr_frames, lr_frames)], scale,
-                          str(seq_dir), cache)
+        frames = ImageSet(
+            [(h.stem, h, lr) for h, lr in zip(hr_frames, lr_frames)], scale, str(seq_dir), cache
+        )
         frames.validate()  # readable, >= scale, LR sizes match
         sequences.append((seq_dir.name, frames))
     return VideoSet(sequences, scale, str(root))
@@ -184,8 +197,14 @@ def fourier_shift(img: np.ndarray, dy: float, dx: float) -> np.ndarray:
     return out[:h, :w]
 
 
-def synthesize_sequence(still: np.ndarray, n_frames: int, size: int, rng: np.random.Generator,
-                        max_speed: float = 1.0, source: str = "still") -> tuple[np.ndarray, np.ndarray]:
+def synthesize_sequence(
+    still: np.ndarray,
+    n_frames: int,
+    size: int,
+    rng: np.random.Generator,
+    max_speed: float = 1.0,
+    source: str = "still",
+) -> tuple[np.ndarray, np.ndarray]:
     """HR frames (n, size, size, 3) uint8 of a camera moving smoothly over ``still``, and the
     content displacement of each frame (n, 2). Each frame is the shifted central region
     of the still, cropped with a margin wider than the motion (so no border content)."""
@@ -194,16 +213,21 @@ def synthesize_sequence(still: np.ndarray, n_frames: int, size: int, rng: np.ran
     side = size + 2 * margin
     h, w = still.shape[:2]
     if h < side or w < side:
-        raise DataError(f"{source}: image is {w}x{h}, too small for {size}px synthetic frames "
-                        f"(needs {side}x{side} with the motion margin)")
+        raise DataError(
+            f"{source}: image is {w}x{h}, too small for {size}px synthetic frames "
+            f"(needs {side}x{side} with the motion margin)"
+        )
     y0, x0 = (h - side) // 2, (w - side) // 2
-    region = still[y0:y0 + side, x0:x0 + side]
-    frames = [fourier_shift(region, dy, dx)[margin:margin + size, margin:margin + size] for dy, dx in traj]
+    region = still[y0 : y0 + side, x0 : x0 + side]
+    frames = [
+        fourier_shift(region, dy, dx)[margin : margin + size, margin : margin + size] for dy, dx in traj
+    ]
     return np.clip(np.rint(np.stack(frames)), 0, 255).astype(np.uint8), traj
 
 
-def embedded_video(split: str, scale: int = 4, n_frames: int = 7, size: int = 192,
-                   max_speed: float = 1.0, seed: int = 0) -> VideoSet:
+def embedded_video(
+    split: str, scale: int = 4, n_frames: int = 7, size: int = 192, max_speed: float = 1.0, seed: int = 0
+) -> VideoSet:
     """One synthetic sequence per embedded still of ``split``; LR frames by make_lr of the
     moved HR frames (the motion happens before the resize, as a real camera's would)."""
     if size % scale:
@@ -218,16 +242,24 @@ def embedded_video(split: str, scale: int = 4, n_frames: int = 7, size: int = 19
     return VideoSet(sequences, scale, f"embedded-video:{split}")
 
 
-def open_video(spec: str | os.PathLike, scale: int, split: str = "train", num_frames: int = 5,
-               cache: bool = True, opts: VideoDataConfig | None = None) -> VideoSet:
+def open_video(
+    spec: str | os.PathLike,
+    scale: int,
+    split: str = "train",
+    num_frames: int = 5,
+    cache: bool = True,
+    opts: VideoDataConfig | None = None,
+) -> VideoSet:
     """``"embedded"`` -> :func:`embedded_video`; anything else a Vid4-layout folder.
     With ``opts``, its ``num_frames`` wins over the argument."""
     opts = opts or VideoDataConfig(num_frames=num_frames)
     num_frames = opts.num_frames
     if str(spec) == "embedded":
         if opts.synth_frames < num_frames:
-            raise DataError(f"embedded-video:{split}: {opts.synth_frames} frames, fewer than the "
-                            f"{num_frames}-frame window")
+            raise DataError(
+                f"embedded-video:{split}: {opts.synth_frames} frames, fewer than the "
+                f"{num_frames}-frame window"
+            )
         return embedded_video(split, scale, opts.synth_frames, opts.synth_size, opts.max_speed)
     return folder_video(spec, scale, num_frames, cache)
 
@@ -253,8 +285,12 @@ class VideoClips(Dataset):
         i, t = self.index[k]
         lr, hr = self.videos.clip(i, t, self.num_frames)
         seq = self.videos.names[i]
-        return {"name": f"{seq}/{self.videos.frame_name(i, t)}", "seq": seq,
-                "lr": clip_tensor(lr), "hr": to_tensor(hr)}
+        return {
+            "name": f"{seq}/{self.videos.frame_name(i, t)}",
+            "seq": seq,
+            "lr": clip_tensor(lr),
+            "hr": to_tensor(hr),
+        }
 
 
 class TrainClips(Dataset):
@@ -267,8 +303,18 @@ class TrainClips(Dataset):
     in the data workers.
     """
 
-    def __init__(self, videos: VideoSet, patch: int, length: int, seed: int = 0, num_frames: int = 5,
-                 hflip: bool = True, vflip: bool = True, rot90: bool = True, edge: CannySpec | None = None):
+    def __init__(
+        self,
+        videos: VideoSet,
+        patch: int,
+        length: int,
+        seed: int = 0,
+        num_frames: int = 5,
+        hflip: bool = True,
+        vflip: bool = True,
+        rot90: bool = True,
+        edge: CannySpec | None = None,
+    ):
         s = videos.scale
         if patch <= 0 or patch % s:
             raise ValueError(f"HR patch {patch} must be a positive multiple of the scale {s}")
@@ -292,8 +338,10 @@ class TrainClips(Dataset):
         lp = self.patch // self.videos.scale
         h, w = lr.shape[:2]
         if h < lp or w < lp:
-            raise DataError(f"{self.videos.sequences[i][1].source}: frames are {hr.shape[1]}x{hr.shape[0]}, "
-                            f"smaller than the {self.patch}x{self.patch} HR patch")
+            raise DataError(
+                f"{self.videos.sequences[i][1].source}: frames are {hr.shape[1]}x{hr.shape[0]}, "
+                f"smaller than the {self.patch}x{self.patch} HR patch"
+            )
         y, x = int(rng.integers(h - lp + 1)), int(rng.integers(w - lp + 1))
         flips = rng.random(3) < 0.5  # drawn even when disabled: switches don't move crops
         return i, t, y, x, tuple(bool(f and e) for f, e in zip(flips, self.aug))
@@ -302,8 +350,8 @@ class TrainClips(Dataset):
         i, t, y, x, aug = self.crop_params(k)
         s, lp = self.videos.scale, self.patch // self.videos.scale
         lr, hr = self.videos.clip(i, t, self.num_frames)
-        lr_p = np.stack([TrainPatches.augment(f[y:y + lp, x:x + lp], *aug) for f in lr])
-        hr_p = TrainPatches.augment(hr[y * s:(y + lp) * s, x * s:(x + lp) * s], *aug)
+        lr_p = np.stack([TrainPatches.augment(f[y : y + lp, x : x + lp], *aug) for f in lr])
+        hr_p = TrainPatches.augment(hr[y * s : (y + lp) * s, x * s : (x + lp) * s], *aug)
         item = {"lr": clip_tensor(lr_p), "hr": to_tensor(hr_p)}
         if self.edge is not None:
             item["edge"] = torch.from_numpy(self.edge(hr_p)).permute(2, 0, 1).contiguous()

@@ -5,6 +5,7 @@ rounding, PSNR/SSIM on Y with ``scale`` px shaved, LPIPS on RGB), so video and i
 numbers are computed the same way. Per-sequence rows average that sequence's frames; the
 overall row averages the sequences (each sequence counts once, as Vid4 tables do).
 """
+
 from __future__ import annotations
 
 import os
@@ -29,9 +30,13 @@ def bicubic_centre(scale: int) -> ClipUpscaler:
     return centre
 
 
-def evaluate_video(upscale: ClipUpscaler, videos: VideoSet, num_frames: int = 5,
-                   lpips: Optional[LPIPSMetric] = None,
-                   device: str | torch.device = "cpu") -> list[ImageScore]:
+def evaluate_video(
+    upscale: ClipUpscaler,
+    videos: VideoSet,
+    num_frames: int = 5,
+    lpips: Optional[LPIPSMetric] = None,
+    device: str | torch.device = "cpu",
+) -> list[ImageScore]:
     """One ImageScore per frame, named ``<seq>/<frame>``, in sequence order."""
     return evaluate(upscale, VideoClips(videos, num_frames), videos.scale, lpips, device)
 
@@ -44,8 +49,10 @@ def sequence_rows(frame_rows: list[ImageScore]) -> list[ImageScore]:
         if not sep:
             raise ValueError(f"{row.name}: frame score names must be '<sequence>/<frame>'")
         groups.setdefault(seq, []).append(row)
-    return [ImageScore(seq, *(getattr(mean_score(rows), k) for k in ("psnr", "ssim", "lpips")))
-            for seq, rows in groups.items()]
+    return [
+        ImageScore(seq, *(getattr(mean_score(rows), k) for k in ("psnr", "ssim", "lpips")))
+        for seq, rows in groups.items()
+    ]
 
 
 def overall(seq_rows: list[ImageScore]) -> ImageScore:
@@ -56,8 +63,11 @@ def overall(seq_rows: list[ImageScore]) -> ImageScore:
 def table_dict(seq_rows: list[ImageScore]) -> dict[str, list]:
     """Column dict of the per-sequence table plus its mean row (for MLflow's log_table)."""
     rows = [*seq_rows, overall(seq_rows)]
-    out = {"sequence": [r.name for r in rows], "psnr_y": [r.psnr for r in rows],
-           "ssim_y": [r.ssim for r in rows]}
+    out = {
+        "sequence": [r.name for r in rows],
+        "psnr_y": [r.psnr for r in rows],
+        "ssim_y": [r.ssim for r in rows],
+    }
     if rows[0].lpips is not None:
         out["lpips"] = [r.lpips for r in rows]
     return out
@@ -76,8 +86,9 @@ def format_video_table(seq_rows: list[ImageScore], title: str) -> str:
     return format_table(seq_rows, title).replace("image", "seq  ", 1)
 
 
-def eval_bicubic_folder(root: str | os.PathLike, scale: int = 4, num_frames: int = 5,
-                        lpips: Optional[LPIPSMetric] = None) -> tuple[list[ImageScore], list[ImageScore]]:
+def eval_bicubic_folder(
+    root: str | os.PathLike, scale: int = 4, num_frames: int = 5, lpips: Optional[LPIPSMetric] = None
+) -> tuple[list[ImageScore], list[ImageScore]]:
     """Bicubic baseline on a Vid4-layout folder -> (per-frame rows, per-sequence rows)."""
     videos = folder_video(root, scale, num_frames, cache=False)
     frames = evaluate_video(bicubic_centre(scale), videos, num_frames, lpips)

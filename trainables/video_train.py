@@ -7,6 +7,7 @@ the clip. Validation scores the centre frame of every clip (rows named ``<seq>/<
 and the headline numbers average frames per sequence, then sequences (as Vid4 tables do).
 Image configs never reach this module.
 """
+
 from __future__ import annotations
 
 import os
@@ -40,12 +41,24 @@ def train_clips(cfg: ExperimentConfig, length: int) -> TrainClips:
     for _, frames in videos.sequences:  # a sequence's frames share one size (checked on open)
         h, w = frames.pair(0)[0].shape[:2]
         if min(h, w) < d.patch_size:
-            raise DataError(f"{frames.source}: frames are {w}x{h}, smaller than the "
-                            f"{d.patch_size}x{d.patch_size} HR patch (data.patch_size)")
-    canny = CannySpec(sa.canny.low, sa.canny.high, sa.channels) if sa is not None and sa.edge == "canny" else None
-    return TrainClips(videos, d.patch_size, length, seed=cfg.seed,
-                      num_frames=d.num_frames, hflip=d.augment.hflip, vflip=d.augment.vflip,
-                      rot90=d.augment.rot90, edge=canny)
+            raise DataError(
+                f"{frames.source}: frames are {w}x{h}, smaller than the "
+                f"{d.patch_size}x{d.patch_size} HR patch (data.patch_size)"
+            )
+    canny = (
+        CannySpec(sa.canny.low, sa.canny.high, sa.channels) if sa is not None and sa.edge == "canny" else None
+    )
+    return TrainClips(
+        videos,
+        d.patch_size,
+        length,
+        seed=cfg.seed,
+        num_frames=d.num_frames,
+        hflip=d.augment.hflip,
+        vflip=d.augment.vflip,
+        rot90=d.augment.rot90,
+        edge=canny,
+    )
 
 
 def crop_clip(item: dict, size: int, scale: int) -> dict:
@@ -55,8 +68,11 @@ def crop_clip(item: dict, size: int, scale: int) -> dict:
     lr, hr = item["lr"], item["hr"]
     s = size // scale
     y, x = max(0, (lr.shape[-2] - s) // 2), max(0, (lr.shape[-1] - s) // 2)
-    return {**item, "lr": lr[..., y:y + s, x:x + s],
-            "hr": hr[:, y * scale:(y + s) * scale, x * scale:(x + s) * scale]}
+    return {
+        **item,
+        "lr": lr[..., y : y + s, x : x + s],
+        "hr": hr[:, y * scale : (y + s) * scale, x * scale : (x + s) * scale],
+    }
 
 
 def val_clips(cfg: ExperimentConfig) -> list[dict]:
@@ -65,7 +81,7 @@ def val_clips(cfg: ExperimentConfig) -> list[dict]:
     t = cfg.train
     videos = open_videos(cfg.data.val, cfg, "val")
     if t.val_images:
-        videos = VideoSet(videos.sequences[:t.val_images], videos.scale, videos.source)
+        videos = VideoSet(videos.sequences[: t.val_images], videos.scale, videos.source)
     clips = VideoClips(videos, cfg.data.num_frames)
     return [crop_clip(clips[k], t.val_crop, cfg.scale) for k in range(len(clips))]
 
@@ -109,14 +125,23 @@ def eval_videos(spec: str, scale: int, num_frames: int = 5) -> VideoSet:
     return open_video("embedded" if spec == EMBEDDED_VIDEO else spec, scale, "val", cache=False, opts=opts)
 
 
-def eval_video(spec: str, scale: int, upscale: Callable[[torch.Tensor], torch.Tensor], what: str,
-               cfg: Optional[ExperimentConfig] = None, lpips=None, device: str | torch.device = "cpu") -> str:
+def eval_video(
+    spec: str,
+    scale: int,
+    upscale: Callable[[torch.Tensor], torch.Tensor],
+    what: str,
+    cfg: Optional[ExperimentConfig] = None,
+    lpips=None,
+    device: str | torch.device = "cpu",
+) -> str:
     """``srsweep eval`` on clips: ``upscale`` (an image upscaler or a video G, per ``cfg``) on
     every frame's clip; returns the per-sequence table (last row: mean over sequences)."""
     video_g = cfg is not None and is_video(cfg)
     num_frames = cfg.data.num_frames if video_g else VideoDataConfig().num_frames
     videos = eval_videos(EMBEDDED_VIDEO if spec == "embedded" else spec, scale, num_frames)
     frames = evaluate_video(upscale if video_g else clip_bicubic(upscale), videos, num_frames, lpips, device)
-    title = (f"{spec} x{scale}, {what}; centre frame of {num_frames}-frame clips, Y channel, {scale}px border "
-             f"shaved; mean over sequences")
+    title = (
+        f"{spec} x{scale}, {what}; centre frame of {num_frames}-frame clips, Y channel, {scale}px border "
+        f"shaved; mean over sequences"
+    )
     return format_video_table(sequence_rows(frames), title)

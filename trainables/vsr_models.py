@@ -14,6 +14,7 @@ channels (x num_feat / 64), BN on all but the first, LeakyReLU 0.2, FC to one lo
 Like the image discriminators it returns ``(logit, features)``: the raw logit (B,)
 (losses apply the sigmoid inside BCE-with-logits) and each block's PRE-activation map.
 """
+
 from __future__ import annotations
 
 import torch
@@ -43,8 +44,14 @@ class VSRResBlock(nn.Module):
 class VSRResFeatGenerator(nn.Module):
     """(B, T, 3, h, w) LR clip in [0, 1] -> (B, 3, h*scale, w*scale) centre SR frame."""
 
-    def __init__(self, num_frames: int = 5, num_feat: int = 64, num_blocks: int = 15, scale: int = 4,
-                 bicubic_skip: bool = False):
+    def __init__(
+        self,
+        num_frames: int = 5,
+        num_feat: int = 64,
+        num_blocks: int = 15,
+        scale: int = 4,
+        bicubic_skip: bool = False,
+    ):
         super().__init__()
         self.num_frames, self.scale, self.bicubic_skip = num_frames, scale, bicubic_skip
         self.frame_convs = nn.ModuleList(_conv(3, num_feat) for _ in range(num_frames))
@@ -55,8 +62,9 @@ class VSRResFeatGenerator(nn.Module):
 
     def forward(self, lr: torch.Tensor) -> torch.Tensor:
         if lr.dim() != 5 or lr.shape[1] != self.num_frames or lr.shape[2] != 3:
-            raise ValueError(f"VSRResFeatGenerator expects (B, {self.num_frames}, 3, h, w) clips, "
-                             f"got {tuple(lr.shape)}")
+            raise ValueError(
+                f"VSRResFeatGenerator expects (B, {self.num_frames}, 3, h, w) clips, got {tuple(lr.shape)}"
+            )
         up = imresize(lr, self.scale)  # (B, T, 3, H, W): the bicubic frames the paper feeds in
         feats = [F.relu(conv(up[:, t])) for t, conv in enumerate(self.frame_convs)]
         x = F.relu(self.fuse2(F.relu(self.fuse1(torch.cat(feats, 1)))))
@@ -73,21 +81,25 @@ class VSRDiscriminator(nn.Module):
 
     def __init__(self, num_feat: int = 64, num_blocks: int = 3, patch_size: int = 128, num_in: int = 3):
         super().__init__()
-        divisor = 2 ** num_blocks
+        divisor = 2**num_blocks
         if patch_size <= 0 or patch_size % divisor:
-            raise ValueError(f"patch_size: {patch_size} is not supported by VSRDiscriminator with "
-                             f"{num_blocks} blocks: it must be a positive multiple of {divisor}")
+            raise ValueError(
+                f"patch_size: {patch_size} is not supported by VSRDiscriminator with "
+                f"{num_blocks} blocks: it must be a positive multiple of {divisor}"
+            )
         self.patch_size = patch_size
-        chans = [num_feat * 2 ** i for i in range(num_blocks)]
-        self.blocks = nn.ModuleList(ConvBlock(cin, cout, 4, 2, i > 0)
-                                    for i, (cin, cout) in enumerate(zip([num_in, *chans], chans)))
+        chans = [num_feat * 2**i for i in range(num_blocks)]
+        self.blocks = nn.ModuleList(
+            ConvBlock(cin, cout, 4, 2, i > 0) for i, (cin, cout) in enumerate(zip([num_in, *chans], chans))
+        )
         side = patch_size // divisor
         self.fc = nn.Linear(chans[-1] * side * side, 1)
 
     def forward(self, x: torch.Tensor):
         if tuple(x.shape[-2:]) != (self.patch_size, self.patch_size):
-            raise ValueError(f"VSRDiscriminator built for {self.patch_size}px patches, "
-                             f"got {tuple(x.shape[-2:])}")
+            raise ValueError(
+                f"VSRDiscriminator built for {self.patch_size}px patches, got {tuple(x.shape[-2:])}"
+            )
         features = []
         for block in self.blocks:
             pre, x = block(x)
