@@ -14,9 +14,10 @@ from typing import Optional
 
 from ray.tune import Callback
 
+from sweeper.failures import failure_of, record_failure
 from sweeper.state import SweepState
 from sweeper.sweep_config import searched
-from sweeper.tracking import Tracker
+from sweeper.buffered import BufferedTracker
 from sweeper.trial import read_checkpoint_files
 
 # Result keys that are bookkeeping, not metrics worth a chart.
@@ -31,7 +32,7 @@ class MLflowCallback(Callback):
     a restored driver finds the runs of its trials instead of creating new ones."""
 
     def __init__(self, state: SweepState):
-        self.state, self.tracker = state, Tracker(state.tracking_uri)
+        self.state, self.tracker = state, BufferedTracker(state.tracking_uri, state.sweep_dir)  # outage-proof
         self._runs: dict[str, str] = {}
 
     def __getstate__(self) -> dict:
@@ -76,6 +77,10 @@ class MLflowCallback(Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         run_id = self.run_id(trial)
         step = int((trial.last_result or {}).get("step", 0))
+        if failure_of(trial.last_result):  # diverged: tagged, error.txt, FAILED (not retried)
+            record_failure(self.tracker, run_id, failure_of(trial.last_result))
+            self.tracker.end_run(run_id, "FAILED")
+            return
         status = "STOPPED" if step < self.state.total_steps else "TERMINATED"
         self.tracker.set_tags(run_id, {"ray_status": status})
         self.tracker.end_run(run_id, "FINISHED")

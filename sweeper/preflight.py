@@ -257,3 +257,53 @@ def ray_node_resources() -> list[dict[str, float]]:
     import ray
 
     return [dict(n["Resources"]) for n in ray.nodes() if n.get("Alive")]
+
+
+# ----------------------------------------------------------------------------- a whole sweep
+def needed_weights(cfg) -> list[str]:
+    """The ImageNet weight files a trial with ``cfg`` loads (none with ``weights: random``)."""
+    if cfg.backbones.weights != "pretrained":
+        return []
+    loss = cfg.loss
+    keys = ["vgg19"] if loss.perceptual is not None else []
+    if loss.dp is not None and loss.dp.mu != float("inf"):
+        keys.append("resnet50")
+    return keys + ["alexnet"]  # LPIPS, always scored
+
+
+def local_resources() -> dict[str, float]:
+    """What the embedded local Ray will offer (ray.init's defaults), known before it starts."""
+    import torch
+
+    return {"CPU": float(os.cpu_count() or 1), "GPU": float(torch.cuda.device_count())}
+
+
+def planned_trials(sweep) -> int:
+    from sweeper.space import grid_points
+
+    n = sweep.budget.num_samples
+    return n * len(grid_points(sweep.space)) if sweep.search.algorithm == "grid" else n
+
+
+def preflight_sweep(sweep, sweep_path, cfg, storage, tracking_uri: str, address) -> None:
+    """Every input of ``srsweep run`` before anything is written or started: resources of
+    the embedded Ray (a cluster is checked when connecting), the tracking store, the storage
+    folder and its free space, every image decoded, every sampleable config's weights."""
+    from sweeper.sweep_config import corners, experiment_at, experiment_dict
+    from trainables.backbones import check_available
+    from trainables.data import open_dataset
+
+    res = sweep.resources
+    if address is None:
+        check_resources({"cpu": res.cpu, "gpu": res.gpu}, local_resources(), "resources")
+    check_tracking(tracking_uri)
+    exp, seen = experiment_dict(sweep, sweep_path), set()
+    for what, assignments in corners(sweep.space):  # load_sweep validated these same corners
+        trial = experiment_at(exp, assignments, f"{sweep_path} (space at {what})")
+        keys = tuple(needed_weights(trial))
+        if keys not in seen:
+            seen.add(keys)
+            check_available(keys, trial.backbones.weights_dir)
+    for spec, split in ((cfg.data.train, "train"), (cfg.data.val, "val")):
+        check_images(open_dataset(spec, cfg.scale, split, cache=False))
+    check_storage(storage, planned_checkpoint_bytes(cfg, planned_trials(sweep)))

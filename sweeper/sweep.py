@@ -11,9 +11,9 @@ callbacks read it, never the sweep YAML again.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
-import time
 from pathlib import Path
 from typing import Optional
 
@@ -21,7 +21,6 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 from sweeper.state import SweepState, absolute_paths  # noqa: E402  (after the environment defaults)
-from trainables.config import ConfigError  # noqa: E402
 
 
 def _git_commit(path: Path) -> str:
@@ -43,17 +42,6 @@ def init_ray(address: Optional[str]) -> None:
         ray.init(object_store_memory=2 * 2**30, include_dashboard=False, log_to_driver=False)
 
 
-def _pretrain(experiment: dict, out_dir: str) -> str:
-    """Stage 1 once per sweep (a Ray task); every trial starts from its generator."""
-    from trainables.config import validate
-    from trainables.train import Trainer
-
-    cfg = validate(experiment, source="sweep experiment")
-    trainer = Trainer(cfg, out_dir)
-    trainer.run(until=trainer.stage1)
-    return str(Path(out_dir) / "pretrain_g.pt")
-
-
 def _bicubic_psnr(cfg) -> float:
     from trainables.evaluate import bicubic, evaluate, mean_score
     from trainables.train import load_val_items
@@ -61,35 +49,35 @@ def _bicubic_psnr(cfg) -> float:
     return mean_score(evaluate(bicubic(cfg.scale), load_val_items(cfg), cfg.scale)).psnr
 
 
-def prepare(sweep_path: Path, storage: Path, tracking_uri: str, address: Optional[str]) -> SweepState:
-    """Everything before the Tuner; returns the sweep state, written once to sweep.json."""
-    import ray
-
+def prepare(sweep_path: Path, storage: Path, tracking_uri: str, address: Optional[str],
+            guard=None) -> SweepState:
+    """Everything before the Tuner; returns the sweep state, written once to sweep.json
+    (before the shared pretraining, which a resume redoes or continues)."""
+    from sweeper import lifecycle
+    from sweeper.preflight import preflight_sweep
     from sweeper.sweep_config import experiment_dict, load_sweep
     from sweeper.tracking import Tracker, flatten
     from trainables.backbones import build_info
-    from trainables.config import deep_merge, to_dict, validate
+    from trainables.config import validate
     from trainables.train import Trainer
 
     sweep = load_sweep(sweep_path)  # the space's corners validate: a bad space fails here
     # Trials run in their own folders: paths are fixed against the launch folder now.
     raw = absolute_paths(experiment_dict(sweep, sweep_path), Path.cwd())
     cfg = validate(raw, source=str(sweep_path))
-    sweep_dir = storage / f"{sweep.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    Trainer(cfg, sweep_dir / "pretrain")  # bad data / missing weights fail here, before anything is written
-    sweep_dir.mkdir(parents=True)
+    preflight_sweep(sweep, sweep_path, cfg, storage, tracking_uri, address)  # one line per problem
+    Trainer(cfg, storage / "pretrain")  # bad data / missing weights fail here, before anything is written
+    sweep_dir = lifecycle.new_sweep_dir(storage, sweep.name)
+    if guard is not None:
+        guard.sweep_dir = sweep_dir
 
     init_ray(address)
-    res = sweep.resources
     if cfg.train.pretrain_steps and not cfg.train.pretrained_g:
-        print(f"pretraining G once for the sweep ({cfg.train.pretrain_steps} steps)...", flush=True)
-        task = ray.remote(num_cpus=res.cpu, num_gpus=res.gpu)(_pretrain)
-        pre = ray.get(task.remote(to_dict(cfg), str(sweep_dir / "pretrain")))
-        raw = deep_merge(raw, {"train": {"pretrained_g": pre}})
+        raw = lifecycle.planned_pretrain(raw, sweep_dir)  # run below, once sweep.json exists
     bicubic_psnr = _bicubic_psnr(cfg)
 
     tracker = Tracker(tracking_uri)
-    exp_id = tracker.experiment(sweep.experiment_name)
+    exp_id = lifecycle.experiment_id(tracker, sweep.experiment_name)
     tags = build_info(cfg.backbones.weights)
     parent = tracker.start_run(exp_id, f"{sweep.name} (sweep)", {
         **tags, "sweep_file": str(sweep_path), "git_commit": _git_commit(sweep_path.parent),
@@ -104,6 +92,7 @@ def prepare(sweep_path: Path, storage: Path, tracking_uri: str, address: Optiona
     state.save()
     print(f"sweep folder {sweep_dir}; MLflow parent run {parent} ({tracking_uri}); "
           f"bicubic val PSNR {bicubic_psnr:.2f} dB", flush=True)
+    lifecycle.ensure_pretrained(state, guard)
     return state
 
 
@@ -170,12 +159,36 @@ def build_tuner(state: SweepState):
 
 def run_sweep(sweep_path: str | Path, storage: str | Path = "ray_results", tracking_uri: Optional[str] = None,
               address: Optional[str] = None) -> Path:
+    from sweeper.interrupts import Interrupts
     from sweeper.tracking import default_tracking_uri
 
-    state = prepare(Path(sweep_path).resolve(), Path(storage).resolve(), tracking_uri or default_tracking_uri(),
-                    address)
-    build_tuner(state).fit()
+    with Interrupts() as guard:
+        with _interruptible(guard):
+            state = prepare(Path(sweep_path).resolve(), Path(storage).resolve(),
+                            tracking_uri or default_tracking_uri(), address, guard)
+            _fit(build_tuner(state), guard)
     return finish(state)
+
+
+def _fit(tuner, guard) -> None:
+    guard.check()
+    tuner.fit()
+    guard.after_tune()  # Tune returns normally on SIGINT: no winner from a partial sweep
+
+
+@contextlib.contextmanager
+def _interruptible(guard):
+    """A signal: the sweep's MLflow runs are marked interrupted, then the resume hint."""
+    from sweeper.interrupts import SweepInterrupted
+    from sweeper.lifecycle import load_state, mark_interrupted
+
+    try:
+        yield
+    except (SweepInterrupted, KeyboardInterrupt) as exc:
+        state = load_state(guard.sweep_dir)
+        if state is not None:
+            mark_interrupted(state, guard.signame or "SIGINT")
+        raise SweepInterrupted(guard.signame or "SIGINT", guard.sweep_dir if state else None) from exc
 
 
 def resume_sweep(sweep_dir: str | Path) -> Path:
@@ -183,14 +196,24 @@ def resume_sweep(sweep_dir: str | Path) -> Path:
     their checkpoints, errored ones are retried, the Optuna study continues."""
     from ray import tune
 
+    from sweeper.interrupts import Interrupts
+    from sweeper.buffered import flush
+    from sweeper.lifecycle import ensure_pretrained, reopen
+
     sweep_dir = Path(sweep_dir).resolve()
     state = SweepState.load(sweep_dir)
-    if not tune.Tuner.can_restore(str(sweep_dir)):
-        raise ConfigError(f"{sweep_dir}: not a resumable sweep folder (no Tune state)")
-    init_ray(state.address)
-    print(f"resuming {sweep_dir}", flush=True)
-    tuner = tune.Tuner.restore(str(sweep_dir), _trainable(state), resume_unfinished=True, resume_errored=True)
-    tuner.fit()
+    with Interrupts(sweep_dir) as guard, _interruptible(guard):
+        init_ray(state.address)
+        print(f"resuming {sweep_dir}", flush=True)
+        reopen(state)
+        flush(sweep_dir, state.tracking_uri)
+        ensure_pretrained(state, guard)  # stopped while pretraining: redo or continue it
+        if tune.Tuner.can_restore(str(sweep_dir)):
+            tuner = tune.Tuner.restore(str(sweep_dir), _trainable(state), resume_unfinished=True,
+                                       resume_errored=True)
+        else:  # stopped before the first trial: nothing of Tune's to restore
+            tuner = build_tuner(state)
+        _fit(tuner, guard)
     return finish(state)
 
 
@@ -199,8 +222,12 @@ def finish(state: SweepState) -> Path:
     from sweeper.best import choose_winner
     from sweeper.export import plot_parallel, plot_pareto, write_parquet
     from sweeper.results import results_table
+    from sweeper.buffered import flush
     from sweeper.tracking import Tracker
 
+    sent, left = flush(state.dir, state.tracking_uri)  # tracking writes buffered during an outage
+    if not sent:
+        print(f"note: {left} tracking writes still buffered; send them with: srsweep sync {state.dir}", flush=True)
     df = results_table(state)
     tracker, parent = Tracker(state.tracking_uri), state.parent_run_id
     # A driver killed between starting a trial and saving Tune's state loses that trial

@@ -185,9 +185,8 @@ class PixelLoss(Strict):
 
 # torchvision's VGG19 trunk (cfg "E"): conv/relu per conv, a pool closing each block; no torch
 # here, tests/test_bad_inputs.py checks this list against backbones.vgg19_layer_names().
-VGG19_LAYERS = tuple(f"{kind}{b}_{c}" if kind != "pool" else f"pool{b}"
-                     for b, n in enumerate((2, 2, 4, 4, 4), 1)
-                     for kind, c in [(k, c) for c in range(1, n + 1) for k in ("conv", "relu")] + [("pool", 0)])
+VGG19_LAYERS = tuple(name for b, n in enumerate((2, 2, 4, 4, 4), 1)
+                     for name in [f"{k}{b}_{c}" for c in range(1, n + 1) for k in ("conv", "relu")] + [f"pool{b}"])
 
 
 class PerceptualLoss(Strict):

@@ -276,7 +276,11 @@ class Trainer:
 
     def resume(self, path: str | Path) -> None:
         """Continue from a ``last.pt`` written by :meth:`save` (same config only)."""
-        self.load_state_dict(load_safe(path, self.device, required=("step", "config", "G", "D", "rng")))
+        state = load_safe(path, self.device, required=("step", "config", "G", "D", "rng"))
+        try:
+            self.load_state_dict(state)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
 
     # ------------------------------------------------------------------- run
     def run(self, until: Optional[int] = None) -> dict[str, float]:
