@@ -14,10 +14,10 @@ from typing import Optional
 
 from ray.tune import Callback
 
+from sweeper.buffered import BufferedTracker
 from sweeper.failures import failure_of, record_failure
 from sweeper.state import SweepState
 from sweeper.sweep_config import searched
-from sweeper.buffered import BufferedTracker
 from sweeper.trial import read_checkpoint_files
 
 # Result keys that are bookkeeping, not metrics worth a chart.

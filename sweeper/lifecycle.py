@@ -95,7 +95,8 @@ def ensure_pretrained(state: SweepState, guard=None) -> None:
         with guard.raising() if guard is not None else contextlib.nullcontext():
             ray.get(task)
     except BaseException:
-        ray.cancel(task, force=True)  # its last.pt stays: the resume continues from it
+        with contextlib.suppress(Exception):  # its last.pt stays: the resume continues from it
+            ray.cancel(task, force=True)
         raise
 
 

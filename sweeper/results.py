@@ -11,8 +11,8 @@ import math
 
 import pandas as pd
 
-from sweeper.state import SweepState
 from sweeper.failures import failure_of
+from sweeper.state import SweepState
 from sweeper.sweep_config import searched
 from sweeper.tracking import Tracker
 from sweeper.trial import read_checkpoint_files
