@@ -171,12 +171,18 @@ def state_bytes(module) -> int:
     return sum(v.numel() * v.element_size() for v in module.state_dict().values() if hasattr(v, "numel"))
 
 
+def saved_objective_bytes(objective) -> int:
+    """What the trainer saves of the objective: term buffers and calibration, not the frozen
+    backbones (Trainer._objective_state leaves ``backbones.*`` out)."""
+    return sum(v.numel() * v.element_size() for k, v in objective.state_dict().items()
+               if hasattr(v, "numel") and not k.startswith("backbones."))
+
+
 def estimate_checkpoint_bytes(g_params: int, d_params: int, copies: int = 1, frozen_bytes: int = 0,
                               bytes_per_value: int = 4, overhead: int = 256 * 1024) -> int:
     """Upper bound of ``copies`` trainer checkpoints: G + D weights, Adam's two moments for
     two G optimisers (pretraining and GAN) and one D optimiser, the objective's state
-    (``frozen_bytes``: today it holds the frozen VGG/ResNet trunks, ~80 MB for VGG19 to
-    conv5_4) and a fixed overhead (config, RNG states, zip headers)."""
+    (``frozen_bytes``: term buffers; the frozen VGG/ResNet trunks are not saved) and a fixed overhead (config, RNG states, zip headers)."""
     per = (g_params * (1 + 2 * 2) + d_params * (1 + 2)) * bytes_per_value + frozen_bytes + overhead
     return per * copies
 
@@ -190,7 +196,7 @@ def planned_checkpoint_bytes(cfg, trials: int, kept_per_trial: int = 3) -> int:
 
     g = count_parameters(build_generator(cfg.model.generator, cfg.scale))
     d = count_parameters(build_discriminator(cfg.model.discriminator, cfg.data.patch_size))
-    frozen = state_bytes(GeneratorObjective(cfg))
+    frozen = saved_objective_bytes(GeneratorObjective(cfg))
     return estimate_checkpoint_bytes(g, d, trials * kept_per_trial, frozen) + g * 4 + 256 * 1024
 
 
