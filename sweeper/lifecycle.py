@@ -91,9 +91,11 @@ def ensure_pretrained(state: SweepState, guard=None) -> None:
     experiment = deep_merge(state.experiment, {"train": {"pretrained_g": None}})
     task = ray.remote(num_cpus=res.cpu, num_gpus=res.gpu, max_retries=0)(_pretrain).remote(
         experiment, str(target.parent))
-    try:
-        with guard.raising() if guard is not None else contextlib.nullcontext():
-            ray.get(task)
+    try:  # poll: a Python exception raised inside Ray's C++ wait turns into a SystemError
+        while not ray.wait([task], timeout=0.5)[0]:
+            if guard is not None:
+                guard.check()
+        ray.get(task)
     except BaseException:
         with contextlib.suppress(Exception):  # its last.pt stays: the resume continues from it
             ray.cancel(task, force=True)
