@@ -53,7 +53,8 @@ class BufferedTracker(Tracker):
         tmp.write_text(json.dumps(runs))
         os.replace(tmp, self._map_file())
 
-    def children(self, experiment_id: str, parent: str, trial_id: Optional[str] = None) -> list[tuple[str, str]]:
+    def children(self, experiment_id: str, parent: str,
+                 trial_id: Optional[str] = None) -> list[tuple[str, str]]:
         known = self._map()
         if trial_id is not None and trial_id in known:
             return [(trial_id, known[trial_id])]
@@ -66,7 +67,8 @@ class BufferedTracker(Tracker):
             return [(t, r) for t, r in known.items() if trial_id in (None, t)]
 
     # -------------------------------------------------------------------- writes
-    def start_run(self, experiment_id: str, name: str, tags: dict[str, str], parent: Optional[str] = None) -> str:
+    def start_run(self, experiment_id: str, name: str, tags: dict[str, str],
+                  parent: Optional[str] = None) -> str:
         tags = {**tags, PARENT_TAG: parent} if parent else tags
         run_id = self.box.create_run(experiment_id, name, tags)
         if tags.get("ray_trial_id"):

@@ -182,7 +182,8 @@ def estimate_checkpoint_bytes(g_params: int, d_params: int, copies: int = 1, fro
                               bytes_per_value: int = 4, overhead: int = 256 * 1024) -> int:
     """Upper bound of ``copies`` trainer checkpoints: G + D weights, Adam's two moments for
     two G optimisers (pretraining and GAN) and one D optimiser, the objective's state
-    (``frozen_bytes``: term buffers; the frozen VGG/ResNet trunks are not saved) and a fixed overhead (config, RNG states, zip headers)."""
+    (``frozen_bytes``: term buffers; the frozen VGG/ResNet trunks are not saved) and a fixed
+    overhead (config, RNG states, zip headers)."""
     per = (g_params * (1 + 2 * 2) + d_params * (1 + 2)) * bytes_per_value + frozen_bytes + overhead
     return per * copies
 

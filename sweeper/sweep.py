@@ -227,7 +227,8 @@ def finish(state: SweepState) -> Path:
 
     sent, left = flush(state.dir, state.tracking_uri)  # tracking writes buffered during an outage
     if not sent:
-        print(f"note: {left} tracking writes still buffered; send them with: srsweep sync {state.dir}", flush=True)
+        print(f"note: {left} tracking writes still buffered; send them with: srsweep sync {state.dir}",
+              flush=True)
     df = results_table(state)
     tracker, parent = Tracker(state.tracking_uri), state.parent_run_id
     # A driver killed between starting a trial and saving Tune's state loses that trial

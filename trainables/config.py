@@ -186,7 +186,8 @@ class PixelLoss(Strict):
 # torchvision's VGG19 trunk (cfg "E"): conv/relu per conv, a pool closing each block; no torch
 # here, tests/test_bad_inputs.py checks this list against backbones.vgg19_layer_names().
 VGG19_LAYERS = tuple(name for b, n in enumerate((2, 2, 4, 4, 4), 1)
-                     for name in [f"{k}{b}_{c}" for c in range(1, n + 1) for k in ("conv", "relu")] + [f"pool{b}"])
+                     for name in [f"{k}{b}_{c}" for c in range(1, n + 1) for k in ("conv", "relu")]
+                     + [f"pool{b}"])
 
 
 class PerceptualLoss(Strict):
@@ -449,7 +450,8 @@ def parse_overrides(items: list[str]) -> dict:
         try:
             flat[key] = yaml.safe_load(raw)
         except yaml.YAMLError as exc:
-            raise ConfigError(f"--set {item!r}: value is not valid YAML ({getattr(exc, 'problem', exc)})") from None
+            problem = getattr(exc, "problem", exc)
+            raise ConfigError(f"--set {item!r}: value is not valid YAML ({problem})") from None
     return nested(flat, "--set")
 
 
