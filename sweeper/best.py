@@ -25,7 +25,9 @@ def find_sweep(target: str, tracking_uri: str | None = None) -> SweepState:
     from sweeper.tracking import Tracker, default_tracking_uri
 
     tracker = Tracker(tracking_uri or default_tracking_uri())
-    found = tracker.latest_sweep_dir([target, f"srsweep-{target}"])
+    missing_db = tracker.uri.startswith("sqlite:///") and not Path(tracker.uri[len("sqlite:///"):]).is_file()
+    # Reading a SQLite URI creates the file: a store that is not there holds no sweep.
+    found = None if missing_db else tracker.latest_sweep_dir([target, f"srsweep-{target}"])
     if found is None:
         raise ConfigError(f"{target}: neither a sweep folder (with {STATE_FILE}) nor an MLflow experiment "
                           f"holding a sweep in {tracker.uri}")

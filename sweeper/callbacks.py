@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from ray.tune import Callback
 
-from sweeper.report import child_extras, status_word
+from sweeper.buffered import BufferedTracker
 from sweeper.cluster import PLACEMENT_KEYS, placement_tags
+from sweeper.failures import failure_of, record_failure
+from sweeper.report import child_extras, status_word
 from sweeper.state import SweepState
 from sweeper.sweep_config import searched
 from sweeper.terminal import ProgressCallback as _ProgressCallback
-from sweeper.tracking import Tracker
 from sweeper.trial import read_checkpoint_files
 
 # Result keys that are bookkeeping, not metrics worth a chart.
@@ -36,7 +37,11 @@ class MLflowCallback(Callback):
     a restored driver finds the runs of its trials instead of creating new ones."""
 
     def __init__(self, state: SweepState):
-        self.state, self.tracker = state, Tracker(state.tracking_uri)
+        from sweeper.sharing import local_dir
+
+        # outage-proof: writes the store refuses wait in a file beside the sweep (its local
+        # cache for a sweep on S3)
+        self.state, self.tracker = state, BufferedTracker(state.tracking_uri, local_dir(state.sweep_dir))
         self._runs: dict[str, str] = {}
         self._nodes: dict[str, str] = {}  # trial id -> the node its run is tagged with
 
@@ -97,6 +102,11 @@ class MLflowCallback(Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         run_id = self.run_id(trial)
         step = int((trial.last_result or {}).get("step", 0))
+        if failure_of(trial.last_result):  # diverged: tagged, error.txt, FAILED (not retried)
+            record_failure(self.tracker, run_id, failure_of(trial.last_result))
+            self.tracker.set_tags(run_id, {"status": status_word("ERROR"), "steps": str(step)})
+            self.tracker.end_run(run_id, "FAILED")
+            return
         status = "STOPPED" if step < self.state.total_steps else "TERMINATED"
         self.tracker.set_tags(run_id, {"ray_status": status, "status": status_word(status),
                                        "steps": str(step)})

@@ -92,19 +92,25 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from trainables.config import config_path, load_config, to_dict
     from trainables.train import PrintReporter, Reporters, Trainer, TrainingDiverged
 
+    from trainables.checkpoint import safe_child
+
     cfg = load_config(args.config, args.set, ["tiny_cpu"] if args.tiny else None)
-    out = Path(args.out or f"runs/{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
+    stamp = time.strftime('%Y%m%d-%H%M%S')
+    out = Path(args.out).resolve() if args.out else safe_child("runs", f"{cfg.name}-{stamp}")
     ckpt, run_file = out / "last.pt", out / "mlflow_run_id"
+    if args.resume and not ckpt.is_file():  # never a fresh start that looks like a resume
+        raise ConfigError(f"--resume: {out} holds no last.pt to resume (leave out --resume to start a run)")
     # Build everything that can fail on bad input (data, weights) before touching MLflow.
     trainer = Trainer(cfg, out)
-    tracker = Tracker(args.tracking_uri or default_tracking_uri())
-    if args.resume and ckpt.is_file() and run_file.is_file():
+    if args.resume:  # a mismatch or a bad file refuses here, before anything is written
         trainer.resume(ckpt)
+    tracker = Tracker(args.tracking_uri or default_tracking_uri())
+    if args.resume and run_file.is_file():
         run_id = run_file.read_text().strip()
         tracker.reopen(run_id)
         print(f"resuming {out} at step {trainer.step} (MLflow run {run_id})")
     else:
-        if ckpt.exists() and not args.resume:
+        if ckpt.exists() and not args.resume:  # (resumed without a run id: a new run from the checkpoint)
             raise SystemExit(f"srsweep: error: {out} already holds a run; use --resume or another --out")
         run_id = tracker.start_run(tracker.experiment(args.experiment), cfg.name,
                                    {**trainer.info, "config_file": str(config_path(args.config)), "out_dir": str(out)})
@@ -153,6 +159,17 @@ def _cmd_resume(args: argparse.Namespace) -> int:
 
     resume_sweep(args.sweep_dir, address=args.address)
     return 0
+
+
+def _cmd_sync(args: argparse.Namespace) -> int:
+    from sweeper.buffered import flush
+    from sweeper.sharing import local_dir
+    from sweeper.state import SweepState
+
+    state = SweepState.load(args.sweep_dir)
+    sent, left = flush(local_dir(state.sweep_dir), state.tracking_uri)
+    print(f"{state.sweep_dir}: tracking buffer {'sent' if sent else f'not sent ({left} records left)'}")
+    return 0 if sent else 1
 
 
 def _cmd_best(args: argparse.Namespace) -> int:
@@ -252,6 +269,10 @@ def build_parser() -> argparse.ArgumentParser:
     _sweep_args(rs, resume=True)
     rs.set_defaults(func=_cmd_resume)
 
+    sy = sub.add_parser("sync", help="send a sweep's tracking writes buffered during a store outage")
+    sy.add_argument("sweep_dir")
+    sy.set_defaults(func=_cmd_sync)
+
     be = sub.add_parser("best", help="rank a sweep's trials, write the winner config, tag its MLflow run")
     be.add_argument("target", help="sweep folder, or the MLflow experiment name of a sweep")
     be.add_argument("--tracking-uri", help="MLflow URI (when TARGET is an experiment name)")
@@ -301,7 +322,12 @@ def user_errors() -> tuple[type[Exception], ...]:
     from trainables.data import DataError
 
     # The last three predate SrsweepError; listed until they derive from it.
-    return SrsweepError, DataError, WeightsNotFoundError, NoWinnerError
+    from sweeper.interrupts import SweepInterrupted
+    from sweeper.preflight import PreflightError
+    from trainables.checkpoint import CheckpointError, PathEscapeError
+
+    return (SrsweepError, DataError, WeightsNotFoundError, NoWinnerError, PreflightError, CheckpointError,
+            PathEscapeError, SweepInterrupted)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -311,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     except user_errors() as exc:
         for line in str(exc).splitlines():
             print(f"srsweep: error: {line}", file=sys.stderr)
-        return 2
+        return 130 if type(exc).__name__ == "SweepInterrupted" else 2
 
 
 if __name__ == "__main__":  # pragma: no cover

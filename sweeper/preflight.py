@@ -171,12 +171,19 @@ def state_bytes(module) -> int:
     return sum(v.numel() * v.element_size() for v in module.state_dict().values() if hasattr(v, "numel"))
 
 
+def saved_objective_bytes(objective) -> int:
+    """What the trainer saves of the objective: term buffers and calibration, not the frozen
+    backbones (Trainer._objective_state leaves ``backbones.*`` out)."""
+    return sum(v.numel() * v.element_size() for k, v in objective.state_dict().items()
+               if hasattr(v, "numel") and not k.startswith("backbones."))
+
+
 def estimate_checkpoint_bytes(g_params: int, d_params: int, copies: int = 1, frozen_bytes: int = 0,
                               bytes_per_value: int = 4, overhead: int = 256 * 1024) -> int:
     """Upper bound of ``copies`` trainer checkpoints: G + D weights, Adam's two moments for
     two G optimisers (pretraining and GAN) and one D optimiser, the objective's state
-    (``frozen_bytes``: today it holds the frozen VGG/ResNet trunks, ~80 MB for VGG19 to
-    conv5_4) and a fixed overhead (config, RNG states, zip headers)."""
+    (``frozen_bytes``: term buffers; the frozen VGG/ResNet trunks are not saved) and a fixed
+    overhead (config, RNG states, zip headers)."""
     per = (g_params * (1 + 2 * 2) + d_params * (1 + 2)) * bytes_per_value + frozen_bytes + overhead
     return per * copies
 
@@ -190,7 +197,7 @@ def planned_checkpoint_bytes(cfg, trials: int, kept_per_trial: int = 3) -> int:
 
     g = count_parameters(build_generator(cfg.model.generator, cfg.scale))
     d = count_parameters(build_discriminator(cfg.model.discriminator, cfg.data.patch_size))
-    frozen = state_bytes(GeneratorObjective(cfg))
+    frozen = saved_objective_bytes(GeneratorObjective(cfg))
     return estimate_checkpoint_bytes(g, d, trials * kept_per_trial, frozen) + g * 4 + 256 * 1024
 
 
@@ -257,3 +264,53 @@ def ray_node_resources() -> list[dict[str, float]]:
     import ray
 
     return [dict(n["Resources"]) for n in ray.nodes() if n.get("Alive")]
+
+
+# ----------------------------------------------------------------------------- a whole sweep
+def needed_weights(cfg) -> list[str]:
+    """The ImageNet weight files a trial with ``cfg`` loads (none with ``weights: random``)."""
+    if cfg.backbones.weights != "pretrained":
+        return []
+    loss = cfg.loss
+    keys = ["vgg19"] if loss.perceptual is not None else []
+    if loss.dp is not None and loss.dp.mu != float("inf"):
+        keys.append("resnet50")
+    return keys + ["alexnet"]  # LPIPS, always scored
+
+
+def local_resources() -> dict[str, float]:
+    """What the embedded local Ray will offer (ray.init's defaults), known before it starts."""
+    import torch
+
+    return {"CPU": float(os.cpu_count() or 1), "GPU": float(torch.cuda.device_count())}
+
+
+def planned_trials(sweep) -> int:
+    from sweeper.space import grid_points
+
+    n = sweep.budget.num_samples
+    return n * len(grid_points(sweep.space)) if sweep.search.algorithm == "grid" else n
+
+
+def preflight_sweep(sweep, sweep_path, cfg, storage, tracking_uri: str, address) -> None:
+    """Every input of ``srsweep run`` before anything is written or started: resources of
+    the embedded Ray (a cluster is checked when connecting), the tracking store, the storage
+    folder and its free space, every image decoded, every sampleable config's weights."""
+    from sweeper.sweep_config import corners, experiment_at, experiment_dict
+    from trainables.backbones import check_available
+    from trainables.data import open_dataset
+
+    res = sweep.resources
+    if address is None:
+        check_resources({"cpu": res.cpu, "gpu": res.gpu}, local_resources(), "resources")
+    check_tracking(tracking_uri)
+    exp, seen = experiment_dict(sweep, sweep_path), set()
+    for what, assignments in corners(sweep.space):  # load_sweep validated these same corners
+        trial = experiment_at(exp, assignments, f"{sweep_path} (space at {what})")
+        keys = tuple(needed_weights(trial))
+        if keys not in seen:
+            seen.add(keys)
+            check_available(keys, trial.backbones.weights_dir)
+    for spec, split in ((cfg.data.train, "train"), (cfg.data.val, "val")):
+        check_images(open_dataset(spec, cfg.scale, split, cache=False))
+    check_storage(storage, planned_checkpoint_bytes(cfg, planned_trials(sweep)))

@@ -12,6 +12,7 @@ import math
 import pandas as pd
 
 from sweeper.cluster import PLACEMENT_KEYS
+from sweeper.failures import failure_of
 from sweeper.sharing import checkpoint_dir
 from sweeper.state import SweepState
 from sweeper.sweep_config import searched
@@ -47,11 +48,13 @@ def results_table(state: SweepState) -> pd.DataFrame:
             status = "TERMINATED" if step >= total else "STOPPED"
         else:
             status = trial.status
+        if failure_of(last):  # a diverged trial ended itself: not a result that may win
+            status = "DIVERGED"
         cfg = state.trial_config(trial.config, trial.trial_id)
         row = {"trial_id": trial.trial_id, "status": status, "mlflow_run_id": runs.get(trial.trial_id),
                "steps": step, "time_s": _num(last.get("time_total_s")),
                "sa_share": _num(last.get("sa_share")), "sa_share_mean": _num(last.get("sa_share_mean")),
-               "beta2": _num(last.get("beta2")),
+               "beta2": _num(last.get("beta2")), "failure": failure_of(last),
                "config_json": json.dumps(cfg.model_dump(mode="json"))}
         for m, best in (("lpips", "min"), ("psnr", "max"), ("ssim", "max")):
             col = f"val_{m}"

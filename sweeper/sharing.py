@@ -13,6 +13,7 @@ The sweep folder is a URI: a local or shared folder (NFS: every node sees the sa
 from __future__ import annotations
 
 import hashlib
+import secrets
 import tempfile
 import time
 from pathlib import Path
@@ -27,11 +28,33 @@ OUTPUT_FILES = ("results.parquet", "ranked.parquet", "pareto.png", "parallel.png
 
 
 def new_sweep_dir(storage_arg: str | Path, name: str) -> str:
-    """``--storage`` + sweep name -> the new sweep folder's URI; the storage is checked writable
-    first (a missing bucket, bad credentials, a read-only folder: one line, nothing written)."""
+    """``--storage`` + sweep name -> a new sweep folder ``NAME-YYYYmmdd-HHMMSS-xxxx``, never
+    reused (two sweeps started in the same second differ); a local one is created here. The
+    storage is checked writable first (a missing bucket, bad credentials, a read-only folder:
+    one line, nothing written)."""
     path, fs = storage.resolve_storage(storage_arg)
     storage.check_writable(path, fs)
-    return storage.uri_of(storage.join(path, f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"), fs)
+    for _ in range(20):
+        uri = storage.uri_of(storage.join(path, f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-"
+                                                f"{secrets.token_hex(2)}"), fs)
+        if storage.is_remote(uri):
+            return uri
+        try:
+            Path(uri).mkdir(parents=True, exist_ok=False)
+            return uri
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{storage_arg}: could not create a new sweep folder for {name}")
+
+
+def local_dir(sweep_dir: str | Path) -> Path:
+    """A folder on this machine for the driver's own files of a sweep (the tracking outbox):
+    the sweep folder itself, or its local cache for a sweep on S3."""
+    if storage.is_remote(sweep_dir):
+        path = storage.local_cache(str(sweep_dir))
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    return Path(sweep_dir)
 
 
 def experiment_location(sweep_dir: str) -> tuple[str, str, Optional[object]]:

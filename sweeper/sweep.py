@@ -11,9 +11,9 @@ callbacks read it, never the sweep YAML again.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import Optional
 
@@ -21,7 +21,6 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 from sweeper.state import SweepState, absolute_paths  # noqa: E402  (after the environment defaults)
-from trainables.config import ConfigError  # noqa: E402
 
 
 def _git_commit(path: Path) -> str:
@@ -32,20 +31,6 @@ def _git_commit(path: Path) -> str:
         return "unknown"
 
 
-def _pretrain(experiment: dict, sweep_dir: str, progress: Optional[str] = None) -> str:
-    """Stage 1 once per sweep (a Ray task, on any node); every trial starts from its generator:
-    in the shared sweep folder, or uploaded into the sweep's S3 prefix. ``progress``: a file
-    the driver tails for progress lines (sweeper/terminal.py)."""
-    from sweeper.sharing import pretrain_out_dir, publish_pretrained
-    from sweeper.terminal import FileProgressReporter
-    from trainables.config import validate
-    from trainables.train import Trainer
-
-    cfg = validate(experiment, source="sweep experiment")
-    out_dir = pretrain_out_dir(sweep_dir)
-    trainer = Trainer(cfg, out_dir, FileProgressReporter(progress) if progress else None)
-    trainer.run(until=trainer.stage1)
-    return publish_pretrained(str(Path(out_dir) / "pretrain_g.pt"), sweep_dir)
 
 
 def _bicubic_psnr(cfg) -> float:
@@ -58,17 +43,20 @@ def _bicubic_psnr(cfg) -> float:
 
 
 def prepare(sweep_path: Path, storage: str | Path, tracking_uri: str, address: Optional[str],
-            overrides: tuple[str, ...] = (), tiny: bool = False) -> SweepState:
-    """Everything before the Tuner; returns the sweep state, written once to sweep.json.
-    ``overrides`` (``--set KEY=VALUE``) and ``tiny`` patch the sweep file before validation
+            overrides: tuple[str, ...] = (), tiny: bool = False, guard=None) -> SweepState:
+    """Everything before the Tuner; returns the sweep state, written once to sweep.json
+    (before the shared pretraining, which a resume redoes or continues). ``overrides``
+    (``--set KEY=VALUE``) and ``tiny`` patch the sweep file before validation
     (sweeper/overrides.py), so the state holds them."""
-    import ray
-
+    from sweeper import lifecycle
     from sweeper.driver import connect_ray
+    from sweeper.preflight import preflight_sweep
+    from sweeper.sharing import new_sweep_dir
+    from sweeper.storage import is_remote
     from sweeper.sweep_config import experiment_dict, load_sweep
     from sweeper.tracking import Tracker, flatten
     from trainables.backbones import build_info
-    from trainables.config import deep_merge, to_dict, validate
+    from trainables.config import validate
     from trainables.train import Trainer
 
     from sweeper.overrides import patcher
@@ -78,32 +66,20 @@ def prepare(sweep_path: Path, storage: str | Path, tracking_uri: str, address: O
     # Trials run in their own folders: paths are fixed against the launch folder now.
     raw = absolute_paths(experiment_dict(sweep, sweep_path), Path.cwd())
     cfg = validate(raw, source=str(sweep_path))
+    # one line per problem, before anything is written or started
+    preflight_sweep(sweep, sweep_path, cfg, storage if is_remote(storage) else Path(storage).resolve(),
+                    tracking_uri, address)
     Trainer(cfg, Path("pretrain"))  # bad data / missing weights fail here, before anything is written
-    res = sweep.resources
-    info = connect_ray(address, cfg, res)  # too small, bad token, files missing on a node: one line
-    from sweeper.sharing import new_sweep_dir
-    from sweeper.storage import is_remote
-
-    sweep_dir = new_sweep_dir(storage, sweep.name)  # a folder or s3://bucket/prefix/NAME-TIME
-    if not is_remote(sweep_dir):
-        Path(sweep_dir).mkdir(parents=True)
-
+    info = connect_ray(address, cfg, sweep.resources)  # too small, bad token, files missing on a node
+    sweep_dir = new_sweep_dir(storage, sweep.name)  # a new folder, or s3://bucket/prefix/NAME-TIME-xxxx
+    if guard is not None:
+        guard.sweep_dir = sweep_dir
     if cfg.train.pretrain_steps and not cfg.train.pretrained_g:
-        from sweeper.terminal import wait_pretraining
-
-        print(f"pretraining G once for the sweep ({cfg.train.pretrain_steps} steps)...", flush=True)
-        task = ray.remote(num_cpus=res.cpu, num_gpus=res.gpu)(_pretrain)
-        # Progress lines: the task writes them to a file the driver tails (local folders;
-        # with S3 storage only when the task runs on the driver's node).
-        progress = (Path(tempfile.mkdtemp(prefix="srsweep-progress-")) if is_remote(sweep_dir)
-                    else Path(sweep_dir)) / "pretrain_progress.jsonl"
-        pre = wait_pretraining(task.remote(to_dict(cfg), sweep_dir, str(progress)), progress,
-                               cfg.train.pretrain_steps)
-        raw = deep_merge(raw, {"train": {"pretrained_g": pre}})
+        raw = lifecycle.planned_pretrain(raw, sweep_dir)  # run below, once sweep.json exists
     bicubic_psnr = _bicubic_psnr(cfg)
 
     tracker = Tracker(tracking_uri)
-    exp_id = tracker.experiment(sweep.experiment_name)
+    exp_id = lifecycle.experiment_id(tracker, sweep.experiment_name)
     tags = build_info(cfg.backbones.weights)
     parent = tracker.start_run(exp_id, f"{sweep.name} (sweep)", {
         **tags, "sweep_file": str(sweep_path), "git_commit": _git_commit(sweep_path.parent),
@@ -121,6 +97,7 @@ def prepare(sweep_path: Path, storage: str | Path, tracking_uri: str, address: O
     configure_dashboard(tracker, state)
     print(f"sweep folder {sweep_dir}; MLflow parent run {parent} ({tracking_uri}); "
           f"bicubic val PSNR {bicubic_psnr:.2f} dB", flush=True)
+    lifecycle.ensure_pretrained(state, guard)
     return state
 
 
@@ -191,13 +168,38 @@ def build_tuner(state: SweepState):
 
 def run_sweep(sweep_path: str | Path, storage: str | Path = "ray_results", tracking_uri: Optional[str] = None,
               address: Optional[str] = None, overrides: tuple[str, ...] = (), tiny: bool = False) -> Path:
-    from sweeper.driver import fit_guarded
+    from sweeper.interrupts import Interrupts
     from sweeper.tracking import default_tracking_uri
 
-    state = prepare(Path(sweep_path).resolve(), storage, tracking_uri or default_tracking_uri(), address,
-                    overrides, tiny)
-    fit_guarded(state, build_tuner(state))
+    with Interrupts() as guard:
+        with _interruptible(guard):
+            state = prepare(Path(sweep_path).resolve(), storage, tracking_uri or default_tracking_uri(),
+                            address, overrides, tiny, guard)
+            _fit(state, build_tuner(state), guard)
     return finish(state)
+
+
+def _fit(state: SweepState, tuner, guard) -> None:
+    from sweeper.driver import fit_guarded
+
+    guard.check()
+    fit_guarded(state, tuner)  # a lost cluster: the parent is marked FAILED
+    guard.after_tune()  # Tune returns normally on SIGINT: no winner from a partial sweep
+
+
+@contextlib.contextmanager
+def _interruptible(guard):
+    """A signal: the sweep's MLflow runs are marked interrupted, then the resume hint."""
+    from sweeper.interrupts import SweepInterrupted
+    from sweeper.lifecycle import load_state, mark_interrupted
+
+    try:
+        yield
+    except (SweepInterrupted, KeyboardInterrupt) as exc:
+        state = load_state(guard.sweep_dir)
+        if state is not None:
+            mark_interrupted(state, guard.signame or "SIGINT")
+        raise SweepInterrupted(guard.signame or "SIGINT", guard.sweep_dir if state else None) from exc
 
 
 def resume_sweep(sweep_dir: str | Path, address: Optional[str] = None) -> Path:
@@ -206,30 +208,34 @@ def resume_sweep(sweep_dir: str | Path, address: Optional[str] = None) -> Path:
     a folder or s3://...; ``address``: the cluster now (default: the one it started on)."""
     from ray import tune
 
+    from sweeper.buffered import flush
     from sweeper.driver import connect_ray
+    from sweeper.interrupts import Interrupts
+    from sweeper.lifecycle import ensure_pretrained, reopen
+    from sweeper.report import configure_dashboard, dashboard_lines
+    from sweeper.sharing import local_dir
     from sweeper.storage import is_remote, resolve_storage
+    from sweeper.tracking import Tracker
 
     sweep_dir = str(sweep_dir) if is_remote(sweep_dir) else str(Path(sweep_dir).resolve())
     state = SweepState.load(sweep_dir)
-    exp_path, fs = resolve_storage(sweep_dir)
-    if not tune.Tuner.can_restore(exp_path, storage_filesystem=fs):
-        raise ConfigError(f"{sweep_dir}: not a resumable sweep folder (no Tune state)")
     if address:
         state = state.model_copy(update={"address": address})
-    connect_ray(state.address, state.base_config, state.sweep.resources)
-    print(f"resuming {sweep_dir}", flush=True)
-    from sweeper.report import configure_dashboard, dashboard_lines
-    from sweeper.tracking import Tracker
-
-    tracker = Tracker(state.tracking_uri)
-    tracker.reopen(state.parent_run_id)  # FAILED by a lost cluster: running again
-    configure_dashboard(tracker, state)
-    print("\n".join(dashboard_lines(state)), flush=True)
-    tuner = tune.Tuner.restore(exp_path, _trainable(state), resume_unfinished=True, resume_errored=True,
-                               storage_filesystem=fs)
-    from sweeper.driver import fit_guarded
-
-    fit_guarded(state, tuner)
+    with Interrupts(sweep_dir) as guard, _interruptible(guard):
+        connect_ray(state.address, state.base_config, state.sweep.resources)
+        print(f"resuming {sweep_dir}", flush=True)
+        reopen(state)  # interrupted, or FAILED by a lost cluster: running again
+        flush(local_dir(sweep_dir), state.tracking_uri)
+        configure_dashboard(Tracker(state.tracking_uri), state)
+        print("\n".join(dashboard_lines(state)), flush=True)
+        ensure_pretrained(state, guard)  # stopped while pretraining: redo or continue it
+        exp_path, fs = resolve_storage(sweep_dir)
+        if tune.Tuner.can_restore(exp_path, storage_filesystem=fs):
+            tuner = tune.Tuner.restore(exp_path, _trainable(state), resume_unfinished=True,
+                                       resume_errored=True, storage_filesystem=fs)
+        else:  # stopped before the first trial: nothing of Tune's to restore
+            tuner = build_tuner(state)
+        _fit(state, tuner, guard)
     return finish(state)
 
 
@@ -238,9 +244,14 @@ def finish(state: SweepState) -> Path:
     from sweeper.best import choose_winner
     from sweeper.export import plot_parallel, plot_pareto, write_parquet
     from sweeper.results import results_table
-    from sweeper.sharing import local_view, publish, remote_checkpoints
+    from sweeper.buffered import flush
+    from sweeper.sharing import local_dir, local_view, publish, remote_checkpoints
     from sweeper.tracking import Tracker
 
+    sent, left = flush(local_dir(state.sweep_dir), state.tracking_uri)  # writes buffered in an outage
+    if not sent:
+        print(f"note: {left} tracking writes still buffered; send them with: srsweep sync {state.sweep_dir}",
+              flush=True)
     sweep_dir, state = state.sweep_dir, local_view(state)  # S3: a local mirror, uploaded back at the end
     df = remote_checkpoints(results_table(state), state, sweep_dir)
     tracker, parent = Tracker(state.tracking_uri), state.parent_run_id

@@ -108,13 +108,17 @@ def pretrain_line(rec: dict, total: int, start_t: float, first: Optional[dict]) 
     )
 
 
-def wait_pretraining(ref, progress: Path, total: int, poll_s: float = 1.0):
-    """Block on the pretraining task, printing each progress record as it appears."""
+def wait_pretraining(ref, progress: Path, total: int, poll_s: float = 0.5, check=None):
+    """Block on the pretraining task, printing each progress record as it appears.
+    ``check``: called between waits (a pending signal raises there: a Python exception
+    raised inside Ray's C++ wait would turn into a SystemError)."""
     import ray
 
     start, seen, first = time.time(), 0, None
     while True:
         ready, _ = ray.wait([ref], timeout=poll_s)
+        if check is not None:
+            check()
         lines = progress.read_text().splitlines() if progress.is_file() else []
         for line in lines[seen:]:
             rec = json.loads(line)

@@ -73,7 +73,8 @@ def run_trial(params: dict, state: SweepState, threads: int = 1) -> None:
     import torch
     from ray import tune
 
-    from trainables.train import Trainer
+    from sweeper.failures import report_divergence
+    from trainables.train import Trainer, TrainingDiverged
 
     context = tune.get_context()
     cfg = state.trial_config(params, context.get_trial_id() or "")
@@ -87,7 +88,10 @@ def run_trial(params: dict, state: SweepState, threads: int = 1) -> None:
     if ckpt is not None:
         with ckpt.as_directory() as d:
             trainer.resume(Path(d) / CKPT_FILE)
-    trainer.run()
+    try:
+        trainer.run()
+    except TrainingDiverged as exc:  # deterministic: reported and ended, never retried
+        report_divergence(state, trainer.step, exc)
 
 
 def read_checkpoint_files(path: str | os.PathLike) -> dict[str, Any]:

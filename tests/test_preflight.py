@@ -14,7 +14,7 @@ import pytest
 
 from sweeper.preflight import (PreflightError, check_images, check_resources, check_storage, check_tracking,
                                count_parameters, estimate_checkpoint_bytes, planned_checkpoint_bytes,
-                               state_bytes)
+                               saved_objective_bytes, state_bytes)
 from trainables.config import validate
 from trainables.data import folder_pairs, open_dataset
 
@@ -149,7 +149,7 @@ def test_checkpoint_estimate_bounds_a_real_checkpoint(tiny_data, tmp_path):
     t.run()  # both G optimisers and D's have moments now: the largest a checkpoint gets
     size = (tmp_path / "last.pt").stat().st_size
     est = estimate_checkpoint_bytes(count_parameters(t.G), count_parameters(t.D),
-                                    frozen_bytes=state_bytes(t.objective))
+                                    frozen_bytes=saved_objective_bytes(t.objective))
     print(f"checkpoint {size} bytes, estimate {est}")
     assert size <= est <= size * 1.5 + 256 * 1024
     assert planned_checkpoint_bytes(cfg, trials=4) >= 12 * size

@@ -6,10 +6,11 @@ and what is allowed, e.g. ``loss.dp.resnet_stage: 5 is not one of 1, 2, 3, 4``.
 """
 from __future__ import annotations
 
+import math
 import types
 import typing
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional, Union
+from typing import Annotated, Any, ClassVar, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -94,11 +95,13 @@ class SRResNetConfig(_GeneratorBase):
 class VGGDiscConfig(Strict):
     arch: Literal["vgg"] = "vgg"  # ESRGAN's VGG-style D, 10 conv blocks
     num_feat: int = Field(64, ge=1)
+    feature_blocks: ClassVar[int] = 10  # what loss.fm.blocks may index (models.py layout)
 
 
 class SRGANDiscConfig(Strict):
     arch: Literal["srgan"] = "srgan"  # SRGAN / feature-matching paper D, 8 conv blocks
     num_feat: int = Field(64, ge=1)
+    feature_blocks: ClassVar[int] = 8
 
 
 class VSRResFeatGenConfig(Strict):
@@ -229,10 +232,23 @@ class PixelLoss(Strict):
     sa: Optional[SAConfig] = None
 
 
+# torchvision's VGG19 trunk (cfg "E"): conv/relu per conv, a pool closing each block; no torch
+# here, tests/test_bad_inputs.py checks this list against backbones.vgg19_layer_names().
+VGG19_LAYERS = tuple(name for b, n in enumerate((2, 2, 4, 4, 4), 1)
+                     for name in [f"{k}{b}_{c}" for c in range(1, n + 1) for k in ("conv", "relu")]
+                     + [f"pool{b}"])
+
+
 class PerceptualLoss(Strict):
     layer: str = "conv5_4"  # VGG19 layer name, checked against the backbone's names
     criterion: Criterion = "l1"
     weight: float = Field(1.0, ge=0)
+
+    @model_validator(mode="after")
+    def _known_layer(self):
+        if self.layer not in VGG19_LAYERS:
+            raise ValueError(f"layer: {self.layer!r} is not a VGG19 layer ({', '.join(VGG19_LAYERS)})")
+        return self
 
 
 class SAFeatureLoss(Strict):
@@ -256,6 +272,13 @@ class DPLoss(Strict):
 class FMLoss(Strict):
     blocks: list[int] = Field(default_factory=lambda: [0, 1, 2, 3])
     weight: float = Field(1.0, ge=0)
+
+    @model_validator(mode="after")
+    def _some_blocks(self):
+        if not self.blocks or min(self.blocks) < 0 or len(set(self.blocks)) < len(self.blocks):
+            raise ValueError(f"blocks: {self.blocks} must be distinct discriminator block indices >= 0, "
+                             "at least one")
+        return self
 
 
 class AdvLoss(Strict):
@@ -317,6 +340,10 @@ class ExperimentConfig(Strict):
     def _patch_multiple_of_scale(self):
         if self.data.patch_size % self.scale:
             raise ValueError(f"data.patch_size: {self.data.patch_size} is not a multiple of scale {self.scale}")
+        d, fm = self.model.discriminator, self.loss.fm
+        if fm is not None and max(fm.blocks) >= getattr(d, "feature_blocks", math.inf):
+            raise ValueError(f"loss.fm.blocks: {fm.blocks} names block {max(fm.blocks)}, but the {d.arch} "
+                             f"discriminator has blocks 0..{d.feature_blocks - 1}")
         return self
 
     @model_validator(mode="after")
@@ -487,7 +514,11 @@ def parse_overrides(items: list[str]) -> dict:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"--set {item!r}: expected KEY.PATH=VALUE")
-        flat[key] = yaml.safe_load(raw)
+        try:
+            flat[key] = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            problem = getattr(exc, "problem", exc)
+            raise ConfigError(f"--set {item!r}: value is not valid YAML ({problem})") from None
     return nested(flat, "--set")
 
 
@@ -510,6 +541,13 @@ def load_config(path: str | Path, overrides: list[str] | None = None,
     if overlays:
         data = deep_merge(data, resolve_bases({"base": list(overlays)}, path.parent))
     if overrides:
+        try:  # the file alone is valid: a failure after the overrides is the --set's fault
+            validate(data, ExperimentConfig, source=str(path))
+        except ConfigError:
+            pass
+        else:
+            return validate(deep_merge(data, parse_overrides(overrides)), ExperimentConfig,
+                            source=f"--set {' '.join(overrides)}")
         data = deep_merge(data, parse_overrides(overrides))
     return validate(data, ExperimentConfig, source=str(path))
 

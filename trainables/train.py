@@ -9,8 +9,6 @@ Patch ``k`` of the stream depends only on ``(seed, k)`` and batch ``s`` holds pa
 from __future__ import annotations
 
 import math
-import os
-import random
 from pathlib import Path
 from typing import Iterator, Optional, Protocol
 
@@ -20,6 +18,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from trainables import accel, video_train
 from trainables.backbones import build_info
+from trainables.checkpoint import load_safe, rng_state, save_atomic, set_rng_state
 from trainables.config import ConfigError, ExperimentConfig, to_dict, validate
 from trainables.data import PairedImages, TrainPatches, open_dataset
 from trainables.edges import CannySpec
@@ -113,11 +112,8 @@ def load_val_items(cfg: ExperimentConfig) -> list[dict]:
 
 def load_generator(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, ExperimentConfig]:
     """G (eval mode) and its config from a ``last.pt`` or ``pretrain_g.pt`` checkpoint."""
-    try:
-        state = torch.load(path, map_location=device, weights_only=False)
-        cfg = validate(state["config"], source=f"{path} config")
-    except (OSError, KeyError, RuntimeError) as exc:
-        raise ConfigError(f"{path}: not an srsweep checkpoint ({type(exc).__name__}: {exc})") from None
+    state = load_safe(path, device, required=("G", "config"))  # one-line CheckpointError otherwise
+    cfg = validate(state["config"], source=f"{path} config")
     g = build_generator(cfg.model.generator, cfg.scale).to(device)
     g.load_state_dict(state["G"])
     return g.eval(), cfg
@@ -158,7 +154,7 @@ class Trainer:
         self.total_steps = self.stage1 + t.steps
         self.step = 0
         if t.pretrained_g:
-            self.G.load_state_dict(torch.load(t.pretrained_g, map_location=self.device, weights_only=True)["G"])
+            self.G.load_state_dict(load_safe(t.pretrained_g, self.device, required=("G",))["G"])
         self._build_data()
 
     # ------------------------------------------------------------------ data
@@ -265,42 +261,41 @@ class Trainer:
     def state_dict(self) -> dict:
         return {
             "step": self.step, "config": to_dict(self.cfg),
-            "G": self.G.state_dict(), "D": self.D.state_dict(), "objective": self.objective.state_dict(),
+            "G": self.G.state_dict(), "D": self.D.state_dict(), "objective": self._objective_state(),
             "opt_pre": self.opt_pre.state_dict(), "opt_g": self.opt_g.state_dict(),
             "opt_d": self.opt_d.state_dict(), "sched_g": self.sched_g.state_dict(),
             "sched_d": self.sched_d.state_dict(),
-            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+            "rng": rng_state(),
         }
+
+    def _objective_state(self) -> dict:
+        # Term buffers and calibration only: the frozen backbones are rebuilt from the config.
+        return {k: v for k, v in self.objective.state_dict().items() if not k.startswith("backbones.")}
 
     def load_state_dict(self, state: dict) -> None:
         if validate(state["config"]) != self.cfg:
-            raise ValueError("checkpoint was written by a different config; refusing to resume it")
+            raise ConfigError("checkpoint was written by a different config; refusing to resume it")
         self.step = state["step"]
-        for name in ("G", "D", "objective", "opt_pre", "opt_g", "opt_d", "sched_g", "sched_d"):
+        objective = {**self.objective.state_dict(), **state["objective"]}  # frozen backbones: as built
+        for name in ("G", "D", "opt_pre", "opt_g", "opt_d", "sched_g", "sched_d"):
             getattr(self, name).load_state_dict(state[name])
-        torch.set_rng_state(state["rng"]["torch"])
-        np.random.set_state(state["rng"]["numpy"])
-        random.setstate(state["rng"]["python"])
-        if state["rng"]["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        self.objective.load_state_dict(objective)
+        set_rng_state(state["rng"])
 
     def save(self, path: Path) -> Path:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save(self.state_dict(), tmp)
-        os.replace(tmp, path)  # atomic: a kill mid-write never leaves a torn checkpoint
-        return path
+        return save_atomic(self.state_dict(), path)  # a kill mid-write never leaves a torn checkpoint
 
     def save_generator(self, path: Path) -> Path:
         """G alone (what ``train.pretrained_g`` and ``srsweep eval --model`` read)."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"G": self.G.state_dict(), "config": to_dict(self.cfg), "step": self.step}, path)
-        return path
+        return save_atomic({"G": self.G.state_dict(), "config": to_dict(self.cfg), "step": self.step}, path)
 
     def resume(self, path: str | Path) -> None:
         """Continue from a ``last.pt`` written by :meth:`save` (same config only)."""
-        self.load_state_dict(torch.load(path, map_location=self.device, weights_only=False))
+        state = load_safe(path, self.device, required=("step", "config", "G", "D", "rng"))
+        try:
+            self.load_state_dict(state)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
 
     # ------------------------------------------------------------------- run
     def run(self, until: Optional[int] = None) -> dict[str, float]:
