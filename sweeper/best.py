@@ -3,6 +3,7 @@
 The choice itself is the pure ``sweeper.select.select``; this module only gathers its
 inputs (results table, rule and bicubic PSNR from the sweep state) and writes its outputs.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -25,12 +26,14 @@ def find_sweep(target: str, tracking_uri: str | None = None) -> SweepState:
     from sweeper.tracking import Tracker, default_tracking_uri
 
     tracker = Tracker(tracking_uri or default_tracking_uri())
-    missing_db = tracker.uri.startswith("sqlite:///") and not Path(tracker.uri[len("sqlite:///"):]).is_file()
+    missing_db = tracker.uri.startswith("sqlite:///") and not Path(tracker.uri[len("sqlite:///") :]).is_file()
     # Reading a SQLite URI creates the file: a store that is not there holds no sweep.
     found = None if missing_db else tracker.latest_sweep_dir([target, f"srsweep-{target}"])
     if found is None:
-        raise ConfigError(f"{target}: neither a sweep folder (with {STATE_FILE}) nor an MLflow experiment "
-                          f"holding a sweep in {tracker.uri}")
+        raise ConfigError(
+            f"{target}: neither a sweep folder (with {STATE_FILE}) nor an MLflow experiment "
+            f"holding a sweep in {tracker.uri}"
+        )
     return SweepState.load(found)
 
 
@@ -39,13 +42,17 @@ def selection_rule(state: SweepState):
     from sweeper.select import SelectionRule
 
     sweep, c = state.sweep, state.sweep.constraint
-    return SelectionRule(psnr_floor=state.bicubic_psnr + sweep.selection.psnr_margin,
-                         total_steps=state.total_steps, constraint_metric=c.metric if c else None,
-                         constraint_band=tuple(c.band) if c else None)
+    return SelectionRule(
+        psnr_floor=state.bicubic_psnr + sweep.selection.psnr_margin,
+        total_steps=state.total_steps,
+        constraint_metric=c.metric if c else None,
+        constraint_band=tuple(c.band) if c else None,
+    )
 
 
-def choose_winner(state: SweepState, df: pd.DataFrame | None = None, n_resamples: int = 9999,
-                  verbose: bool = False):
+def choose_winner(
+    state: SweepState, df: pd.DataFrame | None = None, n_resamples: int = 9999, verbose: bool = False
+):
     """Rank, print, write winner.yaml, tag MLflow; returns the ``WinnerChoice``.
     ``n_resamples``: random sign patterns of the paired test beyond 16 images;
     ``verbose``: the table also shows where each trial ran (host, node, GPU)."""
@@ -64,15 +71,20 @@ def choose_winner(state: SweepState, df: pd.DataFrame | None = None, n_resamples
             df = results_table(state)
     rule = selection_rule(state)
     sel = select(df, rule, n_resamples=n_resamples)
-    print(f"selection: min final LPIPS s.t. PSNR >= bicubic {state.bicubic_psnr:.2f} "
-          f"{sweep.selection.psnr_margin:+.2f} dB = {rule.psnr_floor:.2f} dB")
+    print(
+        f"selection: min final LPIPS s.t. PSNR >= bicubic {state.bicubic_psnr:.2f} "
+        f"{sweep.selection.psnr_margin:+.2f} dB = {rule.psnr_floor:.2f} dB"
+    )
     if verbose:
         import dataclasses
 
         from sweeper.cluster import PLACEMENT_VIEW, placement_view
 
-        print(format_ranking(dataclasses.replace(sel, ranked=placement_view(sel.ranked)),
-                             extra_columns=PLACEMENT_VIEW))
+        print(
+            format_ranking(
+                dataclasses.replace(sel, ranked=placement_view(sel.ranked)), extra_columns=PLACEMENT_VIEW
+            )
+        )
     else:
         print(format_ranking(sel))
     if len(sweep.objective.metrics) > 1:
@@ -80,8 +92,10 @@ def choose_winner(state: SweepState, df: pd.DataFrame | None = None, n_resamples
         print(f"Pareto front (LPIPS vs PSNR, finished trials only): {', '.join(front['trial_id'])}")
     cfg = winner_config(sel.winner)
     out = sweep_dir / WINNER_FILE
-    header = (f"# Winner of sweep {sweep_dir.name}: trial {sel.winner['trial_id']} "
-              f"(MLflow run {sel.winner['mlflow_run_id']}).\n# Rerun: srsweep train {out}\n")
+    header = (
+        f"# Winner of sweep {sweep_dir.name}: trial {sel.winner['trial_id']} "
+        f"(MLflow run {sel.winner['mlflow_run_id']}).\n# Rerun: srsweep train {out}\n"
+    )
     out.write_text(header + yaml.safe_dump(cfg, sort_keys=False))
     tracker, parent = Tracker(state.tracking_uri), state.parent_run_id
     run_id = sel.winner["mlflow_run_id"]

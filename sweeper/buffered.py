@@ -7,6 +7,7 @@ trial that reports a step again adds nothing.
 The trial -> run map is also kept in the sweep folder (``tracking_runs.json``), so a driver
 restored during an outage finds its runs (or their placeholders) without the store.
 """
+
 from __future__ import annotations
 
 import json
@@ -53,8 +54,9 @@ class BufferedTracker(Tracker):
         tmp.write_text(json.dumps(runs))
         os.replace(tmp, self._map_file())
 
-    def children(self, experiment_id: str, parent: str,
-                 trial_id: Optional[str] = None) -> list[tuple[str, str]]:
+    def children(
+        self, experiment_id: str, parent: str, trial_id: Optional[str] = None
+    ) -> list[tuple[str, str]]:
         known = self._map()
         if trial_id is not None and trial_id in known:
             return [(trial_id, known[trial_id])]
@@ -67,8 +69,9 @@ class BufferedTracker(Tracker):
             return [(t, r) for t, r in known.items() if trial_id in (None, t)]
 
     # -------------------------------------------------------------------- writes
-    def start_run(self, experiment_id: str, name: str, tags: dict[str, str],
-                  parent: Optional[str] = None) -> str:
+    def start_run(
+        self, experiment_id: str, name: str, tags: dict[str, str], parent: Optional[str] = None
+    ) -> str:
         tags = {**tags, PARENT_TAG: parent} if parent else tags
         run_id = self.box.create_run(experiment_id, name, tags)
         if tags.get("ray_trial_id"):
@@ -87,8 +90,10 @@ class BufferedTracker(Tracker):
 
     def log_metrics(self, run_id: str, step: int, values: dict[str, float]) -> None:
         now = int(time.time() * 1000)
-        self.box.log_metrics(run_id, [(k, float(v), step, now) for k, v in values.items()
-                                      if v is not None and math.isfinite(v)])
+        self.box.log_metrics(
+            run_id,
+            [(k, float(v), step, now) for k, v in values.items() if v is not None and math.isfinite(v)],
+        )
 
     def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
         self.box.set_tags(run_id, tags)

@@ -6,6 +6,7 @@ lock errors). Callbacks keep no state across ``Tuner.restore``, so the trial -> 
 map is read back from the store: a resumed sweep finds its runs instead of duplicating
 them.
 """
+
 from __future__ import annotations
 
 from ray.tune import Callback
@@ -20,9 +21,24 @@ from sweeper.terminal import ProgressCallback as _ProgressCallback
 from sweeper.trial import read_checkpoint_files
 
 # Result keys that are bookkeeping, not metrics worth a chart.
-_SKIP = {"step", "stage", "done", "training_iteration", "trial_id", "date", "timestamp", "pid", "hostname",
-         "node_ip", "time_this_iter_s", "time_total_s", "time_since_restore", "iterations_since_restore",
-         "checkpoint_dir_name", *PLACEMENT_KEYS}
+_SKIP = {
+    "step",
+    "stage",
+    "done",
+    "training_iteration",
+    "trial_id",
+    "date",
+    "timestamp",
+    "pid",
+    "hostname",
+    "node_ip",
+    "time_this_iter_s",
+    "time_total_s",
+    "time_since_restore",
+    "iterations_since_restore",
+    "checkpoint_dir_name",
+    *PLACEMENT_KEYS,
+}
 
 
 def _read_rgb(path):
@@ -59,12 +75,16 @@ class MLflowCallback(Callback):
         from trainables.config import to_dict
 
         cfg = to_dict(st.trial_config(trial.config, trial.trial_id))
-        run_id = self.tracker.start_run(st.experiment_id, f"trial-{trial.trial_id}",
-                                        {"ray_trial_id": trial.trial_id, **st.tags, "steps": "0",
-                                         "status": "running"}, parent=st.parent_run_id)
+        run_id = self.tracker.start_run(
+            st.experiment_id,
+            f"trial-{trial.trial_id}",
+            {"ray_trial_id": trial.trial_id, **st.tags, "steps": "0", "status": "running"},
+            parent=st.parent_run_id,
+        )
         found = searched(trial.config)
-        self.tracker.log_config(run_id, cfg, {**{f"search.{k}": v for k, v in found.items()},
-                                              **child_extras(st, cfg, found)})
+        self.tracker.log_config(
+            run_id, cfg, {**{f"search.{k}": v for k, v in found.items()}, **child_extras(st, cfg, found)}
+        )
         self._runs[trial.trial_id] = run_id
         return run_id
 
@@ -72,8 +92,11 @@ class MLflowCallback(Callback):
         self.tracker.set_tags(self.run_id(trial), {"status": "running"})  # again "running" on a resume
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        values = {k: v for k, v in result.items()
-                  if k not in _SKIP and isinstance(v, (int, float)) and not isinstance(v, bool)}
+        values = {
+            k: v
+            for k, v in result.items()
+            if k not in _SKIP and isinstance(v, (int, float)) and not isinstance(v, bool)
+        }
         self.tracker.log_metrics(self.run_id(trial), int(result.get("step", 0)), values)
         self.tracker.set_tags(self.run_id(trial), {"steps": str(int(result.get("step", 0)))})
         where = placement_tags(result)
@@ -108,8 +131,9 @@ class MLflowCallback(Callback):
             self.tracker.end_run(run_id, "FAILED")
             return
         status = "STOPPED" if step < self.state.total_steps else "TERMINATED"
-        self.tracker.set_tags(run_id, {"ray_status": status, "status": status_word(status),
-                                       "steps": str(step)})
+        self.tracker.set_tags(
+            run_id, {"ray_status": status, "status": status_word(status), "steps": str(step)}
+        )
         self.tracker.end_run(run_id, "FINISHED")
 
     def on_trial_error(self, iteration, trials, trial, **info):

@@ -5,6 +5,7 @@ error alike); infrastructure failures still raise and are retried from the check
 The reason travels in the result (``failure``), so the driver's MLflow callback tags the
 run and writes ``error.txt``, and the results table has a ``failure`` column.
 """
+
 from __future__ import annotations
 
 import math

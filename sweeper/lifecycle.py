@@ -5,6 +5,7 @@ resumable pretraining, and what an interrupted sweep leaves in MLflow.
 ``sweep.json`` (``train.pretrained_g`` = ``DIR/pretrain/pretrain_g.pt``) before it runs, so
 a sweep stopped while pretraining resumes it from ``DIR/pretrain/last.pt``.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -26,7 +27,7 @@ def store_lock(tracking_uri: str):
         return
     import fcntl
 
-    lock = Path(tracking_uri[len("sqlite:///"):]).with_suffix(".lock")
+    lock = Path(tracking_uri[len("sqlite:///") :]).with_suffix(".lock")
     with open(lock, "a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
@@ -106,14 +107,19 @@ def ensure_pretrained(state: SweepState, guard=None) -> None:
     experiment = deep_merge(state.experiment, {"train": {"pretrained_g": None}})
     # Progress lines: the task writes them to a file the driver tails (a local folder; with
     # S3 storage only when the task runs on the driver's node).
-    folder = (Path(tempfile.mkdtemp(prefix="srsweep-progress-")) if storage.is_remote(state.sweep_dir)
-              else Path(state.sweep_dir))
+    folder = (
+        Path(tempfile.mkdtemp(prefix="srsweep-progress-"))
+        if storage.is_remote(state.sweep_dir)
+        else Path(state.sweep_dir)
+    )
     progress = folder / "pretrain_progress.jsonl"
     task = ray.remote(num_cpus=res.cpu, num_gpus=res.gpu, max_retries=0)(_pretrain).remote(
-        experiment, str(state.sweep_dir), str(progress))
+        experiment, str(state.sweep_dir), str(progress)
+    )
     try:
-        wait_pretraining(task, progress, cfg.train.pretrain_steps,
-                         check=guard.check if guard is not None else None)
+        wait_pretraining(
+            task, progress, cfg.train.pretrain_steps, check=guard.check if guard is not None else None
+        )
     except BaseException:
         with contextlib.suppress(Exception):
             ray.cancel(task, force=True)

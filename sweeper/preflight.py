@@ -3,6 +3,7 @@
 Each check raises :class:`PreflightError` on the first problem, with one line that names
 what is wrong and where; nothing is created (write probes use a temp file that is removed).
 """
+
 from __future__ import annotations
 
 import os
@@ -59,7 +60,7 @@ def _probe_write(folder: Path, what: str, path: Path) -> None:
 
 # ----------------------------------------------------------------------------- tracking
 def _sqlite_path(uri: str) -> Path:
-    rest = uri[len("sqlite://"):]
+    rest = uri[len("sqlite://") :]
     if not rest.startswith("/"):
         raise PreflightError(f"tracking URI {uri}: expected sqlite:///relative or sqlite:////absolute path")
     return Path(rest[1:]).expanduser()
@@ -88,8 +89,9 @@ def check_tracking(uri: str, timeout_s: float = 5.0) -> None:
                 with open(db, "r+b"):
                     pass
             except (sqlite3.Error, OSError) as exc:
-                raise PreflightError(f"tracking URI {uri}: {db} is not a usable SQLite database "
-                                     f"({' '.join(str(exc).split())})") from None
+                raise PreflightError(
+                    f"tracking URI {uri}: {db} is not a usable SQLite database ({' '.join(str(exc).split())})"
+                ) from None
         return
     if uri.startswith(("http://", "https://")):
         _check_http(uri.rstrip("/"), timeout_s)
@@ -98,9 +100,11 @@ def check_tracking(uri: str, timeout_s: float = 5.0) -> None:
         _check_database(uri, timeout_s)
         return
     if uri.startswith("file:") or "://" not in uri:
-        raise PreflightError(f"tracking URI {uri}: MLflow 3 refuses file stores; use "
-                             f"sqlite:///PATH/store.db "
-                             f"or an http(s) server")
+        raise PreflightError(
+            f"tracking URI {uri}: MLflow 3 refuses file stores; use "
+            f"sqlite:///PATH/store.db "
+            f"or an http(s) server"
+        )
     # databricks, uc and other plugin schemes: checked by MLflow itself.
 
 
@@ -114,16 +118,21 @@ def _check_http(base: str, timeout_s: float) -> None:
                 last = f"HTTP {r.status}"
         except urllib.error.HTTPError as exc:
             if exc.code in (401, 403):
-                raise PreflightError(f"tracking URI {base}: the server refused the request "
-                                     f"(HTTP {exc.code}); set MLFLOW_TRACKING_USERNAME/PASSWORD "
-                                     f"or MLFLOW_TRACKING_TOKEN") from None
+                raise PreflightError(
+                    f"tracking URI {base}: the server refused the request "
+                    f"(HTTP {exc.code}); set MLFLOW_TRACKING_USERNAME/PASSWORD "
+                    f"or MLFLOW_TRACKING_TOKEN"
+                ) from None
             last = f"HTTP {exc.code}"
         except (urllib.error.URLError, socket.timeout, OSError) as exc:
             reason = getattr(exc, "reason", exc)
-            raise PreflightError(f"tracking URI {base}: no MLflow server answers within {timeout_s:g} s "
-                                 f"({' '.join(str(reason).split())})") from None
-    raise PreflightError(f"tracking URI {base}: not an MLflow server "
-                         f"({last} on /health and experiments/search)")
+            raise PreflightError(
+                f"tracking URI {base}: no MLflow server answers within {timeout_s:g} s "
+                f"({' '.join(str(reason).split())})"
+            ) from None
+    raise PreflightError(
+        f"tracking URI {base}: not an MLflow server ({last} on /health and experiments/search)"
+    )
 
 
 def _check_database(uri: str, timeout_s: float) -> None:
@@ -132,8 +141,9 @@ def _check_database(uri: str, timeout_s: float) -> None:
     try:
         engine = sqlalchemy.create_engine(uri, connect_args={"connect_timeout": int(max(1, timeout_s))})
     except (ImportError, sqlalchemy.exc.NoSuchModuleError) as exc:
-        raise PreflightError(f"tracking URI {uri.split('@')[-1]}: no database driver installed "
-                             f"({type(exc).__name__}: {exc})") from None
+        raise PreflightError(
+            f"tracking URI {uri.split('@')[-1]}: no database driver installed ({type(exc).__name__}: {exc})"
+        ) from None
     try:
         with engine.connect() as con:
             con.execute(sqlalchemy.text("select 1"))
@@ -158,8 +168,10 @@ def check_storage(path: str | os.PathLike, need_bytes: int = 0) -> None:
     _probe_write(folder, "--storage", p)
     free = shutil.disk_usage(folder).free
     if free < need_bytes:
-        raise PreflightError(f"--storage {p}: needs about {_gib(need_bytes)} for the planned checkpoints, "
-                             f"only {_gib(free)} free on {folder}")
+        raise PreflightError(
+            f"--storage {p}: needs about {_gib(need_bytes)} for the planned checkpoints, "
+            f"only {_gib(free)} free on {folder}"
+        )
 
 
 def count_parameters(module) -> int:
@@ -174,12 +186,21 @@ def state_bytes(module) -> int:
 def saved_objective_bytes(objective) -> int:
     """What the trainer saves of the objective: term buffers and calibration, not the frozen
     backbones (Trainer._objective_state leaves ``backbones.*`` out)."""
-    return sum(v.numel() * v.element_size() for k, v in objective.state_dict().items()
-               if hasattr(v, "numel") and not k.startswith("backbones."))
+    return sum(
+        v.numel() * v.element_size()
+        for k, v in objective.state_dict().items()
+        if hasattr(v, "numel") and not k.startswith("backbones.")
+    )
 
 
-def estimate_checkpoint_bytes(g_params: int, d_params: int, copies: int = 1, frozen_bytes: int = 0,
-                              bytes_per_value: int = 4, overhead: int = 256 * 1024) -> int:
+def estimate_checkpoint_bytes(
+    g_params: int,
+    d_params: int,
+    copies: int = 1,
+    frozen_bytes: int = 0,
+    bytes_per_value: int = 4,
+    overhead: int = 256 * 1024,
+) -> int:
     """Upper bound of ``copies`` trainer checkpoints: G + D weights, Adam's two moments for
     two G optimisers (pretraining and GAN) and one D optimiser, the objective's state
     (``frozen_bytes``: term buffers; the frozen VGG/ResNet trunks are not saved) and a fixed
@@ -238,8 +259,11 @@ def check_images(source, workers: int = 2) -> int:
 
 
 # ----------------------------------------------------------------------------- resources
-def check_resources(need: Mapping[str, float], available: Mapping[str, float] | Sequence[Mapping[str, float]],
-                    where: str = "resources") -> None:
+def check_resources(
+    need: Mapping[str, float],
+    available: Mapping[str, float] | Sequence[Mapping[str, float]],
+    where: str = "resources",
+) -> None:
     """A trial's ``need`` ({"cpu": 2, "gpu": 1}) fits one node of ``available``: a dict of
     cluster totals (``ray.cluster_resources()``) or per-node dicts (``ray.nodes()``'s
     ``Resources``). Ray places a trial on one node, so per-node is the accurate form."""
@@ -253,10 +277,14 @@ def check_resources(need: Mapping[str, float], available: Mapping[str, float] | 
         if best < v:
             where_k = f"{where}.{k.lower()}"
             scope = "node" if len(nodes) > 1 else "Ray cluster"
-            raise PreflightError(f"{where_k}: a trial needs {v:g} {k} but the largest {scope} has {best:g}; "
-                                 f"lower {where_k} or add nodes (it would wait forever)")
-    raise PreflightError(f"{where}: no single node has {', '.join(f'{v:g} {k}' for k, v in want.items())} "
-                         f"at once (a trial runs on one node)")
+            raise PreflightError(
+                f"{where_k}: a trial needs {v:g} {k} but the largest {scope} has {best:g}; "
+                f"lower {where_k} or add nodes (it would wait forever)"
+            )
+    raise PreflightError(
+        f"{where}: no single node has {', '.join(f'{v:g} {k}' for k, v in want.items())} "
+        f"at once (a trial runs on one node)"
+    )
 
 
 def ray_node_resources() -> list[dict[str, float]]:

@@ -4,6 +4,7 @@ Reading the folder (not the in-memory ResultGrid) means ``run``, ``resume`` and
 ``best`` all see the same table, also after the driver died. One row per trial; the
 columns are the ones ``sweeper.select`` documents.
 """
+
 from __future__ import annotations
 
 import json
@@ -51,11 +52,18 @@ def results_table(state: SweepState) -> pd.DataFrame:
         if failure_of(last):  # a diverged trial ended itself: not a result that may win
             status = "DIVERGED"
         cfg = state.trial_config(trial.config, trial.trial_id)
-        row = {"trial_id": trial.trial_id, "status": status, "mlflow_run_id": runs.get(trial.trial_id),
-               "steps": step, "time_s": _num(last.get("time_total_s")),
-               "sa_share": _num(last.get("sa_share")), "sa_share_mean": _num(last.get("sa_share_mean")),
-               "beta2": _num(last.get("beta2")), "failure": failure_of(last),
-               "config_json": json.dumps(cfg.model_dump(mode="json"))}
+        row = {
+            "trial_id": trial.trial_id,
+            "status": status,
+            "mlflow_run_id": runs.get(trial.trial_id),
+            "steps": step,
+            "time_s": _num(last.get("time_total_s")),
+            "sa_share": _num(last.get("sa_share")),
+            "sa_share_mean": _num(last.get("sa_share_mean")),
+            "beta2": _num(last.get("beta2")),
+            "failure": failure_of(last),
+            "config_json": json.dumps(cfg.model_dump(mode="json")),
+        }
         for m, best in (("lpips", "min"), ("psnr", "max"), ("ssim", "max")):
             col = f"val_{m}"
             series = pd.to_numeric(hist[col], errors="coerce") if col in hist else pd.Series(dtype=float)

@@ -35,8 +35,9 @@ def new_sweep_dir(storage_arg: str | Path, name: str) -> str:
     path, fs = storage.resolve_storage(storage_arg)
     storage.check_writable(path, fs)
     for _ in range(20):
-        uri = storage.uri_of(storage.join(path, f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-"
-                                                f"{secrets.token_hex(2)}"), fs)
+        uri = storage.uri_of(
+            storage.join(path, f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"), fs
+        )
         if storage.is_remote(uri):
             return uri
         try:

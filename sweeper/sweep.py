@@ -9,6 +9,7 @@ The sweep folder is the Ray experiment folder; ``sweep.json`` in it is the typed
 ``SweepState`` (sweeper/state.py), written once here: ``resume``, ``best`` and the
 callbacks read it, never the sweep YAML again.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -25,12 +26,14 @@ from sweeper.state import SweepState, absolute_paths  # noqa: E402  (after the e
 
 def _git_commit(path: Path) -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=path, capture_output=True, text=True,
-                              timeout=10).stdout.strip() or "unknown"
+        return (
+            subprocess.run(
+                ["git", "rev-parse", "HEAD"], cwd=path, capture_output=True, text=True, timeout=10
+            ).stdout.strip()
+            or "unknown"
+        )
     except (OSError, subprocess.SubprocessError):
         return "unknown"
-
-
 
 
 def _bicubic_psnr(cfg) -> float:
@@ -42,14 +45,22 @@ def _bicubic_psnr(cfg) -> float:
     return summary(evaluate(clip_bicubic(bicubic(cfg.scale)), load_val_items(cfg), cfg.scale), cfg).psnr
 
 
-def prepare(sweep_path: Path, storage: str | Path, tracking_uri: str, address: Optional[str],
-            overrides: tuple[str, ...] = (), tiny: bool = False, guard=None) -> SweepState:
+def prepare(
+    sweep_path: Path,
+    storage: str | Path,
+    tracking_uri: str,
+    address: Optional[str],
+    overrides: tuple[str, ...] = (),
+    tiny: bool = False,
+    guard=None,
+) -> SweepState:
     """Everything before the Tuner; returns the sweep state, written once to sweep.json
     (before the shared pretraining, which a resume redoes or continues). ``overrides``
     (``--set KEY=VALUE``) and ``tiny`` patch the sweep file before validation
     (sweeper/overrides.py), so the state holds them."""
     from sweeper import lifecycle
     from sweeper.driver import connect_ray
+    from sweeper.overrides import patcher
     from sweeper.preflight import preflight_sweep
     from sweeper.sharing import new_sweep_dir
     from sweeper.storage import is_remote
@@ -59,16 +70,20 @@ def prepare(sweep_path: Path, storage: str | Path, tracking_uri: str, address: O
     from trainables.config import validate
     from trainables.train import Trainer
 
-    from sweeper.overrides import patcher
-
     # the space's corners validate: a bad space fails here
     sweep = load_sweep(sweep_path, patcher(overrides, tiny, sweep_path))
     # Trials run in their own folders: paths are fixed against the launch folder now.
     raw = absolute_paths(experiment_dict(sweep, sweep_path), Path.cwd())
     cfg = validate(raw, source=str(sweep_path))
     # one line per problem, before anything is written or started
-    preflight_sweep(sweep, sweep_path, cfg, storage if is_remote(storage) else Path(storage).resolve(),
-                    tracking_uri, address)
+    preflight_sweep(
+        sweep,
+        sweep_path,
+        cfg,
+        storage if is_remote(storage) else Path(storage).resolve(),
+        tracking_uri,
+        address,
+    )
     Trainer(cfg, Path("pretrain"))  # bad data / missing weights fail here, before anything is written
     info = connect_ray(address, cfg, sweep.resources)  # too small, bad token, files missing on a node
     sweep_dir = new_sweep_dir(storage, sweep.name)  # a new folder, or s3://bucket/prefix/NAME-TIME-xxxx
@@ -81,22 +96,50 @@ def prepare(sweep_path: Path, storage: str | Path, tracking_uri: str, address: O
     tracker = Tracker(tracking_uri)
     exp_id = lifecycle.experiment_id(tracker, sweep.experiment_name)
     tags = build_info(cfg.backbones.weights)
-    parent = tracker.start_run(exp_id, f"{sweep.name} (sweep)", {
-        **tags, "sweep_file": str(sweep_path), "git_commit": _git_commit(sweep_path.parent),
-        **info.tags(), "ray_requested": address or "local", "sweep_dir": str(sweep_dir), "role": "sweep"})
-    tracker.log_params(parent, {**flatten(sweep.model_dump(mode="json", exclude={"space"}), "sweep."),
-                                "bicubic_val_psnr": f"{bicubic_psnr:.4f}"})
+    parent = tracker.start_run(
+        exp_id,
+        f"{sweep.name} (sweep)",
+        {
+            **tags,
+            "sweep_file": str(sweep_path),
+            "git_commit": _git_commit(sweep_path.parent),
+            **info.tags(),
+            "ray_requested": address or "local",
+            "sweep_dir": str(sweep_dir),
+            "role": "sweep",
+        },
+    )
+    tracker.log_params(
+        parent,
+        {
+            **flatten(sweep.model_dump(mode="json", exclude={"space"}), "sweep."),
+            "bicubic_val_psnr": f"{bicubic_psnr:.4f}",
+        },
+    )
     tracker.log_artifact(parent, sweep_path)
     tracker.log_dict(parent, {"space": sweep.model_dump(mode="json")["space"]}, "search_space.yaml")
-    state = SweepState(sweep=sweep, sweep_file=str(sweep_path), experiment=raw, sweep_dir=str(sweep_dir),
-                       tracking_uri=tracking_uri, experiment_id=exp_id, parent_run_id=parent,
-                       bicubic_psnr=bicubic_psnr, total_steps=cfg.train.steps, address=address, tags=tags)
+    state = SweepState(
+        sweep=sweep,
+        sweep_file=str(sweep_path),
+        experiment=raw,
+        sweep_dir=str(sweep_dir),
+        tracking_uri=tracking_uri,
+        experiment_id=exp_id,
+        parent_run_id=parent,
+        bicubic_psnr=bicubic_psnr,
+        total_steps=cfg.train.steps,
+        address=address,
+        tags=tags,
+    )
     state.save()
     from sweeper.report import configure_dashboard
 
     configure_dashboard(tracker, state)
-    print(f"sweep folder {sweep_dir}; MLflow parent run {parent} ({tracking_uri}); "
-          f"bicubic val PSNR {bicubic_psnr:.2f} dB", flush=True)
+    print(
+        f"sweep folder {sweep_dir}; MLflow parent run {parent} ({tracking_uri}); "
+        f"bicubic val PSNR {bicubic_psnr:.2f} dB",
+        flush=True,
+    )
     lifecycle.ensure_pretrained(state, guard)
     return state
 
@@ -116,6 +159,7 @@ def build_tuner(state: SweepState):
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import ConcurrencyLimiter
+
     from sweeper.callbacks import MLflowCallback
     from sweeper.constraints import BandConstraint, ConstrainedOptunaSearch
     from sweeper.report import short_names
@@ -133,48 +177,94 @@ def build_tuner(state: SweepState):
         param_space = {"grid_point": tune.grid_search(grid_points(sweep.space))}
         num_samples = 1
     else:
-        sampler = {"tpe": lambda: TPESampler(seed=seed), "nsga2": lambda: NSGAIISampler(seed=seed),
-                   "random": lambda: RandomSampler(seed=seed)}[algo]()
+        sampler = {
+            "tpe": lambda: TPESampler(seed=seed),
+            "nsga2": lambda: NSGAIISampler(seed=seed),
+            "random": lambda: RandomSampler(seed=seed),
+        }[algo]()
         multi = len(metrics) > 1
         searcher, extra = ConstrainedOptunaSearch, {}  # records each trial's reached steps
         if sweep.constraint is not None:  # Optuna learns the band from each trial's reached value
             extra = {"constraint": BandConstraint(sweep.constraint.metric, sweep.constraint.band)}
-        search_alg = ConcurrencyLimiter(searcher(
-            space=compile_space(sweep.space), metric=metrics if multi else metrics[0],
-            mode=modes if multi else modes[0], sampler=sampler,
-            points_to_evaluate=sweep.search.points_to_evaluate or None, **study_storage(state.dir),
-            **extra), sweep.budget.max_concurrent)
+        search_alg = ConcurrencyLimiter(
+            searcher(
+                space=compile_space(sweep.space),
+                metric=metrics if multi else metrics[0],
+                mode=modes if multi else modes[0],
+                sampler=sampler,
+                points_to_evaluate=sweep.search.points_to_evaluate or None,
+                **study_storage(state.dir),
+                **extra,
+            ),
+            sweep.budget.max_concurrent,
+        )
     scheduler = None
     if sweep.scheduler.type == "asha":  # steps as time: grace counted in validation rounds
-        scheduler = ASHAScheduler(time_attr="step", metric=metrics[0], mode=modes[0], max_t=total,
-                                  grace_period=sweep.scheduler.grace_period * val_every,
-                                  reduction_factor=sweep.scheduler.reduction_factor)
+        scheduler = ASHAScheduler(
+            time_attr="step",
+            metric=metrics[0],
+            mode=modes[0],
+            max_t=total,
+            grace_period=sweep.scheduler.grace_period * val_every,
+            reduction_factor=sweep.scheduler.reduction_factor,
+        )
     from sweeper.sharing import experiment_location
 
     storage_path, name, fs = experiment_location(state.sweep_dir)  # a folder or S3
     run_config = tune.RunConfig(
-        name=name, storage_path=storage_path, storage_filesystem=fs, verbose=0,
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=metrics[0],
-                                                checkpoint_score_order=modes[0]),
+        name=name,
+        storage_path=storage_path,
+        storage_filesystem=fs,
+        verbose=0,
+        checkpoint_config=tune.CheckpointConfig(
+            num_to_keep=2, checkpoint_score_attribute=metrics[0], checkpoint_score_order=modes[0]
+        ),
         failure_config=tune.FailureConfig(max_failures=sweep.failure.max_failures),
-        callbacks=[MLflowCallback(state),
-                   ProgressCallback(metrics[0], modes[0], num_samples if algo != "grid" else
-                                    len(grid_points(sweep.space)), total, short_names(state))])
-    tune_config = tune.TuneConfig(search_alg=search_alg, scheduler=scheduler, num_samples=num_samples,
-                                  max_concurrent_trials=sweep.budget.max_concurrent if algo == "grid" else None,
-                                  time_budget_s=sweep.budget.time_budget_s)
-    return tune.Tuner(_trainable(state), param_space=param_space, tune_config=tune_config, run_config=run_config)
+        callbacks=[
+            MLflowCallback(state),
+            ProgressCallback(
+                metrics[0],
+                modes[0],
+                num_samples if algo != "grid" else len(grid_points(sweep.space)),
+                total,
+                short_names(state),
+            ),
+        ],
+    )
+    tune_config = tune.TuneConfig(
+        search_alg=search_alg,
+        scheduler=scheduler,
+        num_samples=num_samples,
+        max_concurrent_trials=sweep.budget.max_concurrent if algo == "grid" else None,
+        time_budget_s=sweep.budget.time_budget_s,
+    )
+    return tune.Tuner(
+        _trainable(state), param_space=param_space, tune_config=tune_config, run_config=run_config
+    )
 
 
-def run_sweep(sweep_path: str | Path, storage: str | Path = "ray_results", tracking_uri: Optional[str] = None,
-              address: Optional[str] = None, overrides: tuple[str, ...] = (), tiny: bool = False) -> Path:
+def run_sweep(
+    sweep_path: str | Path,
+    storage: str | Path = "ray_results",
+    tracking_uri: Optional[str] = None,
+    address: Optional[str] = None,
+    overrides: tuple[str, ...] = (),
+    tiny: bool = False,
+) -> Path:
     from sweeper.interrupts import Interrupts
     from sweeper.tracking import default_tracking_uri
 
     with Interrupts() as guard:
         with _interruptible(guard):
-            state = prepare(Path(sweep_path).resolve(), storage, tracking_uri or default_tracking_uri(),
-                            address, overrides, tiny, guard)
+            state = prepare(
+                Path(sweep_path).resolve(),
+                storage,
+                tracking_uri or default_tracking_uri(),
+                address,
+                overrides,
+                tiny,
+                guard,
+            )
             _fit(state, build_tuner(state), guard)
     return finish(state)
 
@@ -231,8 +321,13 @@ def resume_sweep(sweep_dir: str | Path, address: Optional[str] = None) -> Path:
         ensure_pretrained(state, guard)  # stopped while pretraining: redo or continue it
         exp_path, fs = resolve_storage(sweep_dir)
         if tune.Tuner.can_restore(exp_path, storage_filesystem=fs):
-            tuner = tune.Tuner.restore(exp_path, _trainable(state), resume_unfinished=True,
-                                       resume_errored=True, storage_filesystem=fs)
+            tuner = tune.Tuner.restore(
+                exp_path,
+                _trainable(state),
+                resume_unfinished=True,
+                resume_errored=True,
+                storage_filesystem=fs,
+            )
         else:  # stopped before the first trial: nothing of Tune's to restore
             tuner = build_tuner(state)
         _fit(state, tuner, guard)
@@ -242,16 +337,18 @@ def resume_sweep(sweep_dir: str | Path, address: Optional[str] = None) -> Path:
 def finish(state: SweepState) -> Path:
     """Results table, winner, plots, MLflow parent artifacts; the parent run is closed."""
     from sweeper.best import choose_winner
+    from sweeper.buffered import flush
     from sweeper.export import plot_parallel, plot_pareto, write_parquet
     from sweeper.results import results_table
-    from sweeper.buffered import flush
     from sweeper.sharing import local_dir, local_view, publish, remote_checkpoints
     from sweeper.tracking import Tracker
 
     sent, left = flush(local_dir(state.sweep_dir), state.tracking_uri)  # writes buffered in an outage
     if not sent:
-        print(f"note: {left} tracking writes still buffered; send them with: srsweep sync {state.sweep_dir}",
-              flush=True)
+        print(
+            f"note: {left} tracking writes still buffered; send them with: srsweep sync {state.sweep_dir}",
+            flush=True,
+        )
     sweep_dir, state = state.sweep_dir, local_view(state)  # S3: a local mirror, uploaded back at the end
     df = remote_checkpoints(results_table(state), state, sweep_dir)
     tracker, parent = Tracker(state.tracking_uri), state.parent_run_id
@@ -261,8 +358,11 @@ def finish(state: SweepState) -> Path:
     for trial_id, run_id in tracker.children(state.experiment_id, parent):
         if trial_id not in set(df["trial_id"]):
             tracker.discard(run_id, "LOST_ON_RESTORE")
-            print(f"note: MLflow run {run_id} of trial {trial_id} was lost by the interrupted driver "
-                  "(Tune re-ran that configuration); it is now deleted", flush=True)
+            print(
+                f"note: MLflow run {run_id} of trial {trial_id} was lost by the interrupted driver "
+                "(Tune re-ran that configuration); it is now deleted",
+                flush=True,
+            )
     table = write_parquet(df, state.dir / "results.parquet")
     tracker.log_artifact(parent, table)
     ranked, floor, sel = df, None, None
@@ -272,15 +372,21 @@ def finish(state: SweepState) -> Path:
         # The ranked table (rank, may_win, constraint_ok) beside the raw one.
         tracker.log_artifact(parent, write_parquet(ranked, state.dir / "ranked.parquet"))
     finally:  # plots and the closed parent run even when no trial qualifies
-        for path in (plot_pareto(ranked, state.dir / "pareto.png", psnr_floor=floor, total_steps=state.total_steps),
-                     plot_parallel(ranked, state.dir / "parallel.png")):
+        for path in (
+            plot_pareto(ranked, state.dir / "pareto.png", psnr_floor=floor, total_steps=state.total_steps),
+            plot_parallel(ranked, state.dir / "parallel.png"),
+        ):
             tracker.log_artifact(parent, path)
         from sweeper import report
 
         report.parent_outputs(tracker, state, df, sel)
         if sel is not None:
-            report.print_lines([report.importance_report(tracker, state),
-                                *report.closing_lines(state, sel, report.winner_file(state))])
+            report.print_lines(
+                [
+                    report.importance_report(tracker, state),
+                    *report.closing_lines(state, sel, report.winner_file(state)),
+                ]
+            )
         else:
             report.print_lines(report.dashboard_lines(state))
         tracker.end_run(parent, "FINISHED")

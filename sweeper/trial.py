@@ -6,6 +6,7 @@ latest training losses, and a checkpoint folder holding the trainer state of tha
 step, the sample grids and the per-image scores (the driver's MLflow callback and
 ``srsweep best`` read those files).
 """
+
 from __future__ import annotations
 
 import json
@@ -39,8 +40,9 @@ class RayReporter:
         self.latest = {**values, "step": step}
         self.curves.append(self.latest)
 
-    def validation(self, step: int, metrics: dict[str, float], images: dict[str, np.ndarray],
-                   scores: list) -> None:
+    def validation(
+        self, step: int, metrics: dict[str, float], images: dict[str, np.ndarray], scores: list
+    ) -> None:
         self.pending = (step, metrics, images, scores)
 
     def checkpoint(self, step: int, path: Path) -> None:
@@ -64,8 +66,10 @@ class RayReporter:
             (d / SCORES_FILE).write_text(json.dumps(per_image(scores)))
             (d / CURVES_FILE).write_text(json.dumps(self.curves))
             self.curves = []
-            tune.report({**self.latest, **metrics, "step": step, **self.where},
-                        checkpoint=tune.Checkpoint.from_directory(d))
+            tune.report(
+                {**self.latest, **metrics, "step": step, **self.where},
+                checkpoint=tune.Checkpoint.from_directory(d),
+            )
 
 
 def run_trial(params: dict, state: SweepState, threads: int = 1) -> None:

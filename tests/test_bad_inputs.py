@@ -6,6 +6,7 @@ folder (the earlier results and the store included) must hash exactly as before:
 sweep folder, run folder, ``mlflow.db`` or lock file, and no byte changed. The cases fail
 in preflight or config validation, before Ray starts.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -27,7 +28,6 @@ _COUNT = itertools.count()
 pytestmark = pytest.mark.slow  # ~35 CLI start-ups (torch import each)
 
 
-
 class _Evil:
     def __reduce__(self):  # unpickling this runs a shell command
         return os.system, ("touch PWNED",)
@@ -44,13 +44,17 @@ def _free_port() -> int:
 
 def _sweep(w: Path, data: Path, name: str = "bad", space=None, **over) -> Path:
     doc = {
-        "name": name, "base": ["sa_esrgan_lv", "tiny_cpu"],
-        "set": {"data": {"train": str(data / "train"), "val": str(data / "val"), "patch_size": 32},
-                "loss": {"fm": {"blocks": [0, 1]}},
-                "train": {"pretrain_steps": 2, "steps": 4, "val_every": 2, "val_crop": 64}},
+        "name": name,
+        "base": ["sa_esrgan_lv", "tiny_cpu"],
+        "set": {
+            "data": {"train": str(data / "train"), "val": str(data / "val"), "patch_size": 32},
+            "loss": {"fm": {"blocks": [0, 1]}},
+            "train": {"pretrain_steps": 2, "steps": 4, "val_every": 2, "val_crop": 64},
+        },
         "space": space or [{"path": "loss.pixel.sa.beta2", "float": [1, 40]}],
         "objective": {"metrics": [{"name": "val_lpips", "mode": "min"}]},
-        "scheduler": {"type": "none"}, "budget": {"num_samples": 2},
+        "scheduler": {"type": "none"},
+        "budget": {"num_samples": 2},
     }
     for key, value in over.items():  # "set.loss.fm.blocks" -> nested
         node, *parts, leaf = [doc, *key.split(".")]
@@ -76,10 +80,16 @@ def _truncated(w: Path, data: Path, split: str) -> Path:
 
 def _tiny_cfg(w: Path, data: Path, name: str = "tiny") -> Path:
     path = w / "cases" / f"{name.replace('/', '_')}.yaml"
-    path.write_text(yaml.safe_dump({
-        "base": ["sa_esrgan_lv", "tiny_cpu"], "name": name,
-        "data": {"train": str(data / "train"), "val": str(data / "val"), "patch_size": 32},
-        "train": {"pretrain_steps": 2, "steps": 2, "val_every": 2, "val_crop": 64}}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "base": ["sa_esrgan_lv", "tiny_cpu"],
+                "name": name,
+                "data": {"train": str(data / "train"), "val": str(data / "val"), "patch_size": 32},
+                "train": {"pretrain_steps": 2, "steps": 2, "val_every": 2, "val_crop": 64},
+            }
+        )
+    )
     return path
 
 
@@ -93,8 +103,16 @@ def cases(w: Path, d: Path) -> list[tuple[str, list]]:
     (w / "cases" / "garbage.db").write_bytes(b"not sqlite at all" * 100)
     other_ckpt = w / "cases" / "other" / "last.pt"
     other_ckpt.parent.mkdir()
-    torch.save({"step": 3, "config": {"name": "other", "scale": 2, "data": {"patch_size": 32}}, "G": {}, "D": {},
-                "rng": {}}, other_ckpt)
+    torch.save(
+        {
+            "step": 3,
+            "config": {"name": "other", "scale": 2, "data": {"patch_size": 32}},
+            "G": {},
+            "D": {},
+            "rng": {},
+        },
+        other_ckpt,
+    )
     evil_run = w / "cases" / "evilrun"
     evil_run.mkdir()
     (evil_run / "last.pt").write_bytes(MALICIOUS)
@@ -106,20 +124,29 @@ def cases(w: Path, d: Path) -> list[tuple[str, list]]:
         ("dead tracking server", ["run", "--tracking-uri", f"http://127.0.0.1:{_free_port()}", s()]),
         ("SQLite store in a read-only folder", ["run", "--tracking-uri", "sqlite:////sys/mlflow.db", s()]),
         ("SQLite store under a missing folder", ["run", "--tracking-uri", f"sqlite:///{w}/nope/x/m.db", s()]),
-        ("SQLite store that is not a database", ["run", "--tracking-uri", f"sqlite:///{w}/cases/garbage.db", s()]),
+        (
+            "SQLite store that is not a database",
+            ["run", "--tracking-uri", f"sqlite:///{w}/cases/garbage.db", s()],
+        ),
         ("file: tracking URI", ["run", "--tracking-uri", f"file://{w}/mlruns", s()]),
         ("truncated train PNG", [*run, _sweep(w, _truncated(w, d, "train"))]),
         ("truncated val PNG", [*run, _sweep(w, _truncated(w, d, "val"))]),
         ("missing train folder", [*run, s(**{"set.data.train": str(w / "nope")})]),
         ("loss.fm.blocks []", [*run, s(**{"set.loss.fm.blocks": []})]),
         ("loss.fm.blocks [0, 99]", [*run, s(**{"set.loss.fm.blocks": [0, 99]})]),
-        ("loss.fm.blocks [0, 8] with the 8-block SRGAN D",
-         [*run, s(**{"set.loss.fm.blocks": [0, 8], "set.model.discriminator": {"arch": "srgan"}})]),
-        ("unknown VGG layer in the space's choices",
-         [*run, s(space=[{"path": "loss.perceptual.layer", "choices": ["conv5_4", "conv9_9"]}])]),
+        (
+            "loss.fm.blocks [0, 8] with the 8-block SRGAN D",
+            [*run, s(**{"set.loss.fm.blocks": [0, 8], "set.model.discriminator": {"arch": "srgan"}})],
+        ),
+        (
+            "unknown VGG layer in the space's choices",
+            [*run, s(space=[{"path": "loss.perceptual.layer", "choices": ["conv5_4", "conv9_9"]}])],
+        ),
         ("space on an unknown key", [*run, s(space=[{"path": "loss.pixel.nope", "float": [0, 1]}])]),
-        ("weights: pretrained, none present",
-         [*run, s(**{"set.backbones": {"weights": "pretrained", "weights_dir": str(w / "noweights")}})]),
+        (
+            "weights: pretrained, none present",
+            [*run, s(**{"set.backbones": {"weights": "pretrained", "weights_dir": str(w / "noweights")}})],
+        ),
         ("--storage is a file", [*run, "--storage", w / "cases" / "afile", s()]),
         ("--storage read-only", [*run, "--storage", "/sys/srsweep", s()]),
         ("--storage too small for the planned checkpoints", [*run, s(budget={"num_samples": 10**9})]),
@@ -133,14 +160,22 @@ def cases(w: Path, d: Path) -> list[tuple[str, list]]:
         ("best on an unknown name (default store)", ["best", "no-such-sweep"]),
         ("train: name leaves runs/", ["train", tiny, "--set", "name=../../../X"]),
         ("train --resume with nothing to resume", ["train", tiny, "--resume", "--out", w / "cases" / "none"]),
-        ("train --resume on another config's checkpoint",
-         ["train", tiny, "--resume", "--out", other_ckpt.parent]),
+        (
+            "train --resume on another config's checkpoint",
+            ["train", tiny, "--resume", "--out", other_ckpt.parent],
+        ),
         ("train --resume on a crafted pickle", ["train", tiny, "--resume", "--out", evil_run]),
         ("train: malformed --set value", ["train", tiny, "--set", "train.steps=abc"]),
         ("train: --set that is not YAML", ["train", tiny, "--set", "train.steps=[1,"]),
         ("config: unknown preset", ["config", "no_such_preset"]),
-        ("eval --model on a text file", ["eval", d / "val", "--lpips", "none", "--model", w / "cases" / "notackpt.pt"]),
-        ("eval --model on a crafted pickle", ["eval", d / "val", "--lpips", "none", "--model", w / "cases" / "evil.pt"]),
+        (
+            "eval --model on a text file",
+            ["eval", d / "val", "--lpips", "none", "--model", w / "cases" / "notackpt.pt"],
+        ),
+        (
+            "eval --model on a crafted pickle",
+            ["eval", d / "val", "--lpips", "none", "--model", w / "cases" / "evil.pt"],
+        ),
         ("eval --model missing", ["eval", d / "val", "--lpips", "none", "--model", w / "cases" / "gone.pt"]),
     ]
 
@@ -182,16 +217,22 @@ def test_bad_inputs_fail_in_one_line_and_leave_nothing(work, tiny_data):
 
     def one(case):
         _, args = case
-        return subprocess.run([SRSWEEP, *map(str, args)], cwd=work, capture_output=True, text=True,
-                              timeout=300, env=env)
+        return subprocess.run(
+            [SRSWEEP, *map(str, args)], cwd=work, capture_output=True, text=True, timeout=300, env=env
+        )
 
     with ThreadPoolExecutor(2) as pool:
         results = list(pool.map(one, all_cases))
     bad, report = [], []
     for (what, _), res in zip(all_cases, results):
         lines = res.stderr.strip().splitlines()
-        ok = (res.returncode != 0 and len(lines) == 1 and lines[0].startswith("srsweep: error:")
-              and "Traceback" not in res.stderr + res.stdout and "sweep folder" not in res.stdout)
+        ok = (
+            res.returncode != 0
+            and len(lines) == 1
+            and lines[0].startswith("srsweep: error:")
+            and "Traceback" not in res.stderr + res.stdout
+            and "sweep folder" not in res.stdout
+        )
         report.append(f"{'ok ' if ok else 'BAD'} {what}: rc {res.returncode}: {res.stderr.strip()[:300]}")
         if not ok:
             bad.append(what)

@@ -3,6 +3,7 @@
 Real local Ray, a real SQLite MLflow store, the installed ``srsweep`` driven as a user
 would (Ctrl-C reaches the driver as SIGINT).
 """
+
 from __future__ import annotations
 
 import json
@@ -23,8 +24,15 @@ ENV = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY":
 
 def _interrupt_when(args, cwd: Path, pattern: str, deadline_s: float = 600):
     """Start srsweep, send SIGINT to the driver once a line matches; (rc, output)."""
-    proc = subprocess.Popen([SRSWEEP, *map(str, args)], cwd=cwd, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=ENV, start_new_session=True)
+    proc = subprocess.Popen(
+        [SRSWEEP, *map(str, args)],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=ENV,
+        start_new_session=True,
+    )
     seen, deadline = [], time.monotonic() + deadline_s
     try:
         for line in proc.stdout:
@@ -57,8 +65,9 @@ def test_sigint_in_pretraining_and_in_trials_then_resume(tmp_path, tiny_data):
     d = _sweep_dir(tmp_path)
     hint = f"srsweep resume {d}"
     assert rc == 130 and hint in out, out[-3000:]
-    assert [ln for ln in out.splitlines() if ln.startswith("srsweep: error:")] == \
-        [f"srsweep: error: interrupted by SIGINT; resume with: {hint}"]
+    assert [ln for ln in out.splitlines() if ln.startswith("srsweep: error:")] == [
+        f"srsweep: error: interrupted by SIGINT; resume with: {hint}"
+    ]
     state = json.loads((d / "sweep.json").read_text())
     parent = _parent(uri, state["parent_run_id"])
     assert parent.info.status == "KILLED" and parent.data.tags["interrupted"] == "true"
@@ -82,9 +91,14 @@ def test_sigint_in_pretraining_and_in_trials_then_resume(tmp_path, tiny_data):
     assert len(children) == 3 and {r.data.tags["ray_trial_id"] for r in children} == set(df["trial_id"])
     assert all(r.info.status == "FINISHED" for r in children)
     for r in children:  # one point per validation step: a resumed trial logs no step twice
-        steps = [m.step for m in __import__("mlflow").MlflowClient(uri).get_metric_history(r.info.run_id, "val_psnr")]
+        steps = [
+            m.step
+            for m in __import__("mlflow").MlflowClient(uri).get_metric_history(r.info.run_id, "val_psnr")
+        ]
         assert len(steps) == len(set(steps)), steps
     parent = _parent(uri, state["parent_run_id"])
     assert parent.info.status == "FINISHED" and parent.data.tags["interrupted"] == "resumed"
-    print(f"interrupts: trials {len(df)} completed, lost 0, duplicated {len(df) - df['trial_id'].nunique()}; "
-          f"runs {len(children)}")
+    print(
+        f"interrupts: trials {len(df)} completed, lost 0, duplicated {len(df) - df['trial_id'].nunique()}; "
+        f"runs {len(children)}"
+    )

@@ -3,6 +3,7 @@
 Tests run as root, which ignores permission bits: "read-only" here is /proc (no file can be
 created there, even by root) and "not a folder" is a path under a regular file.
 """
+
 import http.server
 import shutil
 import socket
@@ -12,9 +13,17 @@ from pathlib import Path
 
 import pytest
 
-from sweeper.preflight import (PreflightError, check_images, check_resources, check_storage, check_tracking,
-                               count_parameters, estimate_checkpoint_bytes, planned_checkpoint_bytes,
-                               saved_objective_bytes, state_bytes)
+from sweeper.preflight import (
+    PreflightError,
+    check_images,
+    check_resources,
+    check_storage,
+    check_tracking,
+    count_parameters,
+    estimate_checkpoint_bytes,
+    planned_checkpoint_bytes,
+    saved_objective_bytes,
+)
 from trainables.config import validate
 from trainables.data import folder_pairs, open_dataset
 
@@ -63,11 +72,19 @@ def test_tracking_uri_problems_are_one_line_and_create_nothing(tmp_path, http_40
     _refused(check_tracking, "sqlite:////proc/mlflow.db", match="cannot write in /proc")
     _refused(check_tracking, f"sqlite:///{tmp_path}/corrupt.db", match="not a usable SQLite database")
     _refused(check_tracking, f"sqlite:///{tmp_path}/dir.db", match="is not a file")
-    _refused(check_tracking, f"http://127.0.0.1:{_free_port()}", match="no MLflow server answers within 2 s",
-             timeout_s=2)
+    _refused(
+        check_tracking,
+        f"http://127.0.0.1:{_free_port()}",
+        match="no MLflow server answers within 2 s",
+        timeout_s=2,
+    )
     _refused(check_tracking, http_404, match="not an MLflow server (HTTP 404")
-    _refused(check_tracking, f"postgresql://u:secret@127.0.0.1:{_free_port()}/db", match="tracking URI",
-             timeout_s=2)
+    _refused(
+        check_tracking,
+        f"postgresql://u:secret@127.0.0.1:{_free_port()}/db",
+        match="tracking URI",
+        timeout_s=2,
+    )
     _refused(check_tracking, str(tmp_path / "mlruns"), match="refuses file stores")
     assert _tree(tmp_path) == before and not (tmp_path / "mlflow.db").exists()
     # Good stores pass: a folder without a store yet (not created), a real SQLite file.
@@ -121,12 +138,20 @@ def test_images_are_fully_decoded(tmp_path, shared_data):
 
 
 def test_resources_that_no_node_has_are_refused():
-    _refused(check_resources, {"cpu": 64, "gpu": 0}, {"CPU": 2.0, "memory": 1e9},
-             match="resources.cpu: a trial needs 64 CPU but the largest Ray cluster has 2")
+    _refused(
+        check_resources,
+        {"cpu": 64, "gpu": 0},
+        {"CPU": 2.0, "memory": 1e9},
+        match="resources.cpu: a trial needs 64 CPU but the largest Ray cluster has 2",
+    )
     _refused(check_resources, {"cpu": 1, "gpu": 1}, {"CPU": 2.0}, match="resources.gpu: a trial needs 1 GPU")
     _refused(check_resources, {"cpu": 2}, [{"CPU": 1.0}, {"CPU": 1.0}], match="largest node has 1")
-    _refused(check_resources, {"cpu": 2, "gpu": 1}, [{"CPU": 2.0}, {"CPU": 1.0, "GPU": 1.0}],
-             match="no single node has 2 CPU, 1 GPU")
+    _refused(
+        check_resources,
+        {"cpu": 2, "gpu": 1},
+        [{"CPU": 2.0}, {"CPU": 1.0, "GPU": 1.0}],
+        match="no single node has 2 CPU, 1 GPU",
+    )
     check_resources({"cpu": 1, "gpu": 0.5}, [{"CPU": 1.0}, {"CPU": 2.0, "GPU": 1.0}])
     check_resources({"cpu": 2}, {"CPU": 2.0})
 
@@ -136,20 +161,37 @@ def test_checkpoint_estimate_bounds_a_real_checkpoint(tiny_data, tmp_path):
 
     est = estimate_checkpoint_bytes(1000, 100, copies=2, frozen_bytes=7, overhead=0)
     assert est == 2 * ((1000 * 5 + 100 * 3) * 4 + 7)
-    cfg = validate({
-        "data": {"train": str(tiny_data / "train"), "val": str(tiny_data / "val"), "patch_size": 32,
-                 "batch_size": 2, "num_workers": 0},
-        "model": {"generator": {"arch": "srresnet", "num_feat": 16, "num_blocks": 2},
-                  "discriminator": {"arch": "srgan", "num_feat": 16}},
-        "backbones": {"weights": "random"},
-        "train": {"pretrain_steps": 1, "steps": 1, "val_every": 100, "log_every": 100,
-                  "checkpoint_every": 100, "val_crop": 64, "device": "cpu"},
-    })
+    cfg = validate(
+        {
+            "data": {
+                "train": str(tiny_data / "train"),
+                "val": str(tiny_data / "val"),
+                "patch_size": 32,
+                "batch_size": 2,
+                "num_workers": 0,
+            },
+            "model": {
+                "generator": {"arch": "srresnet", "num_feat": 16, "num_blocks": 2},
+                "discriminator": {"arch": "srgan", "num_feat": 16},
+            },
+            "backbones": {"weights": "random"},
+            "train": {
+                "pretrain_steps": 1,
+                "steps": 1,
+                "val_every": 100,
+                "log_every": 100,
+                "checkpoint_every": 100,
+                "val_crop": 64,
+                "device": "cpu",
+            },
+        }
+    )
     t = Trainer(cfg, tmp_path)
     t.run()  # both G optimisers and D's have moments now: the largest a checkpoint gets
     size = (tmp_path / "last.pt").stat().st_size
-    est = estimate_checkpoint_bytes(count_parameters(t.G), count_parameters(t.D),
-                                    frozen_bytes=saved_objective_bytes(t.objective))
+    est = estimate_checkpoint_bytes(
+        count_parameters(t.G), count_parameters(t.D), frozen_bytes=saved_objective_bytes(t.objective)
+    )
     print(f"checkpoint {size} bytes, estimate {est}")
     assert size <= est <= size * 1.5 + 256 * 1024
     assert planned_checkpoint_bytes(cfg, trials=4) >= 12 * size

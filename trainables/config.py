@@ -4,6 +4,7 @@ Every later stage (data, models, losses, training, sweeps) reads these objects a
 trusts them. Bad input fails here with one line per problem that names the key path
 and what is allowed, e.g. ``loss.dp.resnet_stage: 5 is not one of 1, 2, 3, 4``.
 """
+
 from __future__ import annotations
 
 import math
@@ -147,8 +148,10 @@ class ModelConfig(Strict):
         if not isinstance(data, dict):
             return data
         data = dict(data)
-        for key, arch, configs in (("generator", "rrdbnet", GENERATOR_CONFIGS),
-                                   ("discriminator", "vgg", DISCRIMINATOR_CONFIGS)):
+        for key, arch, configs in (
+            ("generator", "rrdbnet", GENERATOR_CONFIGS),
+            ("discriminator", "vgg", DISCRIMINATOR_CONFIGS),
+        ):
             if isinstance(data.get(key), dict):
                 section = {"arch": arch, **data[key]}
                 for tag in (_tag(c) for c in configs):
@@ -210,8 +213,10 @@ class SAConfig(Strict):
     @classmethod
     def _renamed(cls, data: Any) -> Any:
         if isinstance(data, dict) and "sa_share" in data:
-            raise ValueError("sa_share: renamed to sa_share_target (the share asked for; "
-                             "the reached share is reported as sa_share)")
+            raise ValueError(
+                "sa_share: renamed to sa_share_target (the share asked for; "
+                "the reached share is reported as sa_share)"
+            )
         return data
 
     @model_validator(mode="after")
@@ -234,9 +239,11 @@ class PixelLoss(Strict):
 
 # torchvision's VGG19 trunk (cfg "E"): conv/relu per conv, a pool closing each block; no torch
 # here, tests/test_bad_inputs.py checks this list against backbones.vgg19_layer_names().
-VGG19_LAYERS = tuple(name for b, n in enumerate((2, 2, 4, 4, 4), 1)
-                     for name in [f"{k}{b}_{c}" for c in range(1, n + 1) for k in ("conv", "relu")]
-                     + [f"pool{b}"])
+VGG19_LAYERS = tuple(
+    name
+    for b, n in enumerate((2, 2, 4, 4, 4), 1)
+    for name in [f"{k}{b}_{c}" for c in range(1, n + 1) for k in ("conv", "relu")] + [f"pool{b}"]
+)
 
 
 class PerceptualLoss(Strict):
@@ -276,8 +283,9 @@ class FMLoss(Strict):
     @model_validator(mode="after")
     def _some_blocks(self):
         if not self.blocks or min(self.blocks) < 0 or len(set(self.blocks)) < len(self.blocks):
-            raise ValueError(f"blocks: {self.blocks} must be distinct discriminator block indices >= 0, "
-                             "at least one")
+            raise ValueError(
+                f"blocks: {self.blocks} must be distinct discriminator block indices >= 0, at least one"
+            )
         return self
 
 
@@ -315,8 +323,8 @@ class TrainConfig(Strict):
     # A stage-1 generator checkpoint to start from (sweeps share one pretraining run).
     pretrained_g: Optional[str] = None
     val_every: int = Field(500, ge=1)
-    val_images: int = Field(0, ge=0)       # 0: every validation image
-    val_crop: int = Field(0, ge=0)         # >0: centre HR crop of this side (fast CPU checks)
+    val_images: int = Field(0, ge=0)  # 0: every validation image
+    val_crop: int = Field(0, ge=0)  # >0: centre HR crop of this side (fast CPU checks)
     log_every: int = Field(10, ge=1)
     checkpoint_every: int = Field(500, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -339,24 +347,33 @@ class ExperimentConfig(Strict):
     @model_validator(mode="after")
     def _patch_multiple_of_scale(self):
         if self.data.patch_size % self.scale:
-            raise ValueError(f"data.patch_size: {self.data.patch_size} is not a multiple of scale {self.scale}")
+            raise ValueError(
+                f"data.patch_size: {self.data.patch_size} is not a multiple of scale {self.scale}"
+            )
         d, fm = self.model.discriminator, self.loss.fm
         if fm is not None and max(fm.blocks) >= getattr(d, "feature_blocks", math.inf):
-            raise ValueError(f"loss.fm.blocks: {fm.blocks} names block {max(fm.blocks)}, but the {d.arch} "
-                             f"discriminator has blocks 0..{d.feature_blocks - 1}")
+            raise ValueError(
+                f"loss.fm.blocks: {fm.blocks} names block {max(fm.blocks)}, but the {d.arch} "
+                f"discriminator has blocks 0..{d.feature_blocks - 1}"
+            )
         return self
 
     @model_validator(mode="after")
     def _clips_fit_the_generator(self):
         frames, kind = getattr(self.model.generator, "num_frames", None), self.data.kind
         if (kind == "video") != (frames is not None):
-            raise ValueError(f"data.kind: {kind} does not fit model.generator.arch "
-                             f"{self.model.generator.arch} (clips need a video generator, images an image one)")
+            raise ValueError(
+                f"data.kind: {kind} does not fit model.generator.arch "
+                f"{self.model.generator.arch} (clips need a video generator, images an image one)"
+            )
         if kind == "video" and self.data.synth_size % self.scale:
-            raise ValueError(f"data.synth_size: {self.data.synth_size} is not a multiple of scale {self.scale}")
+            raise ValueError(
+                f"data.synth_size: {self.data.synth_size} is not a multiple of scale {self.scale}"
+            )
         if frames is not None and frames != self.data.num_frames:
-            raise ValueError(f"data.num_frames: {self.data.num_frames} differs from "
-                             f"model.generator.num_frames {frames}")
+            raise ValueError(
+                f"data.num_frames: {self.data.num_frames} differs from model.generator.num_frames {frames}"
+            )
         return self
 
 
@@ -422,8 +439,10 @@ def format_error(root: type[BaseModel], err: dict) -> str:
         allowed = ", ".join(f.alias or n for n, f in parent.model_fields.items()) if parent else "?"
         return f"{path}: unknown key (allowed: {allowed})"
     if kind == "union_tag_invalid":
-        return f"{path}.{ctx.get('discriminator', '').strip(chr(39))}: {ctx.get('tag')!r} is not one of " \
-               f"{ctx.get('expected_tags')}"
+        return (
+            f"{path}.{ctx.get('discriminator', '').strip(chr(39))}: {ctx.get('tag')!r} is not one of "
+            f"{ctx.get('expected_tags')}"
+        )
     if kind == "literal_error":
         expected = str(ctx.get("expected", "")).replace(" or ", ", ")
         return f"{path}: {value!r} is not one of {expected}"
@@ -470,7 +489,11 @@ def deep_merge(base: dict, over: dict) -> dict:
     """``over`` wins; nested mappings merge key by key, anything else is replaced."""
     out = dict(base)
     for key, value in over.items():
-        out[key] = deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        out[key] = (
+            deep_merge(out[key], value)
+            if isinstance(value, dict) and isinstance(out.get(key), dict)
+            else value
+        )
     return out
 
 
@@ -529,8 +552,9 @@ def config_path(name_or_path: str | Path) -> Path:
     return preset if not path.exists() and preset.is_file() else path
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None,
-                overlays: list[str] | None = None) -> ExperimentConfig:
+def load_config(
+    path: str | Path, overrides: list[str] | None = None, overlays: list[str] | None = None
+) -> ExperimentConfig:
     """YAML file (or preset name) -> validated config; ``overlays`` are presets merged on
     top (e.g. ``tiny_cpu``), then ``overrides`` (``KEY.PATH=VALUE``)."""
     path = config_path(path)
@@ -546,8 +570,11 @@ def load_config(path: str | Path, overrides: list[str] | None = None,
         except ConfigError:
             pass
         else:
-            return validate(deep_merge(data, parse_overrides(overrides)), ExperimentConfig,
-                            source=f"--set {' '.join(overrides)}")
+            return validate(
+                deep_merge(data, parse_overrides(overrides)),
+                ExperimentConfig,
+                source=f"--set {' '.join(overrides)}",
+            )
         data = deep_merge(data, parse_overrides(overrides))
     return validate(data, ExperimentConfig, source=str(path))
 
@@ -555,4 +582,3 @@ def load_config(path: str | Path, overrides: list[str] | None = None,
 def to_dict(cfg: BaseModel) -> dict:
     """Plain dict (YAML-safe: inf stays a float) for logging and rewriting config files."""
     return cfg.model_dump(mode="python")
-

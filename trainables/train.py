@@ -6,6 +6,7 @@ Steps are global: ``[0, stage1)`` pretraining, ``[stage1, stage1 + steps)`` GAN.
 Patch ``k`` of the stream depends only on ``(seed, k)`` and batch ``s`` holds patches
 ``[s*B, (s+1)*B)``, so a resumed run sees exactly the batches it would have seen.
 """
+
 from __future__ import annotations
 
 import math
@@ -26,8 +27,8 @@ from trainables.evaluate import ImageScore, center_crop, evaluate, sample_grid
 from trainables.losses import weighted_distance
 from trainables.metrics import LPIPSMetric
 from trainables.models import build_discriminator, build_generator
-from trainables.panels import N_SAMPLES, image_key, label_panels
 from trainables.objective import GeneratorObjective, d_loss
+from trainables.panels import N_SAMPLES, image_key, label_panels
 
 STREAM_LENGTH = 2**40  # virtual length of the patch stream (never exhausted)
 
@@ -40,8 +41,9 @@ class Reporter(Protocol):
     """What the trainer tells the outside world, as three separate events."""
 
     def metrics(self, step: int, values: dict[str, float]) -> None: ...  # log steps: losses, shares, lr
-    def validation(self, step: int, metrics: dict[str, float], images: dict[str, np.ndarray],
-                   scores: list[ImageScore]) -> None: ...  # val_psnr/ssim/lpips, sample grids, per image
+    def validation(
+        self, step: int, metrics: dict[str, float], images: dict[str, np.ndarray], scores: list[ImageScore]
+    ) -> None: ...  # val_psnr/ssim/lpips, sample grids, per image
     def checkpoint(self, step: int, path: Path) -> None: ...  # a file written at this step
 
 
@@ -58,8 +60,9 @@ class PrintReporter:
     def metrics(self, step: int, values: dict[str, float]) -> None:
         self._line(step, values, self.KEYS)
 
-    def validation(self, step: int, metrics: dict[str, float], images: dict[str, np.ndarray],
-                   scores: list[ImageScore]) -> None:
+    def validation(
+        self, step: int, metrics: dict[str, float], images: dict[str, np.ndarray], scores: list[ImageScore]
+    ) -> None:
         self._line(step, metrics, sorted(metrics))
 
     def checkpoint(self, step: int, path: Path) -> None:
@@ -76,8 +79,9 @@ class Reporters:
         for r in self.reporters:
             r.metrics(step, values)
 
-    def validation(self, step: int, metrics: dict[str, float], images: dict[str, np.ndarray],
-                   scores: list[ImageScore]) -> None:
+    def validation(
+        self, step: int, metrics: dict[str, float], images: dict[str, np.ndarray], scores: list[ImageScore]
+    ) -> None:
         for r in self.reporters:
             r.validation(step, metrics, images, scores)
 
@@ -110,7 +114,9 @@ def load_val_items(cfg: ExperimentConfig) -> list[dict]:
     return [center_crop(items[i], t.val_crop, cfg.scale) for i in range(n)]
 
 
-def load_generator(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, ExperimentConfig]:
+def load_generator(
+    path: str | Path, device: str | torch.device = "cpu"
+) -> tuple[torch.nn.Module, ExperimentConfig]:
     """G (eval mode) and its config from a ``last.pt`` or ``pretrain_g.pt`` checkpoint."""
     state = load_safe(path, device, required=("G", "config"))  # one-line CheckpointError otherwise
     cfg = validate(state["config"], source=f"{path} config")
@@ -122,16 +128,22 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu") -> tupl
 def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("train.device is 'cuda' but no CUDA device is visible")
-    return torch.device("cuda" if name == "auto" and torch.cuda.is_available() else
-                        ("cpu" if name == "auto" else name))
+    return torch.device(
+        "cuda" if name == "auto" and torch.cuda.is_available() else ("cpu" if name == "auto" else name)
+    )
 
 
 class Trainer:
     """``checkpoint_on_validation``: also save the full state right after each validation
     (a Ray trial does, so each report carries the checkpoint of its own step)."""
 
-    def __init__(self, cfg: ExperimentConfig, out_dir: str | Path, reporter: Optional[Reporter] = None,
-                 checkpoint_on_validation: bool = False):
+    def __init__(
+        self,
+        cfg: ExperimentConfig,
+        out_dir: str | Path,
+        reporter: Optional[Reporter] = None,
+        checkpoint_on_validation: bool = False,
+    ):
         self.cfg, self.out = cfg, Path(out_dir)
         self.reporter = reporter or PrintReporter()
         self.checkpoint_on_validation = checkpoint_on_validation
@@ -143,7 +155,9 @@ class Trainer:
         self.objective = GeneratorObjective(cfg).to(self.device)
         accel.layout(cfg.train, self.G, self.D, self.objective)  # GPU path options, off by default
         self.g_fwd, self.d_fwd = accel.compiled(cfg.train, self.G), accel.compiled(cfg.train, self.D)
-        self.lpips = LPIPSMetric(cfg.backbones.weights, cfg.backbones.weights_dir, seed=cfg.seed).to(self.device)
+        self.lpips = LPIPSMetric(cfg.backbones.weights, cfg.backbones.weights_dir, seed=cfg.seed).to(
+            self.device
+        )
         t = cfg.train
         self.opt_pre = torch.optim.Adam(self.G.parameters(), lr=t.lr, betas=t.betas)
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=t.lr, betas=t.betas)
@@ -166,16 +180,34 @@ class Trainer:
             return
         train = open_dataset(d.train, self.cfg.scale, "train", cache=d.cache)
         train.validate(d.patch_size)
-        canny = CannySpec(sa.canny.low, sa.canny.high, sa.channels) if sa is not None and sa.edge == "canny" else None
-        self.patches = TrainPatches(train, d.patch_size, STREAM_LENGTH, seed=self.cfg.seed, hflip=d.augment.hflip,
-                                    vflip=d.augment.vflip, rot90=d.augment.rot90, edge=canny)
+        canny = (
+            CannySpec(sa.canny.low, sa.canny.high, sa.channels)
+            if sa is not None and sa.edge == "canny"
+            else None
+        )
+        self.patches = TrainPatches(
+            train,
+            d.patch_size,
+            STREAM_LENGTH,
+            seed=self.cfg.seed,
+            hflip=d.augment.hflip,
+            vflip=d.augment.vflip,
+            rot90=d.augment.rot90,
+            edge=canny,
+        )
         self.val_items = load_val_items(self.cfg)
 
     def batches(self, start_step: int) -> Iterator[dict]:
         bs, workers = self.cfg.data.batch_size, self.cfg.data.num_workers
-        loader = DataLoader(self.patches, batch_size=bs, sampler=_StreamSampler(start_step * bs),
-                            num_workers=workers, drop_last=True, persistent_workers=False,
-                            pin_memory=self.device.type == "cuda")
+        loader = DataLoader(
+            self.patches,
+            batch_size=bs,
+            sampler=_StreamSampler(start_step * bs),
+            num_workers=workers,
+            drop_last=True,
+            persistent_workers=False,
+            pin_memory=self.device.type == "cuda",
+        )
         for batch in loader:
             yield {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
 
@@ -221,9 +253,11 @@ class Trainer:
     def _check_finite(self, loss: torch.Tensor, parts: dict) -> None:
         if not torch.isfinite(loss):
             bad = [k for k, v in parts.items() if not math.isfinite(float(v))]
-            raise TrainingDiverged(f"step {self.step}: loss is {float(loss)} (non-finite terms: "
-                                   f"{', '.join(bad) or 'none; the sum overflowed'}); lower the lr or the "
-                                   f"loss weights")
+            raise TrainingDiverged(
+                f"step {self.step}: loss is {float(loss)} (non-finite terms: "
+                f"{', '.join(bad) or 'none; the sum overflowed'}); lower the lr or the "
+                f"loss weights"
+            )
 
     def calibrate(self) -> None:
         """Stage-2 start: freeze the FM rescale, then solve beta2 for the SA share target,
@@ -238,21 +272,31 @@ class Trainer:
             return [self.objective(self.G(b["lr"]), b["hr"], b.get("edge"), disc=self.D) for b in calib]
 
         self.objective.calibrate(run)
-        print(f"calibrated: beta2={float(self.objective.beta2):.4g}, fm_scale={self.objective.fm_scale.tolist()}",
-              flush=True)
+        print(
+            f"calibrated: beta2={float(self.objective.beta2):.4g}, "
+            f"fm_scale={self.objective.fm_scale.tolist()}",
+            flush=True,
+        )
 
     # ------------------------------------------------------------ validation
     @torch.no_grad()
     def score_validation(self) -> tuple[dict[str, float], dict[str, np.ndarray], list[ImageScore]]:
         """G on the validation images: mean metrics, the sample grid, per-image scores."""
         self.G.eval()
-        rows = evaluate(lambda lr: self.G(lr).clamp(0, 1), self.val_items, self.cfg.scale,
-                        lpips=self.lpips, device=self.device, batch=8)  # equal sizes batched
+        rows = evaluate(
+            lambda lr: self.G(lr).clamp(0, 1),
+            self.val_items,
+            self.cfg.scale,
+            lpips=self.lpips,
+            device=self.device,
+            batch=8,
+        )  # equal sizes batched
         images = {}
         for i, item in enumerate(self.val_items[:N_SAMPLES]):  # the same few images every time
             sr = self.G(item["lr"][None].to(self.device)).clamp(0, 1)[0].cpu()
             images[image_key(i, item.get("name", ""))] = label_panels(
-                sample_grid(video_train.centre(item["lr"]), sr, item["hr"], self.cfg.scale))
+                sample_grid(video_train.centre(item["lr"]), sr, item["hr"], self.cfg.scale)
+            )
         self.G.train()
         m = video_train.summary(rows, self.cfg)  # clips: mean of the sequence means
         return {"val_psnr": m.psnr, "val_ssim": m.ssim, "val_lpips": m.lpips}, images, rows
@@ -260,10 +304,15 @@ class Trainer:
     # ------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:
         return {
-            "step": self.step, "config": to_dict(self.cfg),
-            "G": self.G.state_dict(), "D": self.D.state_dict(), "objective": self._objective_state(),
-            "opt_pre": self.opt_pre.state_dict(), "opt_g": self.opt_g.state_dict(),
-            "opt_d": self.opt_d.state_dict(), "sched_g": self.sched_g.state_dict(),
+            "step": self.step,
+            "config": to_dict(self.cfg),
+            "G": self.G.state_dict(),
+            "D": self.D.state_dict(),
+            "objective": self._objective_state(),
+            "opt_pre": self.opt_pre.state_dict(),
+            "opt_g": self.opt_g.state_dict(),
+            "opt_d": self.opt_d.state_dict(),
+            "sched_g": self.sched_g.state_dict(),
             "sched_d": self.sched_d.state_dict(),
             "rng": rng_state(),
         }
@@ -323,8 +372,11 @@ class Trainer:
                     values = {**values, **val}
                 last = values
                 # The full state first: a reporter pairs a validation with the next checkpoint.
-                if self.step % t.checkpoint_every == 0 or self.step == until or \
-                        (validating and self.checkpoint_on_validation):
+                if (
+                    self.step % t.checkpoint_every == 0
+                    or self.step == until
+                    or (validating and self.checkpoint_on_validation)
+                ):
                     self.reporter.checkpoint(self.step, self.save(self.out / "last.pt"))
                 if self.step == self.stage1 and self.stage1 > 0:
                     self.reporter.checkpoint(self.step, self.save_generator(self.out / "pretrain_g.pt"))
