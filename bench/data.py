@@ -20,7 +20,7 @@ DATA = _common.ROOT.parent / "shared" / "data"
 
 
 def measure(args, workers: int, model: str) -> dict:
-    from trainables.config import load_config
+    from trainables.config_files import load_config
     from trainables.train import Trainer
 
     g = {"tiny": "model.generator.num_feat=16", "medium": "model.generator.num_feat=32"}[model]

@@ -54,7 +54,7 @@ def peak_tflops(name: str) -> float | None:
 
 
 def build(args):
-    from trainables.config import load_config
+    from trainables.config_files import load_config
     from trainables.train import Trainer
 
     g = "model.generator.num_feat=64 model.generator.num_blocks=23 model.generator.rrdbnet.grow_ch=32"

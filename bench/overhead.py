@@ -68,7 +68,8 @@ def main() -> None:
     import torch
 
     from sweeper import sweep as S
-    from trainables.config import deep_merge, load_config, to_dict, validate
+    from trainables.config import validate
+    from trainables.config_files import deep_merge, load_config, to_dict
     from trainables.train import Trainer
 
     torch.set_num_threads(2)  # the trial gets resources.cpu = 2 threads too

@@ -53,7 +53,7 @@ class _Curve:
 
 
 def build_table(args, grid: list[tuple[float, int]]) -> dict:
-    from trainables.config import load_config
+    from trainables.config_files import load_config
     from trainables.train import Trainer
 
     out = Path(tempfile.mkdtemp(prefix="bench_search_"))

@@ -72,7 +72,7 @@ class MLflowCallback(Callback):
         if found:
             self._runs[trial.trial_id] = found[0][1]
             return self._runs[trial.trial_id]
-        from trainables.config import to_dict
+        from trainables.config_files import to_dict
 
         cfg = to_dict(st.trial_config(trial.config, trial.trial_id))
         run_id = self.tracker.start_run(

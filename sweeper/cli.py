@@ -101,7 +101,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     from sweeper.tracking import MLflowReporter, Tracker, default_tracking_uri
     from trainables.checkpoint import safe_child
-    from trainables.config import config_path, load_config, to_dict
+    from trainables.config_files import config_path, load_config, to_dict
     from trainables.train import PrintReporter, Reporters, Trainer, TrainingDiverged
 
     cfg = load_config(args.config, args.set, ["tiny_cpu"] if args.tiny else None)
@@ -217,7 +217,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _cmd_config(args: argparse.Namespace) -> int:
-    from trainables.config import load_config, to_dict
+    from trainables.config_files import load_config, to_dict
 
     cfg = load_config(args.config, args.set, ["tiny_cpu"] if args.tiny else None)
     print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")

@@ -12,7 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from trainables.config import ConfigError, VSRResFeatGenConfig, resolve_bases
+from trainables.config import ConfigError, VSRResFeatGenConfig
+from trainables.config_files import resolve_bases
 
 VIDEO_ARCHS = {VSRResFeatGenConfig.model_fields["arch"].default}
 

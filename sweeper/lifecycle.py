@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Optional
 
 from sweeper.state import SweepState
-from trainables.config import deep_merge
+from trainables.config_files import deep_merge
 
 PRETRAIN_DIR, PRETRAIN_FILE = "pretrain", "pretrain_g.pt"
 

@@ -19,15 +19,8 @@ from typing import Any, Callable, Optional
 
 import yaml
 
-from trainables.config import (
-    PRESETS_DIR,
-    TINY_VIDEO,
-    ConfigError,
-    deep_merge,
-    nested,
-    read_yaml,
-    resolve_bases,
-)
+from trainables.config import ConfigError
+from trainables.config_files import PRESETS_DIR, TINY_VIDEO, deep_merge, nested, read_yaml, resolve_bases
 
 TINY = "tiny_cpu"
 

@@ -28,7 +28,7 @@ def short_names(state: SweepState) -> dict[str, str]:
 def reserved(state: SweepState) -> set[str]:
     """Param keys a child run already logs (its flattened config): short names avoid them."""
     from sweeper.tracking import flatten
-    from trainables.config import to_dict
+    from trainables.config_files import to_dict
 
     return set(flatten(to_dict(state.base_config)))
 

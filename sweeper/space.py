@@ -19,7 +19,8 @@ from typing import Any, Callable, Literal, Optional, Union
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from trainables.config import ConfigError, ExperimentConfig, Strict, unwrap_model, validate
+from trainables.config import ConfigError, ExperimentConfig, Strict, validate
+from trainables.config_errors import unwrap_model
 
 # The PSNR pretraining is run once per sweep and shared by every trial, so whatever it
 # depends on is fixed for the sweep: only loss and GAN-stage training knobs may vary.

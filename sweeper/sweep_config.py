@@ -16,17 +16,9 @@ from pydantic import ConfigDict, Field, model_validator
 
 from sweeper.families import check_one_family
 from sweeper.space import Param, check_unique, decode, grid_points, label, suggest_all
-from trainables.config import (
-    ConfigError,
-    ExperimentConfig,
-    Strict,
-    deep_merge,
-    nested,
-    read_yaml,
-    resolve_bases,
-    unwrap_model,
-    validate,
-)
+from trainables.config import ConfigError, ExperimentConfig, Strict, validate
+from trainables.config_errors import unwrap_model
+from trainables.config_files import deep_merge, nested, read_yaml, resolve_bases
 
 
 class Metric(Strict):

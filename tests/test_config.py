@@ -4,7 +4,8 @@ import math
 
 import pytest
 
-from trainables.config import ConfigError, ExperimentConfig, load_config, to_dict, validate
+from trainables.config import ConfigError, ExperimentConfig, validate
+from trainables.config_files import load_config, to_dict
 
 
 def _error(data) -> str:

@@ -13,7 +13,8 @@ from optuna.trial import FixedTrial
 
 from sweeper.space import Param, compile_space, decode, grid_points
 from sweeper.sweep_config import encode, experiment_at, experiment_dict, load_sweep, validate_sweep
-from trainables.config import ConfigError, nested, validate
+from trainables.config import ConfigError, validate
+from trainables.config_files import nested
 
 REPO = Path(__file__).resolve().parents[1]
 SWEEPS = sorted((REPO / "search_spaces").glob("*.yaml"))

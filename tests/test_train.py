@@ -5,7 +5,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from trainables.config import PRESETS_DIR, load_config, validate
+from trainables.config import validate
+from trainables.config_files import PRESETS_DIR, load_config
 from trainables.train import Trainer, TrainingDiverged
 
 

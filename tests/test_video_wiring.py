@@ -12,7 +12,8 @@ import pytest
 import torch
 import yaml
 
-from trainables.config import ConfigError, load_config, to_dict, validate
+from trainables.config import ConfigError, validate
+from trainables.config_files import load_config, to_dict
 from trainables.evaluate import ImageScore, evaluate
 from trainables.imresize import imresize
 from trainables.models import BicubicSkip, build_discriminator, build_generator
@@ -65,14 +66,15 @@ def test_video_presets_validate_and_tiny_picks_the_video_overlay(preset):
 
 def test_video_keys_cross_checked_in_one_line():
     assert one_line_error(lambda: load_config("sa_vsr_lv", ["data.num_frames=3"])).endswith(
-        "sa_vsr_lv.yaml: data.num_frames: 3 differs from model.generator.num_frames 5"
+        # the preset alone is valid, so the line blames the --set that broke it
+        "--set data.num_frames=3: data.num_frames: 3 differs from model.generator.num_frames 5"
     )
     assert one_line_error(lambda: load_config("esrgan", ["data.kind=video"])).endswith(
-        "esrgan.yaml: data.kind: video does not fit model.generator.arch rrdbnet (clips need a video "
+        "--set data.kind=video: data.kind: video does not fit model.generator.arch rrdbnet (clips need a video "
         "generator, images an image one)"
     )
     assert one_line_error(lambda: load_config("esrgan", ["data.synth_size=64"])).endswith(
-        "esrgan.yaml: data.synth_size: a video key, but data.kind is image (set kind: video)"
+        "--set data.synth_size=64: data.synth_size: a video key, but data.kind is image (set kind: video)"
     )
     assert one_line_error(lambda: load_config("sa_vsr_lv", ["data.synth_size=66"])).endswith(
         "data.synth_size: 66 is not a multiple of scale 4"

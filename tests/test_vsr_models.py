@@ -126,7 +126,8 @@ def test_configs_validate_once_with_one_line_errors():
 
 
 def test_video_presets_carry_the_paper_values():
-    from trainables.config import PRESETS_DIR, LossConfig, read_yaml, resolve_bases
+    from trainables.config import LossConfig
+    from trainables.config_files import PRESETS_DIR, read_yaml, resolve_bases
 
     want = {"vsrresfeatgan": None, "sa_vsr_lv": ("lv", 5.0), "sa_vsr_canny": ("canny", 1.5)}
     for name, sa in want.items():

@@ -8,13 +8,11 @@ and what is allowed, e.g. ``loss.dp.resnet_stage: 5 is not one of 1, 2, 3, 4``.
 from __future__ import annotations
 
 import math
-import types
-import typing
-from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Optional, Union
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from trainables.config_errors import arch_tag, format_error
 
 
 class SrsweepError(Exception):
@@ -154,7 +152,7 @@ class ModelConfig(Strict):
         ):
             if isinstance(data.get(key), dict):
                 section = {"arch": arch, **data[key]}
-                for tag in (_tag(c) for c in configs):
+                for tag in (arch_tag(c) for c in configs):
                     extra = section.pop(tag, None)
                     if tag == section["arch"] and isinstance(extra, dict):
                         section = {**section, **extra}
@@ -377,86 +375,6 @@ class ExperimentConfig(Strict):
         return self
 
 
-# ------------------------------------------------------------------ error reporting
-def _members(tp: Any) -> list[type[BaseModel]]:
-    """The BaseModel classes of an annotation: X, Optional[X], Annotated[Union[X, Y], ...]."""
-    if typing.get_origin(tp) is Annotated:
-        tp = typing.get_args(tp)[0]
-    if isinstance(tp, type) and issubclass(tp, BaseModel):
-        return [tp]
-    if typing.get_origin(tp) in (Union, types.UnionType):
-        return [m for arg in typing.get_args(tp) for m in _members(arg)]
-    return []
-
-
-def unwrap_model(tp: Any) -> Any:
-    """Optional[Model] / Union[...] -> the first BaseModel class inside, if any."""
-    return next(iter(_members(tp)), None)
-
-
-def loc_str(loc: tuple) -> str:
-    """('space', 2, 'path') -> 'space[2].path' (the key path an error names)."""
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
-def _tag(model: type[BaseModel]) -> Any:
-    field = model.model_fields.get("arch")
-    return field.default if field is not None else None
-
-
-def _walk(root: type[BaseModel], loc: tuple) -> tuple[type[BaseModel] | None, tuple]:
-    """The model at ``loc`` (fields by name or alias, through Optional, unions, lists and
-    dicts) and ``loc`` without discriminated-union tags (pydantic puts the chosen ``arch``
-    into error locations: model.generator.rrdbnet.x -> model.generator.x)."""
-    tp: Any = root
-    out = []
-    for part in loc:
-        members = _members(tp)
-        tagged = [m for m in members if _tag(m) == part]
-        if len(members) > 1 and tagged:
-            tp = tagged[0]
-            continue
-        out.append(part)
-        if members:
-            fields = {f.alias or n: f for n, f in members[0].model_fields.items()}
-            tp = fields[part].annotation if part in fields else None
-        elif typing.get_origin(tp) in (list, tuple, dict):
-            tp = typing.get_args(tp)[-1]
-        else:
-            tp = None
-    return unwrap_model(tp), tuple(out)
-
-
-def format_error(root: type[BaseModel], err: dict) -> str:
-    _, loc = _walk(root, tuple(err["loc"]))
-    path = loc_str(loc) or "<top level>"
-    kind, value, ctx = err["type"], err.get("input"), err.get("ctx") or {}
-    if kind == "extra_forbidden":
-        parent, _ = _walk(root, tuple(err["loc"])[:-1])
-        allowed = ", ".join(f.alias or n for n, f in parent.model_fields.items()) if parent else "?"
-        return f"{path}: unknown key (allowed: {allowed})"
-    if kind == "union_tag_invalid":
-        return (
-            f"{path}.{ctx.get('discriminator', '').strip(chr(39))}: {ctx.get('tag')!r} is not one of "
-            f"{ctx.get('expected_tags')}"
-        )
-    if kind == "literal_error":
-        expected = str(ctx.get("expected", "")).replace(" or ", ", ")
-        return f"{path}: {value!r} is not one of {expected}"
-    if kind == "missing":
-        return f"{path}: required key is missing"
-    if kind == "value_error":  # our validators; "field: ..." names a key inside loc
-        msg = str(ctx.get("error", err["msg"]))
-        head, sep, rest = msg.partition(": ")
-        if sep and " " not in head:
-            return f"{loc_str((*loc, head))}: {rest}"
-        return f"{path}: {msg}"
-    return f"{path}: {err['msg'][0].lower() + err['msg'][1:]} (got {value!r})"
-
-
 def validate(data: dict, model: type[BaseModel] = ExperimentConfig, source: str = "config"):
     """dict -> typed config, or ConfigError with one line per problem."""
     if not isinstance(data, dict):
@@ -466,119 +384,3 @@ def validate(data: dict, model: type[BaseModel] = ExperimentConfig, source: str 
     except ValidationError as exc:
         lines = [f"{source}: {format_error(model, e)}" for e in exc.errors()]
         raise ConfigError("\n".join(lines)) from None
-
-
-def read_yaml(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such config file")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"{path}:{where} invalid YAML ({getattr(exc, 'problem', exc)})") from None
-    return {} if data is None else data
-
-
-PRESETS_DIR = Path(__file__).resolve().parents[1] / "search_spaces" / "presets"
-TINY_VIDEO = "tiny_cpu_video"  # what `--tiny` (the tiny_cpu overlay) means for a video config
-
-
-def deep_merge(base: dict, over: dict) -> dict:
-    """``over`` wins; nested mappings merge key by key, anything else is replaced."""
-    out = dict(base)
-    for key, value in over.items():
-        out[key] = (
-            deep_merge(out[key], value)
-            if isinstance(value, dict) and isinstance(out.get(key), dict)
-            else value
-        )
-    return out
-
-
-def resolve_bases(data: dict, origin: Path, _seen: tuple = ()) -> dict:
-    """Expand ``base: name | [names]``: presets by name (search_spaces/presets/NAME.yaml) or
-    YAML paths relative to the including file, merged in order, then this file's keys."""
-    bases = data.pop("base", None) if isinstance(data, dict) else None
-    if bases is None:
-        return data
-    merged: dict = {}
-    for name in [bases] if isinstance(bases, str) else list(bases):
-        cand = [origin / name, PRESETS_DIR / f"{name}.yaml"]
-        path = next((p for p in cand if p.is_file()), None)
-        if path is None:
-            known = ", ".join(sorted(p.stem for p in PRESETS_DIR.glob("*.yaml")))
-            raise ConfigError(f"base: {name!r} is neither a file next to the config nor a preset ({known})")
-        if path.resolve() in _seen:
-            raise ConfigError(f"base: {path} includes itself")
-        sub = resolve_bases(read_yaml(path), path.parent, _seen + (path.resolve(),))
-        merged = deep_merge(merged, sub)
-    return deep_merge(merged, data)
-
-
-def nested(assignments: dict[str, Any], source: str = "params") -> dict:
-    """``{"loss.dp.mu": 0.5}`` -> ``{"loss": {"dp": {"mu": 0.5}}}`` (deep-merge it on a config)."""
-    out: dict = {}
-    for path, value in assignments.items():
-        node, (*parents, leaf) = out, path.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"{source}: {path} is inside {part}, which is assigned a value")
-        node[leaf] = value
-    return out
-
-
-def parse_overrides(items: list[str]) -> dict:
-    """``["train.steps=100", "loss.dp.mu=.inf"]`` -> nested dict (values parsed as YAML)."""
-    flat: dict = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--set {item!r}: expected KEY.PATH=VALUE")
-        try:
-            flat[key] = yaml.safe_load(raw)
-        except yaml.YAMLError as exc:
-            problem = getattr(exc, "problem", exc)
-            raise ConfigError(f"--set {item!r}: value is not valid YAML ({problem})") from None
-    return nested(flat, "--set")
-
-
-def config_path(name_or_path: str | Path) -> Path:
-    """A YAML path, or the name of a preset in search_spaces/presets."""
-    path = Path(name_or_path)
-    preset = PRESETS_DIR / f"{name_or_path}.yaml"
-    return preset if not path.exists() and preset.is_file() else path
-
-
-def load_config(
-    path: str | Path, overrides: list[str] | None = None, overlays: list[str] | None = None
-) -> ExperimentConfig:
-    """YAML file (or preset name) -> validated config; ``overlays`` are presets merged on
-    top (e.g. ``tiny_cpu``), then ``overrides`` (``KEY.PATH=VALUE``)."""
-    path = config_path(path)
-    data = resolve_bases(read_yaml(path), path.parent, (path.resolve(),))
-    if overlays and isinstance(data.get("data"), dict) and data["data"].get("kind") == "video":
-        # --tiny names the CPU-size overlay of the config's family: video presets get their own.
-        overlays = [TINY_VIDEO if o == "tiny_cpu" else o for o in overlays]
-    if overlays:
-        data = deep_merge(data, resolve_bases({"base": list(overlays)}, path.parent))
-    if overrides:
-        try:  # the file alone is valid: a failure after the overrides is the --set's fault
-            validate(data, ExperimentConfig, source=str(path))
-        except ConfigError:
-            pass
-        else:
-            return validate(
-                deep_merge(data, parse_overrides(overrides)),
-                ExperimentConfig,
-                source=f"--set {' '.join(overrides)}",
-            )
-        data = deep_merge(data, parse_overrides(overrides))
-    return validate(data, ExperimentConfig, source=str(path))
-
-
-def to_dict(cfg: BaseModel) -> dict:
-    """Plain dict (YAML-safe: inf stays a float) for logging and rewriting config files."""
-    return cfg.model_dump(mode="python")

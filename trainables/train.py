@@ -20,7 +20,8 @@ from torch.utils.data import DataLoader, Sampler
 from trainables import accel, video_train
 from trainables.backbones import build_info
 from trainables.checkpoint import load_safe, rng_state, save_atomic, set_rng_state
-from trainables.config import ConfigError, ExperimentConfig, to_dict, validate
+from trainables.config import ConfigError, ExperimentConfig, validate
+from trainables.config_files import to_dict
 from trainables.data import PairedImages, TrainPatches, open_dataset
 from trainables.edges import CannySpec
 from trainables.evaluate import ImageScore, center_crop, evaluate, sample_grid
