@@ -107,7 +107,9 @@ def main() -> None:
     )
     parts, t_all = {}, time.perf_counter()
     t0 = time.perf_counter()
-    S.init_ray(None)
+    from sweeper.cluster import connect
+
+    connect(None, {"cpu": 2, "gpu": 0})  # the embedded local Ray, as srsweep run starts it
     parts["ray_start"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     state = S.prepare(sweep_file, tmp / "ray", f"sqlite:///{tmp / 'mlflow.db'}", None)

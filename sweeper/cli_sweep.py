@@ -29,8 +29,10 @@ def check_resume_flags(args: argparse.Namespace) -> bool:
     from sweeper.overrides import check_resume
     from sweeper.plan import plan_lines
     from sweeper.state import SweepState
+    from sweeper.storage import is_remote
 
-    state = SweepState.load(Path(args.sweep_dir).resolve())
+    where = args.sweep_dir if is_remote(args.sweep_dir) else Path(args.sweep_dir).resolve()
+    state = SweepState.load(where)
     check_resume(state, tuple(args.set), args.tiny)
     if not args.dry_run:
         return False

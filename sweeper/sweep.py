@@ -163,6 +163,7 @@ def build_tuner(state: SweepState):
     from sweeper.callbacks import MLflowCallback
     from sweeper.constraints import BandConstraint, ConstrainedOptunaSearch
     from sweeper.report import short_names
+    from sweeper.sharing import local_dir
     from sweeper.space import compile_space, grid_points
     from sweeper.study import study_storage
     from sweeper.terminal import ProgressCallback
@@ -193,7 +194,8 @@ def build_tuner(state: SweepState):
                 mode=modes if multi else modes[0],
                 sampler=sampler,
                 points_to_evaluate=sweep.search.points_to_evaluate or None,
-                **study_storage(state.dir),
+                # an SQLite file beside the sweep (its local cache for a sweep on S3)
+                **study_storage(local_dir(state.sweep_dir)),
                 **extra,
             ),
             sweep.budget.max_concurrent,

@@ -139,7 +139,7 @@ def test_sweep_on_s3_killed_and_resumed(s3, tmp_path, tiny_data):  # noqa: F811
         seen.append(line)
         m = re.match(r"sweep folder (s3://\S+);", line)
         sweep_uri = m.group(1) if m else sweep_uri
-        m = re.match(r"\[\s*[\d.]+ min\] (\w+) step (\d+):", line)
+        m = re.match(r"\[\s*[\d.]+ min\] trial (\w+) step (\d+)/\d+:", line)
         if m:
             trials.add(m.group(1))
         if len(trials) >= 2:

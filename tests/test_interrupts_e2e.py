@@ -73,7 +73,7 @@ def test_sigint_in_pretraining_and_in_trials_then_resume(tmp_path, tiny_data):
     assert parent.info.status == "KILLED" and parent.data.tags["interrupted"] == "true"
     assert not (d / "pretrain" / "pretrain_g.pt").exists() and not (d / "winner.yaml").exists()
 
-    rc, out = _interrupt_when(["resume", d], tmp_path, r"\] \w+ step \d+:")
+    rc, out = _interrupt_when(["resume", d], tmp_path, r"\] trial \w+ step \d+/\d+:")
     assert rc == 130 and hint in out, out[-3000:]
     assert (d / "pretrain" / "pretrain_g.pt").is_file()
     assert not (d / "winner.yaml").exists() and not (d / "results.parquet").exists()
