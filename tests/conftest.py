@@ -35,3 +35,28 @@ def tiny_data(shared_data, tmp_path_factory):
         for name in ("img_002.png", "img_003.png"):
             shutil.copy(shared_data / "Set5" / sub / name, root / "val" / sub / name)
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_config(tiny_data):
+    """``tiny_config({...})`` -> a validated experiment at test size on ``tiny_data``: an
+    8-channel SRResNet, the SRGAN D, random-init backbones, 32 px patches; the argument is
+    deep-merged on top (the keys a test is about)."""
+    from trainables.config import validate
+    from trainables.config_files import deep_merge
+
+    base = {
+        "data": {
+            "train": str(tiny_data / "train"),
+            "val": str(tiny_data / "val"),
+            "patch_size": 32,
+            "batch_size": 2,
+            "num_workers": 0,
+        },
+        "model": {
+            "generator": {"arch": "srresnet", "num_feat": 8, "num_blocks": 1},
+            "discriminator": {"arch": "srgan", "num_feat": 8},
+        },
+        "backbones": {"weights": "random"},
+    }
+    return lambda over=None: validate(deep_merge(base, over or {}))

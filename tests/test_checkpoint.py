@@ -137,22 +137,10 @@ def test_rng_states_round_trip_exactly(tmp_path):
     assert expect[3] == got[3] and expect[4] == got[4]
 
 
-def test_a_real_trainer_state_loads_weights_only(tiny_data, tmp_path):
-    cfg = validate(
+def test_a_real_trainer_state_loads_weights_only(tiny_config, tmp_path):
+    cfg = tiny_config(
         {
             "seed": 3,
-            "data": {
-                "train": str(tiny_data / "train"),
-                "val": str(tiny_data / "val"),
-                "patch_size": 32,
-                "batch_size": 2,
-                "num_workers": 0,
-            },
-            "model": {
-                "generator": {"arch": "srresnet", "num_feat": 8, "num_blocks": 1},
-                "discriminator": {"arch": "srgan", "num_feat": 8},
-            },
-            "backbones": {"weights": "random"},
             "train": {
                 "pretrain_steps": 1,
                 "steps": 2,

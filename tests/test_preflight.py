@@ -24,7 +24,6 @@ from sweeper.preflight import (
     planned_checkpoint_bytes,
     saved_objective_bytes,
 )
-from trainables.config import validate
 from trainables.data import folder_pairs, open_dataset
 
 BAD = []  # (check, input) of every bad input refused, counted by the last test
@@ -156,25 +155,17 @@ def test_resources_that_no_node_has_are_refused():
     check_resources({"cpu": 2}, {"CPU": 2.0})
 
 
-def test_checkpoint_estimate_bounds_a_real_checkpoint(tiny_data, tmp_path):
+def test_checkpoint_estimate_bounds_a_real_checkpoint(tiny_config, tmp_path):
     from trainables.train import Trainer
 
     est = estimate_checkpoint_bytes(1000, 100, copies=2, frozen_bytes=7, overhead=0)
     assert est == 2 * ((1000 * 5 + 100 * 3) * 4 + 7)
-    cfg = validate(
+    cfg = tiny_config(
         {
-            "data": {
-                "train": str(tiny_data / "train"),
-                "val": str(tiny_data / "val"),
-                "patch_size": 32,
-                "batch_size": 2,
-                "num_workers": 0,
-            },
             "model": {
                 "generator": {"arch": "srresnet", "num_feat": 16, "num_blocks": 2},
                 "discriminator": {"arch": "srgan", "num_feat": 16},
             },
-            "backbones": {"weights": "random"},
             "train": {
                 "pretrain_steps": 1,
                 "steps": 1,

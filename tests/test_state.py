@@ -9,7 +9,7 @@ import pytest
 
 from sweeper.state import STATE_FILE, SweepState, absolute_paths
 from sweeper.sweep_config import experiment_dict, load_sweep
-from trainables.config import ConfigError, validate
+from trainables.config import ConfigError
 from trainables.train import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -102,21 +102,9 @@ class Events:
         self.log.append(("checkpoint", step, Path(path).name))
 
 
-def _cfg(tiny_data):
-    return validate(
+def _cfg(tiny_config):
+    return tiny_config(
         {
-            "data": {
-                "train": str(tiny_data / "train"),
-                "val": str(tiny_data / "val"),
-                "patch_size": 32,
-                "batch_size": 2,
-                "num_workers": 0,
-            },
-            "model": {
-                "generator": {"arch": "srresnet", "num_feat": 8, "num_blocks": 1},
-                "discriminator": {"arch": "srgan", "num_feat": 8},
-            },
-            "backbones": {"weights": "random"},
             "loss": {"perceptual": {"layer": "conv2_2"}},
             "train": {
                 "pretrain_steps": 0,
@@ -133,9 +121,9 @@ def _cfg(tiny_data):
 
 
 @pytest.mark.parametrize("on_validation", [False, True])
-def test_trainer_events_validation_then_the_checkpoint_of_that_step(tiny_data, tmp_path, on_validation):
+def test_trainer_events_validation_then_the_checkpoint_of_that_step(tiny_config, tmp_path, on_validation):
     rep = Events()
-    Trainer(_cfg(tiny_data), tmp_path, rep, checkpoint_on_validation=on_validation).run()
+    Trainer(_cfg(tiny_config), tmp_path, rep, checkpoint_on_validation=on_validation).run()
     val = ["val_lpips", "val_psnr", "val_ssim"]
     assert [e for e in rep.log if e[0] == "validation"] == [("validation", s, val) for s in (2, 4, 5)]
     assert all(e[2] == [] for e in rep.log if e[0] == "metrics")  # losses only: metrics never carry val_*

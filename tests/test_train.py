@@ -5,7 +5,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from trainables.config import validate
 from trainables.config_files import PRESETS_DIR, load_config
 from trainables.train import Trainer, TrainingDiverged
 
@@ -26,22 +25,10 @@ class ListReporter:
         self.checkpoints.append((step, Path(path).name))
 
 
-def _cfg(tiny_data, **train):
-    return validate(
+def _cfg(tiny_config, **train):
+    return tiny_config(
         {
             "seed": 3,
-            "data": {
-                "train": str(tiny_data / "train"),
-                "val": str(tiny_data / "val"),
-                "patch_size": 32,
-                "batch_size": 2,
-                "num_workers": 0,
-            },
-            "model": {
-                "generator": {"arch": "srresnet", "num_feat": 8, "num_blocks": 1},
-                "discriminator": {"arch": "srgan", "num_feat": 8},
-            },
-            "backbones": {"weights": "random"},
             "loss": {
                 "pixel": {
                     "criterion": "charbonnier",
@@ -73,8 +60,8 @@ def _losses(rep):
     return {step: {k: v[k] for k in keys if k in v} for step, v in rep.rows}
 
 
-def test_resume_gives_the_same_losses_as_an_uninterrupted_run(tiny_data, tmp_path):
-    cfg = _cfg(tiny_data)
+def test_resume_gives_the_same_losses_as_an_uninterrupted_run(tiny_config, tmp_path):
+    cfg = _cfg(tiny_config)
     full = ListReporter()
     Trainer(cfg, tmp_path / "a", full).run()
     assert [s for s, _ in full.rows] == list(range(1, 9))
@@ -100,9 +87,9 @@ def test_resume_gives_the_same_losses_as_an_uninterrupted_run(tiny_data, tmp_pat
     assert uninterrupted[4]["beta2"] > 0 and all("sa_share" in v for s, v in full.rows if s > 3)
 
 
-def test_validation_reports_metrics_and_a_sample_grid(tiny_data, tmp_path):
+def test_validation_reports_metrics_and_a_sample_grid(tiny_config, tmp_path):
     rep = ListReporter()
-    Trainer(_cfg(tiny_data, steps=1, val_every=3), tmp_path, rep).run()
+    Trainer(_cfg(tiny_config, steps=1, val_every=3), tmp_path, rep).run()
     vals = dict(rep.vals)
     assert set(vals) == {3, 4} and {3, 4} <= {s for s, _ in rep.rows}  # a validation step is a log step
     assert all(v["val_psnr"] > 5 and 0 < v["val_ssim"] <= 1 and v["val_lpips"] >= 0 for v in vals.values())
@@ -115,18 +102,18 @@ def test_validation_reports_metrics_and_a_sample_grid(tiny_data, tmp_path):
     assert np.mean([r.lpips for r in rows]) == pytest.approx(vals[4]["val_lpips"])
 
 
-def test_nan_loss_stops_with_a_clear_reason(tiny_data, tmp_path):
-    t = Trainer(_cfg(tiny_data), tmp_path, ListReporter())
+def test_nan_loss_stops_with_a_clear_reason(tiny_config, tmp_path):
+    t = Trainer(_cfg(tiny_config), tmp_path, ListReporter())
     batch = next(t.batches(0))
     batch["hr"][0, 0, 0, 0] = float("nan")
     with pytest.raises(TrainingDiverged, match=r"step 0: loss is nan \(non-finite terms: pretrain_pixel\)"):
         t.pretrain_step(batch)
 
 
-def test_resume_refuses_a_checkpoint_of_another_config(tiny_data, tmp_path):
-    t = Trainer(_cfg(tiny_data), tmp_path, ListReporter())
+def test_resume_refuses_a_checkpoint_of_another_config(tiny_config, tmp_path):
+    t = Trainer(_cfg(tiny_config), tmp_path, ListReporter())
     t.run(until=1)
-    other = Trainer(_cfg(tiny_data, lr=3e-4), tmp_path / "o", ListReporter())
+    other = Trainer(_cfg(tiny_config, lr=3e-4), tmp_path / "o", ListReporter())
     with pytest.raises(ValueError, match="different config"):
         other.resume(tmp_path / "last.pt")
 
