@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 import yaml
 from test_cluster import cluster  # noqa: F401  (fixture: two `ray start` nodes, 1 CPU each)
-from test_postgres import _stop, _wait, free_port, postgres  # noqa: F401  (fixture: PostgreSQL)
+from test_postgres import postgres, team_server  # noqa: F401  (fixture: PostgreSQL)
 from test_storage import s3  # noqa: F401  (fixture: moto_server, AWS_* set in os.environ)
 from test_sweep import write_sweep
 
@@ -180,27 +180,7 @@ def test_sweep_on_s3_killed_and_resumed(s3, tmp_path, tiny_data):  # noqa: F811
 def test_sweep_against_mlflow_server_on_postgres(postgres, tmp_path, tiny_data):  # noqa: F811
 
     db, _ = postgres
-    port = free_port()
-    log = tmp_path / "mlflow.log"
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    with open(log, "w") as out:
-        server = subprocess.Popen(
-            [str(REPO / "mlflow" / "serve_postgres.sh"), db, str(tmp_path / "artifacts"), str(port)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        import urllib.request
-
-        _wait(
-            lambda: urllib.request.urlopen(f"{url}/health", timeout=2).status == 200,
-            "mlflow server",
-            server,
-            log,
-            timeout=180,
-        )
+    with team_server(db, tmp_path) as (_, url):
         sweep = write_sweep(tmp_path, tiny_data, num_samples=2, concurrent=2, steps=4)
         res = _run("run", sweep, "--tracking-uri", url, cwd=tmp_path)
         assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
@@ -227,5 +207,3 @@ def test_sweep_against_mlflow_server_on_postgres(postgres, tmp_path, tiny_data):
             f"\nmlflow server {url} on {db}: parent {parent.info.run_id}, {len(children)} trial runs, "
             f"final val_lpips {sorted(round(v, 4) for v in df['final_val_lpips'])}"
         )
-    finally:
-        _stop(server)

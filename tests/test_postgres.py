@@ -4,6 +4,7 @@ metrics and an artifact is logged and read back. Everything started here is stop
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import shutil
@@ -135,10 +136,10 @@ def postgres():
         shutil.rmtree(root, ignore_errors=True)
 
 
-def test_mlflow_server_on_postgres_over_http(postgres, tmp_path):
-    from mlflow import MlflowClient
-
-    db, root = postgres
+@contextlib.contextmanager
+def team_server(db: str, tmp_path: Path):
+    """``mlflow/serve_postgres.sh`` over ``db`` on a free port, artifacts in tmp_path; yields
+    (process, URL) once ``/health`` answers, and stops the server's process group after."""
     port = free_port()
     log = tmp_path / "mlflow.log"
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
@@ -158,6 +159,16 @@ def test_mlflow_server_on_postgres_over_http(postgres, tmp_path):
             log,
             timeout=180,
         )
+        yield proc, url
+    finally:
+        _stop(proc)
+
+
+def test_mlflow_server_on_postgres_over_http(postgres, tmp_path):
+    from mlflow import MlflowClient
+
+    db, root = postgres
+    with team_server(db, tmp_path) as (proc, url):
         client = MlflowClient(url)
         exp = client.create_experiment("team-sweep")
         run = client.create_run(exp, run_name="trial-0", tags={"ray_node_id": "abc"})
@@ -191,8 +202,6 @@ def test_mlflow_server_on_postgres_over_http(postgres, tmp_path):
             urllib.request.urlopen(req, timeout=5)
         assert err.value.code in (400, 403)
         print(f"\nmlflow server on {db}: run {run.info.run_id} val_psnr {[m.value for m in history]}")
-    finally:
-        _stop(proc)
     assert not _descendants(proc.pid)
 
 
