@@ -18,6 +18,7 @@ from sweeper.report import child_extras, status_word
 from sweeper.state import SweepState
 from sweeper.sweep_config import searched
 from sweeper.terminal import ProgressCallback as _ProgressCallback
+from sweeper.terminal import error_reason
 from sweeper.trial import read_checkpoint_files
 
 # Result keys that are bookkeeping, not metrics worth a chart.
@@ -135,6 +136,11 @@ class MLflowCallback(Callback):
             run_id, {"ray_status": status, "status": status_word(status), "steps": str(step)}
         )
         self.tracker.end_run(run_id, "FINISHED")
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        # An infrastructure failure Ray retries from the last checkpoint: counted on the run.
+        tags = {"retries": str(trial.num_failures), "last_failure": error_reason(trial)}
+        self.tracker.set_tags(self.run_id(trial), tags)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         run_id = self.run_id(trial)

@@ -62,6 +62,7 @@ def results_table(state: SweepState) -> pd.DataFrame:
             "sa_share_mean": _num(last.get("sa_share_mean")),
             "beta2": _num(last.get("beta2")),
             "failure": failure_of(last),
+            "retries": int(getattr(trial, "num_failures", 0) or 0),  # infrastructure failures retried
             "config_json": json.dumps(cfg.model_dump(mode="json")),
         }
         for m, best in (("lpips", "min"), ("psnr", "max"), ("ssim", "max")):

@@ -52,6 +52,8 @@ def quiet(verbose: bool) -> None:
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # MLflow sets its loggers up at import
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # the new engine prints the box and hint at any verbosity
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    # Tune logs each failed trial task with its traceback; our own line names the reason.
+    os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")
     levels = {
         "ray": logging.ERROR,
         "ray.tune": logging.ERROR,
@@ -227,6 +229,14 @@ class ProgressCallback(Callback):
         last = fmt_metric(self.metric, (trial.last_result or {}).get(self.metric))
         print(
             f"{self._stamp()} trial {trial.trial_id} {what} ({self.metric} {last}) | {self._counts(trials)}",
+            flush=True,
+        )
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        step = int((trial.last_result or {}).get("step", 0))
+        print(
+            f"{self._stamp()} trial {trial.trial_id} lost its worker at step {step}: {error_reason(trial)};"
+            f" retrying from its last checkpoint (retry {trial.num_failures} of {trial.max_failures})",
             flush=True,
         )
 

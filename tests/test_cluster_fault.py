@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -127,6 +128,10 @@ def test_killed_worker_resumes_its_trial_from_the_checkpoint(cluster, tmp_path, 
     assert len(df) == TRIALS and df["trial_id"].is_unique, df[["trial_id", "status"]]
     assert set(df["status"]) == {"TERMINATED"} and (df["steps"] == STEPS).all()
     assert trial_id in set(df["trial_id"])
+    assert df.set_index("trial_id")["retries"].to_dict() == {t: int(t == trial_id) for t in df["trial_id"]}
+    # The terminal says what happened in one line, with no Ray traceback.
+    assert re.search(rf"trial {trial_id} lost its worker at step \d+: .*retry 1 of 1", out), out[-3000:]
+    assert "Traceback" not in out, out[-3000:]
 
     state = json.loads((d / "sweep.json").read_text())
     client, children = _children(f"sqlite:///{tmp_path / 'mlflow.db'}", state["parent_run_id"])
@@ -135,6 +140,7 @@ def test_killed_worker_resumes_its_trial_from_the_checkpoint(cluster, tmp_path, 
     assert all(r.info.status == "FINISHED" for r in children)
     (killed,) = [r for r in children if r.data.tags["ray_trial_id"] == trial_id]
     assert killed.data.tags["steps"] == str(STEPS) and killed.data.tags["ray_status"] == "TERMINATED"
+    assert killed.data.tags["retries"] == "1" and "died" in killed.data.tags["last_failure"]
     logged = {}
     for key in killed.data.metrics:
         hist = [m.step for m in client.get_metric_history(killed.info.run_id, key)]
