@@ -12,7 +12,7 @@ objective in ``on_trial_complete`` and a finished trial cannot be changed afterw
 :class:`ConstrainedOptunaSearch` records the reached value (user attribute) and the band
 violation (constraint) on the Optuna trial first, then lets OptunaSearch tell the study.
 A trial that never reported the metric counts as infeasible (it never showed that it
-complied); a crashed trial is told as FAIL and samplers ignore it anyway.
+complied); a crashed or diverged trial is told as FAIL and samplers ignore it anyway.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from typing import Any, Optional
 
 from ray.tune.search.optuna import OptunaSearch
 
+from sweeper.failures import FAILURE_KEY, failure_of
 from sweeper.select import band_violation
 
 # Violation given to a trial without the metric: finite (Optuna refuses NaN) and worse
@@ -56,6 +57,11 @@ class ConstrainedOptunaSearch(OptunaSearch):
 
     def on_trial_complete(self, trial_id: str, result: Optional[dict] = None, error: bool = False) -> None:
         ot_trial = self._ot_trials.get(trial_id)
+        reason = failure_of(result)
+        if reason:  # diverged: Optuna refuses its NaN metrics and the trial stayed RUNNING for good
+            if ot_trial is not None and trial_id not in self._completed_trials:
+                ot_trial.set_user_attr(FAILURE_KEY, reason[:1000])
+            result, error = None, True  # told as FAIL, as a crash: samplers skip it
         if ot_trial is not None and trial_id not in self._completed_trials and not error:
             # The step the trial reached (ASHA stops some early): importances and any later
             # analysis of the study can then compare trials at equal training.

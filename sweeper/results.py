@@ -73,7 +73,8 @@ def results_table(state: SweepState) -> pd.DataFrame:
         row.update({k: last.get(k) for k in PLACEMENT_KEYS})  # where the trial last reported from
         for path, value in searched(trial.config).items():
             row[f"param.{path}"] = value
-        ckpt = ea.get_last_checkpoint(trial) if trial.last_result else None
+        # a trial that diverged before its first validation has none (and Ray logs an ERROR)
+        ckpt = ea.get_last_checkpoint(trial) if trial.checkpoint is not None else None
         path = checkpoint_dir(state, ckpt.path) if ckpt is not None else None
         row["checkpoint"] = path
         scores = read_checkpoint_files(path)["scores"] if ckpt is not None else {}

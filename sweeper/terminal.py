@@ -20,6 +20,8 @@ from typing import Optional
 
 from ray.tune import Callback
 
+from sweeper.failures import failure_of
+
 
 def fmt_metric(name: str, value) -> str:
     """The one format of a metric value in terminal output: the ranking table's decimals
@@ -220,6 +222,15 @@ class ProgressCallback(Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         step = int((trial.last_result or {}).get("step", 0))
+        reason = failure_of(trial.last_result)
+        if reason:  # a divergence ends the trial itself (not an error): a failure, not an ASHA stop
+            self.ended[trial.trial_id] = "failed"
+            print(
+                f"{self._stamp()} trial {trial.trial_id} failed, not retried: {reason[:300]} | "
+                f"{self._counts(trials)}",
+                flush=True,
+            )
+            return
         if step < self.total:
             self.ended[trial.trial_id] = "stopped"
             what = f"stopped by ASHA at step {step}/{self.total}"

@@ -140,3 +140,18 @@ def test_sweep_file_constraint_section(tmp_path):
     with pytest.raises(ConfigError, match="search.algorithm random has no sampler that reads constraints"):
         validate_sweep({**raw, "search": {"algorithm": "random"}}, "s.yaml")
     assert validate_sweep({k: v for k, v in raw.items() if k != "constraint"}, "s.yaml").constraint is None
+
+
+def test_a_diverged_trial_is_told_as_fail_not_left_running():
+    """Its NaN objective is refused by Optuna's tell: without care the trial stays RUNNING."""
+    s = searcher()
+    drive(s, 2)
+    s.suggest("nan")
+    reason = "diverged: step 3: loss is nan (non-finite terms: loss_vgg)"
+    s.on_trial_complete("nan", {"val_lpips": math.nan, "step": 3, "diverged": 1.0, "failure": reason})
+    t = s._ot_study.trials[2]
+    assert t.state == TrialState.FAIL and t.values is None and t.constraints == {}
+    assert t.user_attrs == {"failure": reason}
+    drive(s, 1, start=3)  # the study goes on
+    states = [t.state for t in s._ot_study.trials]
+    assert states == [TrialState.COMPLETE, TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE]

@@ -90,6 +90,18 @@ def test_eta_is_an_ema_of_the_trained_steps_rate(monkeypatch):
     assert cb.eta([_trial("a", 30), _trial("b", 20)]) == "~2.9 min"
 
 
+def test_a_diverged_trial_prints_as_failed_with_its_reason(capsys):
+    cb = terminal.ProgressCallback("val_lpips", "min", num_samples=2, total_steps=4)
+    reason = "diverged: step 1: loss is nan (non-finite terms: loss_vgg)"
+    t = types.SimpleNamespace(trial_id="a", last_result={"step": 1, "failure": reason}, status="TERMINATED")
+    cb.on_trial_complete(0, [t], t)
+    line = capsys.readouterr().out.strip()
+    assert line.endswith(
+        f"trial a failed, not retried: {reason} | trials 1/2: running 0, finished 0, stopped 0, failed 1"
+    )
+    assert cb.ended == {"a": "failed"}
+
+
 def test_label_panels_adds_a_caption_strip_and_keeps_the_pixels():
     grid = (np.arange(24 * 96 * 3) % 251).astype(np.uint8).reshape(24, 96, 3)
     out = label_panels(grid)
