@@ -131,6 +131,17 @@ def flush(sweep_dir: str | Path, tracking_uri: str) -> tuple[bool, int]:
     return done, box.pending()
 
 
+def flush_at_end(sweep_dir: str | Path, tracking_uri: str) -> tuple[bool, int]:
+    """:func:`flush` before a sweep's closing writes. A store still down there is waited for
+    (MLflow's own retries, as those writes would), then the buffer goes first: the results
+    table, the winner's tags and the closed parent see every trial's run as it ended."""
+    sent, left = flush(sweep_dir, tracking_uri)
+    if not sent:
+        Tracker(tracking_uri).client.search_experiments(max_results=1)  # raises past MLflow's retries
+        sent, left = flush(sweep_dir, tracking_uri)
+    return sent, left
+
+
 def real_run_id(sweep_dir: str | Path, run_id: str) -> str:
     """A placeholder's real id once flushed (results tables and tags name real runs)."""
     ids = Path(sweep_dir) / (OUTBOX_FILE + ".ids.json")

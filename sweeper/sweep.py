@@ -339,13 +339,13 @@ def resume_sweep(sweep_dir: str | Path, address: Optional[str] = None) -> Path:
 def finish(state: SweepState) -> Path:
     """Results table, winner, plots, MLflow parent artifacts; the parent run is closed."""
     from sweeper.best import choose_winner
-    from sweeper.buffered import flush
+    from sweeper.buffered import flush_at_end
     from sweeper.export import plot_parallel, plot_pareto, write_parquet
     from sweeper.results import results_table
     from sweeper.sharing import local_dir, local_view, publish, remote_checkpoints
     from sweeper.tracking import Tracker
 
-    sent, left = flush(local_dir(state.sweep_dir), state.tracking_uri)  # writes buffered in an outage
+    sent, left = flush_at_end(local_dir(state.sweep_dir), state.tracking_uri)  # buffered in an outage
     if not sent:
         print(
             f"note: {left} tracking writes still buffered; send them with: srsweep sync {state.sweep_dir}",
