@@ -19,8 +19,14 @@ from typing import Any, Optional
 
 from sweeper.outbox import Outbox, is_outage, short_http
 from sweeper.tracking import MAX_PARAM_LEN, PARENT_TAG, Tracker, flatten
+from trainables.config import SrsweepError
 
 OUTBOX_FILE, RUNS_FILE = "tracking_outbox.jsonl", "tracking_runs.json"
+
+
+class StoreDown(SrsweepError):
+    """The store did not come back before the sweep's closing writes: nothing is lost (the
+    trials are done, the buffer is on disk); ``srsweep resume`` closes the sweep later."""
 
 
 class BufferedTracker(Tracker):
@@ -137,7 +143,13 @@ def flush_at_end(sweep_dir: str | Path, tracking_uri: str) -> tuple[bool, int]:
     table, the winner's tags and the closed parent see every trial's run as it ended."""
     sent, left = flush(sweep_dir, tracking_uri)
     if not sent:
-        Tracker(tracking_uri).client.search_experiments(max_results=1)  # raises past MLflow's retries
+        try:
+            Tracker(tracking_uri).client.search_experiments(max_results=1)  # MLflow's own retries
+        except Exception as exc:  # noqa: BLE001  (any failure of this probe means: still down)
+            if not is_outage(exc):
+                raise
+            down = f"tracking store {tracking_uri} still does not answer ({left} writes kept)"
+            raise StoreDown(down) from exc
         sent, left = flush(sweep_dir, tracking_uri)
     return sent, left
 

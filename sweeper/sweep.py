@@ -339,13 +339,17 @@ def resume_sweep(sweep_dir: str | Path, address: Optional[str] = None) -> Path:
 def finish(state: SweepState) -> Path:
     """Results table, winner, plots, MLflow parent artifacts; the parent run is closed."""
     from sweeper.best import choose_winner
-    from sweeper.buffered import flush_at_end
+    from sweeper.buffered import StoreDown, flush_at_end
     from sweeper.export import plot_parallel, plot_pareto, write_parquet
     from sweeper.results import results_table
     from sweeper.sharing import local_dir, local_view, publish, remote_checkpoints
     from sweeper.tracking import Tracker
 
-    sent, left = flush_at_end(local_dir(state.sweep_dir), state.tracking_uri)  # buffered in an outage
+    try:
+        sent, left = flush_at_end(local_dir(state.sweep_dir), state.tracking_uri)  # buffered in an outage
+    except StoreDown as exc:
+        hint = f"every trial is done; when it is back: srsweep resume {state.sweep_dir}"
+        raise StoreDown(f"{exc}; {hint}") from None
     if not sent:
         print(
             f"note: {left} tracking writes still buffered; send them with: srsweep sync {state.sweep_dir}",

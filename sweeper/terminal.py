@@ -52,6 +52,7 @@ def quiet(verbose: bool) -> None:
     if verbose:
         return
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # MLflow sets its loggers up at import
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # its "View run" lines
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # the new engine prints the box and hint at any verbosity
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     # Tune logs each failed trial task with its traceback; our own line names the reason.

@@ -200,3 +200,22 @@ def test_a_store_back_during_the_sweeps_closing_writes_gets_the_buffer_first(tmp
     finally:
         pool.shutdown()
         server.stop()
+
+
+def test_a_store_that_never_returns_ends_the_sweep_in_one_line_keeping_the_buffer(tmp_path, monkeypatch):
+    """Past MLflow's retries at the sweep's end: one line naming the store and the resume
+    command (it used to be a long traceback); the buffered writes stay on disk."""
+    from sweeper.buffered import StoreDown
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # the budget, shortened
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "3")
+    server = Server(tmp_path / "store")  # never started: the store stays down
+    box = Outbox(tmp_path / "sweep" / OUTBOX_FILE, server.uri, timeout_s=3)
+    run = box.create_run("0", "trial-a", {"ray_trial_id": "a"})
+    assert box.log_metrics(run, [("val_psnr", 24.5, 6, 1000)]) is False
+    before = (tmp_path / "sweep" / OUTBOX_FILE).read_bytes()
+    with pytest.raises(
+        StoreDown, match=rf"^tracking store {server.uri} still does not answer \(2 writes kept\)$"
+    ):
+        flush_at_end(tmp_path / "sweep", server.uri)
+    assert (tmp_path / "sweep" / OUTBOX_FILE).read_bytes() == before
