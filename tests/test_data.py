@@ -14,12 +14,10 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from trainables.data import (
-    ArrowPatches,
     DataError,
     ImageSet,
     PairedImages,
     TrainPatches,
-    cache_patches_arrow,
     embedded,
     folder_hr,
     folder_pairs,
@@ -30,6 +28,7 @@ from trainables.data import (
     open_dataset,
 )
 from trainables.edges import CannySpec, canny
+from trainables.patch_cache import ArrowPatches, cache_patches_arrow
 
 
 def write_rgb(path: Path, rgb: np.ndarray) -> Path:
