@@ -16,13 +16,13 @@ from typing import Optional
 FAILURE_KEY = "failure"
 
 
-def report_divergence(state, step: int, exc: BaseException) -> None:
+def report_divergence(state, step: int, exc: BaseException, where: Optional[dict] = None) -> None:
     """The trial's final report: NaN objective metrics (Optuna records a failed trial,
-    nothing can win with them), ``diverged`` and the reason (step, terms)."""
+    nothing can win with them), ``diverged``, the reason (step, terms) and the placement."""
     from ray import tune
 
     nan = {m.name: math.nan for m in state.sweep.objective.metrics}
-    tune.report({**nan, "step": step, "diverged": 1.0, FAILURE_KEY: f"diverged: {exc}"})
+    tune.report({**nan, "step": step, "diverged": 1.0, FAILURE_KEY: f"diverged: {exc}", **(where or {})})
 
 
 def failure_of(result: Optional[dict]) -> Optional[str]:

@@ -87,7 +87,8 @@ def run_trial(params: dict, state: SweepState, threads: int = 1) -> None:
     cfg = localize_pretrained(cfg)  # a shared G uploaded to S3: read from a node-local copy
     # One trial per CPU slot: more intra-op threads only oversubscribe the node.
     torch.set_num_threads(max(1, threads))
-    trainer = Trainer(cfg, Path(context.get_trial_dir()), RayReporter(), checkpoint_on_validation=True)
+    reporter = RayReporter()
+    trainer = Trainer(cfg, Path(context.get_trial_dir()), reporter, checkpoint_on_validation=True)
     ckpt = tune.get_checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as d:
@@ -95,7 +96,7 @@ def run_trial(params: dict, state: SweepState, threads: int = 1) -> None:
     try:
         trainer.run()
     except TrainingDiverged as exc:  # deterministic: reported and ended, never retried
-        report_divergence(state, trainer.step, exc)
+        report_divergence(state, trainer.step, exc, reporter.where)
 
 
 def read_checkpoint_files(path: str | os.PathLike) -> dict[str, Any]:

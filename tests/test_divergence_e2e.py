@@ -62,7 +62,7 @@ def test_a_diverged_trial_is_recorded_not_retried_and_cannot_win(tmp_path, tiny_
     terms = m.group(3).split(", ")
     assert int(m.group(1)) == bad.steps < STEPS and pd.isna(bad.checkpoint)
     assert "loss_g_total" in terms and all(t.startswith(("loss_", "fm_w", "sa_share")) for t in terms), terms
-    assert math.isnan(bad.final_val_lpips)
+    assert math.isnan(bad.final_val_lpips) and isinstance(bad.node_id, str) and bad.node_id  # placed
     assert (good["status"] == "TERMINATED").all() and (good["steps"] == STEPS).all()
     assert good["failure"].isna().all() and good["final_val_lpips"].notna().all()
 
@@ -92,6 +92,7 @@ def test_a_diverged_trial_is_recorded_not_retried_and_cannot_win(tmp_path, tiny_
     run = runs[bad.trial_id]
     assert run.info.status == "FAILED" and run.data.tags["ray_status"] == "DIVERGED"
     assert run.data.tags["failure"] == bad.failure and run.data.tags["steps"] == str(bad.steps)
+    assert run.data.tags["placement.node_id"] == bad.node_id
     from mlflow.artifacts import download_artifacts
 
     error = download_artifacts(
