@@ -219,7 +219,8 @@ def main() -> None:
         "max_fraction": max(hit, default=math.inf),
     }
     print(
-        f"found in {len(hit)}/{len(runs)} seeds; compute / grid: mean {summary['mean_fraction']:.3f}, "
+        f"found in {len(hit)}/{len(runs)} seeds; compute / grid over those seeds: "
+        f"mean {summary['mean_fraction']:.3f}, "
         f"sd {summary['sd_fraction']:.3f}, range {summary['min_fraction']:.3f}-{summary['max_fraction']:.3f} "
         f"(target <= 0.25)"
     )
