@@ -51,9 +51,14 @@ def sync(device: str) -> None:
 
 
 def interleaved(
-    fns: dict[str, Callable[[], object]], rounds: int, device: str = "cpu", warmup: int = 1
+    fns: dict[str, Callable[[], object]],
+    rounds: int,
+    device: str = "cpu",
+    warmup: int = 1,
+    per_round: dict[str, list[float]] | None = None,
 ) -> dict[str, float]:
-    """Median seconds per call of each fn, timed round by round (a, b, c, a, b, c, ...)."""
+    """Median seconds per call of each fn, timed round by round (a, b, c, a, b, c, ...).
+    ``per_round``, if given, receives every round's seconds per fn (for paired ratios)."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
@@ -65,6 +70,8 @@ def interleaved(
             fn()
             sync(device)
             times[k].append(time.perf_counter() - t0)
+    if per_round is not None:
+        per_round.update(times)
     return {k: statistics.median(v) for k, v in times.items()}
 
 

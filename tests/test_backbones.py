@@ -190,7 +190,9 @@ def test_resnet_pretrained_matches_torchvision(fake_dir, x):
     with torch.no_grad():
         h = r.maxpool(r.relu(r.bn1(r.conv1(_imagenet_norm(x)))))
         ref = r.layer2(r.layer1(h))
-    out = bb.ResNetFeatures(2, "pretrained", weights_dir=d)(x)
+    m = bb.ResNetFeatures(2, "pretrained", weights_dir=d)
+    assert not any(isinstance(k, torch.nn.BatchNorm2d) for k in m.modules())  # folded into the convs
+    out = m(x)
     assert torch.allclose(out, ref, rtol=1e-4, atol=1e-5)
     # The DP authors' released code: stages 1..m on the raw [0, 1] image, no ImageNet stats.
     with torch.no_grad():

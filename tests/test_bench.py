@@ -3,6 +3,7 @@ GPU-path options' losses against the fp32 NCHW eager reference, on CPU."""
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import subprocess
@@ -135,6 +136,20 @@ def test_gpu_options_match_fp32(tmp_path, option, rel):
     for key in ("loss_g_total", "loss_pixel", "loss_vgg", "loss_resnet", "loss_fm", "loss_d"):
         for r, g in zip(ref, got):
             assert g[key] == pytest.approx(r[key], rel=rel, abs=1e-6), key
+
+
+def test_cpu_backbones_run_nhwc_with_the_nchw_losses(tmp_path):
+    t = Trainer(validate(_cfg()), tmp_path)  # default options: G and D stay NCHW
+    assert t.objective.vgg.features[2].weight.is_contiguous(memory_format=torch.channels_last)
+    assert t.objective.resnet.body.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    assert t.G.conv_first.weight.is_contiguous()
+    nchw = copy.deepcopy(t.objective).to(memory_format=torch.contiguous_format)
+    batch = next(t.batches(0))
+    with torch.no_grad():
+        sr = t.G(batch["lr"])
+        got, ref = (o(sr, batch["hr"], batch["edge"], disc=t.D).scalars() for o in (t.objective, nchw))
+    for key in ("loss_g_total", "loss_vgg", "loss_resnet", "loss_fm"):
+        assert float(got[key]) == pytest.approx(float(ref[key]), rel=1e-5), key
 
 
 def test_amp_really_runs_in_bf16(tmp_path):

@@ -46,6 +46,17 @@ def test_weighted_distance_by_hand():
     assert weighted_distance(u, v, None, "l2").item() == pytest.approx((4 + 0.25 + 0 + 2.25) / 4)
 
 
+def test_plain_l2_equals_mean_square_in_value_and_gradient():
+    g = torch.Generator().manual_seed(1)
+    u = torch.randn(2, 8, 6, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(2, 8, 6, 6, generator=g, dtype=torch.float64)
+    fast, by_hand = weighted_distance(u, v, None, "l2"), ((u - v) * (u - v)).sum() / u.numel()
+    assert fast.item() == pytest.approx(by_hand.item(), rel=1e-13)
+    (g_fast,), (g_hand,) = torch.autograd.grad(fast, u), torch.autograd.grad(by_hand, u)
+    assert torch.allclose(g_fast, 2 * (u - v).detach() / u.numel(), rtol=1e-13, atol=0)
+    assert torch.allclose(g_fast, g_hand, rtol=1e-13, atol=0)
+
+
 def test_uniform_map_equals_plain_loss_and_zero_map_gives_zero():
     g = torch.Generator().manual_seed(0)
     u, v = torch.rand(2, 3, 4, 4, generator=g), torch.rand(2, 3, 4, 4, generator=g)

@@ -32,6 +32,15 @@ def layout(t: TrainConfig, *modules: nn.Module) -> None:
             m.to(memory_format=torch.channels_last)
 
 
+def backbone_layout(device: torch.device, objective: nn.Module) -> None:
+    """The frozen feature networks (VGG, ResNet) in NHWC on the CPU, whatever
+    ``train.channels_last`` says: oneDNN runs NHWC convolutions natively and reorders NCHW
+    ones on every call (docs/PERFORMANCE.md, bench/step.py). Values change by float
+    rounding only. On CUDA the layout stays the user's choice."""
+    if device.type == "cpu" and hasattr(objective, "backbones"):
+        objective.backbones.to(memory_format=torch.channels_last)
+
+
 def to_layout(t: TrainConfig, x: torch.Tensor) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if t.channels_last and x.dim() == 4 else x
 

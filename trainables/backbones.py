@@ -297,6 +297,26 @@ class VGGFeatures(_FrozenBackbone):
         return {name: out[name] for name in self.layers}
 
 
+@torch.no_grad()
+def _fold_batchnorm(module: nn.Module) -> None:
+    """Fold each eval-mode BatchNorm into the conv registered just before it (torchvision's
+    ResNet registers every conv-BN pair in data-flow order): ``bn(conv(x)) = conv'(x)`` with
+    ``w' = w * g``, ``b' = beta + (b - mean) * g``, ``g = gamma / sqrt(var + eps)``, solved in
+    float64. One conv instead of conv + BN, forward and backward (bench/step.py); the
+    features change by float rounding only. In place: no RNG draw, no new module."""
+    for parent in module.modules():
+        kids = list(parent.named_children())
+        for (_, conv), (bn_name, bn) in zip(kids, kids[1:]):
+            if not (isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d)):
+                continue
+            g = bn.weight.double() / (bn.running_var.double() + bn.eps).sqrt()
+            b = conv.bias.double() if conv.bias is not None else torch.zeros_like(g)
+            bias = (bn.bias.double() + (b - bn.running_mean.double()) * g).to(conv.weight.dtype)
+            conv.weight.copy_(conv.weight.double() * g.view(-1, 1, 1, 1))
+            conv.bias = nn.Parameter(bias, requires_grad=False)
+            setattr(parent, bn_name, nn.Identity())
+
+
 class ResNetFeatures(_FrozenBackbone):
     """ResNet50 features after the last bottleneck of layer{stage}.
 
@@ -325,6 +345,7 @@ class ResNetFeatures(_FrozenBackbone):
         # Later stages, avgpool and fc are dropped: not built into the forward path at all.
         self.body = nn.Sequential(OrderedDict((p, getattr(net, p)) for p in parts))
         self._freeze()
+        _fold_batchnorm(self.body)  # frozen, always eval: BN is a fixed affine map
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         h = self.normalize(x) if self.normalize_input else x

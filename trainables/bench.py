@@ -6,7 +6,8 @@ Compares, in one process and interleaved round by round (this machine is noisy):
   each image once through each network, targets under no_grad, Canny maps from the
   data workers (the objective's per-step feature cache, trainables/terms.py);
 - ``naive``: the same loss composed naively: separate VGG/ResNet/D forwards for sr and
-  hr in every term that uses them, and the Canny map computed inside the step.
+  hr in every term that uses them (FM through a second D pass), and the Canny map
+  computed inside the step.
 Same models, same data, same config; only the composition differs.
 """
 
@@ -61,10 +62,12 @@ def _naive_terms(obj: GeneratorObjective, disc, sr, hr, lc) -> torch.Tensor:
     total = total + dp
     f_sr2, f_hr2, f_w = obj.vgg(sr)[layer], obj.vgg(hr)[layer], obj.vgg(edge.expand(-1, 3, -1, -1))[layer]
     total = total + 0.1 * L.sa_feature(f_sr2, f_hr2, f_w, 1.0, 1.0)
-    fake, feats_sr = disc(sr)
-    real, feats_hr = disc(hr)
+    _, feats_sr = disc(sr)  # FM's own D passes ...
+    _, feats_hr = disc(hr)
     blocks = L.fm_block_losses(feats_sr, feats_hr, lc.fm.blocks)
     fm, _ = L.fm_softmax(blocks, torch.ones_like(blocks))
+    fake, _ = disc(sr)  # ... and the adversarial term's
+    real, _ = disc(hr)
     return total + fm + 0.005 * L.gan_g(fake, real, "ragan")
 
 

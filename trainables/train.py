@@ -155,6 +155,7 @@ class Trainer:
         self.D = build_discriminator(cfg.model.discriminator, cfg.data.patch_size).to(self.device)
         self.objective = GeneratorObjective(cfg).to(self.device)
         accel.layout(cfg.train, self.G, self.D, self.objective)  # GPU path options, off by default
+        accel.backbone_layout(self.device, self.objective)
         self.g_fwd, self.d_fwd = accel.compiled(cfg.train, self.G), accel.compiled(cfg.train, self.D)
         self.lpips = LPIPSMetric(cfg.backbones.weights, cfg.backbones.weights_dir, seed=cfg.seed).to(
             self.device
