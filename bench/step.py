@@ -22,7 +22,7 @@ from _common import interleaved, parser, table, write
 
 SIZES = {
     "tiny": dict(batch=4, patch=32, feat=16, blocks=2),
-    "medium": dict(batch=4, patch=64, feat=32, blocks=2),  # `srsweep bench` defaults
+    "medium": dict(batch=4, patch=64, feat=32, blocks=2),  # the former `srsweep bench` defaults
     "paper": dict(batch=4, patch=64, feat=64, blocks=23),
 }  # RRDB-23 G (paper), small batch
 
@@ -68,13 +68,14 @@ def trainer(cfg: dict, out: str):
 
 
 def naive_step(t, batch: dict) -> None:
-    """The full loss with every term fetching its own features (trainables/bench.py)."""
-    from trainables.bench import _naive_terms
+    """The full loss with every term fetching its own features (bench/naive.py)."""
+    from naive import naive_terms
+
     from trainables.objective import d_loss
 
     sr = t.G(batch["lr"])
     t.D.requires_grad_(False)
-    loss = _naive_terms(t.objective, t.D, sr, batch["hr"], t.cfg.loss)
+    loss = naive_terms(t.objective, t.D, sr, batch["hr"], t.cfg.loss)
     t.opt_g.zero_grad(set_to_none=True)
     loss.backward()
     t.opt_g.step()

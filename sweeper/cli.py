@@ -115,13 +115,6 @@ def _cmd_ui(args: argparse.Namespace) -> int:
     return ui(args)
 
 
-def _cmd_bench(args: argparse.Namespace) -> int:
-    from trainables.bench import run
-
-    run(args)
-    return 0
-
-
 def _cmd_config(args: argparse.Namespace) -> int:
     from trainables.config_files import load_config, to_dict
 
@@ -272,17 +265,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--experiment", default="srsweep-train", help="MLflow experiment name")
     t.set_defaults(func=_cmd_train)
-
-    b = sub.add_parser(
-        "bench", help="time one generator step: plain ESRGAN vs SA+DP+FM vs a naive composition"
-    )
-    b.add_argument("--batch", type=int, default=4)
-    b.add_argument("--patch", type=int, default=64, help="HR patch side (multiple of 32)")
-    b.add_argument("--feat", type=int, default=32, help="generator / discriminator width")
-    b.add_argument("--blocks", type=int, default=2, help="RRDB blocks")
-    b.add_argument("--rounds", type=int, default=10)
-    b.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    b.set_defaults(func=_cmd_bench)
 
     c = sub.add_parser("config", help="validate a config file and print it with all defaults filled in")
     _config_args(c)
