@@ -358,9 +358,8 @@ def finish(state: SweepState) -> Path:
     sweep_dir, state = state.sweep_dir, local_view(state)  # S3: a local mirror, uploaded back at the end
     df = remote_checkpoints(results_table(state), state, sweep_dir)
     tracker, parent = Tracker(state.tracking_uri), state.parent_run_id
-    # A driver killed between starting a trial and saving Tune's state loses that trial
-    # (Tune re-suggests it under a new id). Its partial run is closed and soft-deleted,
-    # so runs == trials.
+    # A driver killed between starting a trial and saving Tune's state loses that trial (Tune
+    # re-suggests it under a new id); its partial run is closed and soft-deleted: runs == trials.
     for trial_id, run_id in tracker.children(state.experiment_id, parent):
         if trial_id not in set(df["trial_id"]):
             tracker.discard(run_id, "LOST_ON_RESTORE")
