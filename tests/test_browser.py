@@ -150,6 +150,42 @@ def _devtools_port(profile: Path, proc: subprocess.Popen, deadline_s: float = 60
     raise RuntimeError("chromium did not open its DevTools port")
 
 
+def open_page(url: str, tmp_path: Path, wait_for: list[str], width: int) -> tuple[str, list[dict], Path]:
+    """Headless Chromium on ``url`` until every string of ``wait_for`` shows: the page text, the
+    table rows and a screenshot. The browser (its own process group) is stopped either way;
+    the text and rows are kept beside the screenshot for a failing run."""
+    profile, shot = tmp_path / "chromium-profile", tmp_path / "dashboard.png"
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={profile}",
+        "--remote-debugging-port=0",
+        f"--window-size={width},900",
+    ]
+    browser = subprocess.Popen(
+        [CHROMIUM, *flags, url],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        port = _devtools_port(profile, browser)
+        text, rows = asyncio.run(_cdp_page(port, "/experiments/", wait_for, shot, 180))
+    finally:
+        ui.stop_group(browser.pid)
+    (tmp_path / "dashboard.txt").write_text(text + "\n" + json.dumps(rows, indent=1))
+    print(f"screenshot: {shot}")
+    return text, rows, shot
+
+
 @pytest.fixture
 def served_sweep(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -167,42 +203,13 @@ def served_sweep(tmp_path):
 def test_dashboard_shows_trials_with_metrics_and_winner(served_sweep, tmp_path):
     uri, base, exp, parent = served_sweep
     url = dashboard.runs_url(base, exp, parent)
-    profile = tmp_path / "chromium-profile"
-    shot = tmp_path / "dashboard.png"
-    flags = [
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--disable-dev-shm-usage",
-        f"--user-data-dir={profile}",
-        "--remote-debugging-port=0",
-        "--window-size=1800,900",
-    ]
-    browser = subprocess.Popen(
-        [CHROMIUM, *flags, url],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
     values = [
         f"{v:.4f}".rstrip("0") if isinstance(v, float) and v < 1 else f"{v}"
         for t in TRIALS.values()
         for v in t[:3]
     ]
     names = [f"trial-{t}" for t in TRIALS]
-    try:
-        port = _devtools_port(profile, browser)
-        text, rows = asyncio.run(_cdp_page(port, "/experiments/", names + values + ["winner"], shot, 180))
-    finally:
-        ui.stop_group(browser.pid)
-    (tmp_path / "dashboard.txt").write_text(text + "\n" + json.dumps(rows, indent=1))
-    print(f"screenshot: {shot}")
+    text, rows, shot = open_page(url, tmp_path, names + values + ["winner"], width=1800)
     # The view: only the sweep's trials (not the parent), best LPIPS first, every column named.
     for header in ("val_lpips", "val_psnr", "val_ssim", "mu", "layer", "steps", "status", "winner"):
         assert header in text, f"column {header} missing from the page: {text[:2000]}"

@@ -5,8 +5,6 @@ SSIM (the values of results.parquet) and the winner; `srsweep ui --stop` ends th
 
 from __future__ import annotations
 
-import asyncio
-import json
 import os
 import re
 import subprocess
@@ -19,7 +17,7 @@ import pytest
 from sweeper import ui
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_browser import CHROMIUM, _cdp_page, _devtools_port, _free_port  # noqa: E402
+from test_browser import CHROMIUM, _free_port, open_page  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SRSWEEP = str(Path(sys.executable).parent / "srsweep")
@@ -93,42 +91,8 @@ def test_tiny_sweep_opens_in_the_browser_with_metrics_and_winner(tmp_path):
     try:
         url = re.search(r"^dashboard: (\S+)", started.stdout, re.M).group(1)
         assert url.startswith(f"http://127.0.0.1:{port}/#/experiments/") and "viewStateShareKey=" in url
-        profile, shot = tmp_path / "chromium-profile", tmp_path / "dashboard.png"
-        flags = [
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-            "--disable-sync",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-dev-shm-usage",
-            f"--user-data-dir={profile}",
-            "--remote-debugging-port=0",
-            "--window-size=3600,900",
-        ]
-        browser = subprocess.Popen(
-            [CHROMIUM, *flags, url],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
         names = [f"trial-{t}" for t in df["trial_id"]]
-        try:
-            text, rows = asyncio.run(
-                _cdp_page(
-                    _devtools_port(profile, browser),
-                    "/experiments/",
-                    names + ["val_lpips", "true"],
-                    shot,
-                    180,
-                )
-            )
-        finally:
-            ui.stop_group(browser.pid)
-        (tmp_path / "dashboard.txt").write_text(text + "\n" + json.dumps(rows, indent=1))
-        print(f"screenshot: {shot}")
+        text, rows, shot = open_page(url, tmp_path, names + ["val_lpips", "true"], width=3600)
         for header in ("val_lpips", "val_psnr", "val_ssim", "winner", "status", "steps"):
             assert header in text, header
         by_trial = {re.search(r"trial-(\w+)", " ".join(r.values())).group(1): r for r in rows}
