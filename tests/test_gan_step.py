@@ -6,11 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from trainables.config import validate
 from trainables.train import Trainer
 
 
-def _esrgan(tiny_data, **sa):
+def _esrgan(tiny_config, **sa):
     loss = {
         "pixel": {"criterion": "l1", "beta1": 0.01},
         "perceptual": {"layer": "conv5_4", "criterion": "l1", "weight": 1.0},
@@ -20,21 +19,13 @@ def _esrgan(tiny_data, **sa):
         loss["pixel"]["sa"] = {"edge": "lv", "calibration_batches": 2, **sa}
         loss["perceptual"]["layer"] = "conv2_2"
         loss["fm"] = {"blocks": [0, 3]}
-    return validate(
+    return tiny_config(
         {
             "seed": 1,
-            "data": {
-                "train": str(tiny_data / "train"),
-                "val": str(tiny_data / "val"),
-                "patch_size": 32,
-                "batch_size": 2,
-                "num_workers": 0,
-            },
             "model": {
                 "generator": {"arch": "rrdbnet", "num_feat": 8, "num_blocks": 1, "grow_ch": 4},
                 "discriminator": {"arch": "vgg", "num_feat": 8},
             },
-            "backbones": {"weights": "random"},
             "loss": loss,
             "train": {
                 "pretrain_steps": 0,
@@ -50,8 +41,8 @@ def _esrgan(tiny_data, **sa):
     )
 
 
-def test_esrgan_g_and_d_losses_by_hand(tiny_data, tmp_path):
-    t = Trainer(_esrgan(tiny_data), tmp_path)
+def test_esrgan_g_and_d_losses_by_hand(tiny_config, tmp_path):
+    t = Trainer(_esrgan(tiny_config), tmp_path)
     batch = next(t.batches(0))
     lr, hr = batch["lr"], batch["hr"]
     G, D, vgg = copy.deepcopy(t.G), copy.deepcopy(t.D), t.objective.vgg
@@ -72,8 +63,8 @@ def test_esrgan_g_and_d_losses_by_hand(tiny_data, tmp_path):
     assert float(out["loss_d"]) == pytest.approx(float(d_adv), abs=1e-6)
 
 
-def _shares(tiny_data, tmp_path, track_every):
-    t = Trainer(_esrgan(tiny_data, sa_share_target=0.15, track_every=track_every), tmp_path)
+def _shares(tiny_config, tmp_path, track_every):
+    t = Trainer(_esrgan(tiny_config, sa_share_target=0.15, track_every=track_every), tmp_path)
     t.calibrate()
     shares = []
     for step, batch in enumerate(t.batches(0)):
@@ -83,8 +74,8 @@ def _shares(tiny_data, tmp_path, track_every):
             return shares, float(out["sa_share_mean"])
 
 
-def test_tracking_keeps_the_reached_share_near_the_target(tiny_data, tmp_path):
-    shares, mean = _shares(tiny_data, tmp_path, track_every=5)
+def test_tracking_keeps_the_reached_share_near_the_target(tiny_config, tmp_path):
+    shares, mean = _shares(tiny_config, tmp_path, track_every=5)
     assert mean == pytest.approx(sum(shares) / len(shares), rel=1e-5)  # the GAN-stage running mean
     assert abs(mean / 0.15 - 1) < 0.2 and abs(sum(shares[-10:]) / 10 / 0.15 - 1) < 0.2
     print(f"tracking every 5: target 0.15, mean reached {mean:.4f}, last {shares[-1]:.4f}")
