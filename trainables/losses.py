@@ -46,10 +46,6 @@ def weighted_distance(
     """``mean(h * rho(u - v))``, SA eq. 6-7; ``weight`` broadcasts (a gray map over RGB).
 
     A zero map gives exactly 0 (no division by the weight sum, so no NaN)."""
-    if weight is None and criterion == "l2":
-        # Same value and gradient as mean(d * d), in one fused kernel each way (FM's ten
-        # block losses: bench/step.py).
-        return F.mse_loss(u, v)
     r = rho(u - v, criterion, delta)
     if weight is not None:
         r = r * weight
