@@ -11,8 +11,6 @@ import os
 import re
 import signal
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -22,38 +20,20 @@ import yaml
 from test_cluster import cluster  # noqa: F401  (fixture: two `ray start` nodes, 1 CPU each)
 from test_postgres import postgres, team_server  # noqa: F401  (fixture: PostgreSQL)
 from test_storage import s3  # noqa: F401  (fixture: moto_server, AWS_* set in os.environ)
-from test_sweep import write_sweep
+from test_sweep import _children, _sweep_dir, srsweep, start_srsweep, write_sweep
 
 pytestmark = pytest.mark.slow
-SRSWEEP = str(Path(sys.executable).with_name("srsweep"))
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _run(*args, cwd, env=None, timeout=900):
-    env = {**(env or os.environ), "RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true"}
-    return subprocess.run(
-        [SRSWEEP, *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env
-    )
-
-
-def _children(uri: str, parent: str):
-    from mlflow import MlflowClient
-
-    client = MlflowClient(uri)
-    exp = client.get_experiment_by_name("srsweep-e2e")
-    return client, [
-        r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("mlflow.parentRunId") == parent
-    ]
 
 
 # ------------------------------------------------------------------------------ two nodes
 def test_sweep_through_the_cli_uses_both_nodes(cluster, tmp_path, tiny_data):  # noqa: F811
     sweep = write_sweep(tmp_path, tiny_data, num_samples=4, concurrent=2, steps=4)
-    res = _run("run", sweep, "--address", cluster.address, cwd=tmp_path, env=cluster.env)
+    res = srsweep("run", sweep, "--address", cluster.address, cwd=tmp_path, env=cluster.env)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     first = res.stdout.splitlines()[0]
     assert re.fullmatch(rf"Ray cluster [\d.]+:{cluster.port}: 2 nodes, 2 CPUs, 0 GPUs", first), first
-    (d,) = [p for p in (tmp_path / "ray_results").iterdir() if (p / "sweep.json").is_file()]
+    d = _sweep_dir(tmp_path)
     df = pd.read_parquet(d / "results.parquet")
     per_node = df.groupby("node_id").size().to_dict()
     print(f"\ntrials per node: {per_node}")
@@ -70,7 +50,7 @@ def test_sweep_through_the_cli_uses_both_nodes(cluster, tmp_path, tiny_data):  #
     assert ptags["ray_address"] == first.split()[2].rstrip(":") and ptags["ray_nodes"] == "2"
     assert ptags["ray_cpus"] == "2.0" and ptags["ray_gpus"] == "0.0"
 
-    best = _run("best", d, "--verbose", "--resamples", "50", cwd=tmp_path, env=cluster.env)
+    best = srsweep("best", d, "--verbose", "--resamples", "50", cwd=tmp_path, env=cluster.env)
     assert best.returncode == 0, best.stderr[-2000:]
     header = next(ln for ln in best.stdout.splitlines() if ln.lstrip().startswith("rank"))
     assert header.split()[-3:] == ["host", "node", "gpu"], header
@@ -81,7 +61,7 @@ def test_sweep_through_the_cli_uses_both_nodes(cluster, tmp_path, tiny_data):  #
 
 def test_cli_refuses_in_one_line_before_writing(cluster, tmp_path, tiny_data):  # noqa: F811
     sweep = write_sweep(tmp_path, tiny_data, num_samples=2, concurrent=1, steps=2)
-    wrong = _run(
+    wrong = srsweep(
         "run",
         sweep,
         "--address",
@@ -93,7 +73,7 @@ def test_cli_refuses_in_one_line_before_writing(cluster, tmp_path, tiny_data):  
     big = yaml.safe_load(sweep.read_text())
     big["resources"] = {"cpu": 2, "gpu": 0}
     (tmp_path / "big.yaml").write_text(yaml.safe_dump(big))
-    small = _run(
+    small = srsweep(
         "run", tmp_path / "big.yaml", "--address", cluster.address, cwd=tmp_path, env=cluster.env, timeout=300
     )
     for r, expect in (
@@ -118,21 +98,8 @@ def _s3_keys(prefix: str) -> list[str]:
 
 def test_sweep_on_s3_killed_and_resumed(s3, tmp_path, tiny_data):  # noqa: F811
     sweep = write_sweep(tmp_path, tiny_data, num_samples=4, concurrent=1, steps=8)
-    env = {
-        **os.environ,
-        "RAY_USAGE_STATS_ENABLED": "0",
-        "MLFLOW_DISABLE_TELEMETRY": "true",
-        "SRSWEEP_CACHE": str(tmp_path / "cache"),
-    }
-    proc = subprocess.Popen(
-        [SRSWEEP, "run", str(sweep), "--storage", "s3://sweeps/team"],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
-        start_new_session=True,
-    )
+    env = {**os.environ, "SRSWEEP_CACHE": str(tmp_path / "cache")}
+    proc = start_srsweep("run", sweep, "--storage", "s3://sweeps/team", cwd=tmp_path, env=env)
     seen, trials, sweep_uri = [], set(), None
     deadline = time.monotonic() + 600
     for line in proc.stdout:  # kill the driver and its local Ray once a second trial reports
@@ -154,7 +121,7 @@ def test_sweep_on_s3_killed_and_resumed(s3, tmp_path, tiny_data):  # noqa: F811
     assert not any(k.endswith("results.parquet") for k in keys)  # really interrupted
     assert not (tmp_path / "ray_results").exists()  # nothing local but the MLflow store
 
-    res = _run("resume", sweep_uri, cwd=tmp_path, env=env)
+    res = srsweep("resume", sweep_uri, cwd=tmp_path, env=env)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert f"wrote {sweep_uri}/results.parquet" in res.stdout
     from sweeper.storage import resolve_storage
@@ -182,10 +149,10 @@ def test_sweep_against_mlflow_server_on_postgres(postgres, tmp_path, tiny_data):
     db, _ = postgres
     with team_server(db, tmp_path) as (_, url):
         sweep = write_sweep(tmp_path, tiny_data, num_samples=2, concurrent=2, steps=4)
-        res = _run("run", sweep, "--tracking-uri", url, cwd=tmp_path)
+        res = srsweep("run", sweep, "--tracking-uri", url, cwd=tmp_path)
         assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
         assert not (tmp_path / "mlflow.db").exists()  # nothing fell back to the SQLite default
-        (d,) = [p for p in (tmp_path / "ray_results").iterdir() if (p / "sweep.json").is_file()]
+        d = _sweep_dir(tmp_path)
         state = json.loads((d / "sweep.json").read_text())
         assert state["tracking_uri"] == url
         client, children = _children(url, state["parent_run_id"])

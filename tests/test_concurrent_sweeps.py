@@ -5,29 +5,17 @@ folder-name collision)."""
 from __future__ import annotations
 
 import json
-import subprocess
 
 import pandas as pd
 import pytest
-from test_interrupts_e2e import ENV
-from test_sweep import SRSWEEP, _children, write_sweep
+from test_sweep import _children, start_srsweep, write_sweep
 
 pytestmark = pytest.mark.slow
 
 
 def test_two_sweeps_started_together_both_finish(tmp_path, tiny_data):
     sweep = write_sweep(tmp_path, tiny_data, num_samples=1, concurrent=1, steps=4)
-    procs = [
-        subprocess.Popen(
-            [SRSWEEP, "run", str(sweep)],
-            cwd=tmp_path,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=ENV,
-        )
-        for _ in range(2)
-    ]
+    procs = [start_srsweep("run", sweep, cwd=tmp_path) for _ in range(2)]
     outs = [p.communicate(timeout=900)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], "\n".join(o[-2000:] for o in outs)
     dirs = sorted(p for p in (tmp_path / "ray_results").iterdir() if (p / "sweep.json").is_file())

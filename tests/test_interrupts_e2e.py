@@ -10,29 +10,19 @@ import json
 import os
 import re
 import signal
-import subprocess
 import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from test_sweep import SRSWEEP, _children, _sweep_dir, srsweep, write_sweep
+from test_sweep import _children, _sweep_dir, srsweep, start_srsweep, write_sweep
 
 pytestmark = pytest.mark.slow
-ENV = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true"}
 
 
 def _interrupt_when(args, cwd: Path, pattern: str, deadline_s: float = 600):
     """Start srsweep, send SIGINT to the driver once a line matches; (rc, output)."""
-    proc = subprocess.Popen(
-        [SRSWEEP, *map(str, args)],
-        cwd=cwd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=ENV,
-        start_new_session=True,
-    )
+    proc = start_srsweep(*args, cwd=cwd)
     seen, deadline = [], time.monotonic() + deadline_s
     try:
         for line in proc.stdout:

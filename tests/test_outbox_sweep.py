@@ -19,7 +19,6 @@ import json
 import os
 import re
 import signal
-import subprocess
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -27,7 +26,7 @@ from pathlib import Path
 import pytest
 import yaml
 from test_outbox import Server
-from test_sweep import SRSWEEP, _sweep_dir, write_sweep
+from test_sweep import _sweep_dir, start_srsweep, write_sweep
 
 from sweeper.buffered import OUTBOX_FILE, flush_at_end
 from sweeper.callbacks import _SKIP
@@ -35,7 +34,6 @@ from sweeper.outbox import Outbox
 from sweeper.trial import CURVES_FILE
 
 pytestmark = pytest.mark.slow
-ENV = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true"}
 REPORT = re.compile(r"\] trial (\w+) step (\d+)/\d+:")
 TRIALS, STEPS, VAL_EVERY, LOG_EVERY = 2, 60, 6, 2  # 10 reports a trial; curve points in between
 REPORTS_WHILE_DOWN = 2  # trial reports the driver must handle with the store gone
@@ -93,15 +91,7 @@ def test_server_killed_and_restarted_mid_sweep_loses_and_doubles_nothing(tmp_pat
     server.start()
     pool = ThreadPoolExecutor(1)
     restart = None
-    proc = subprocess.Popen(
-        [SRSWEEP, "run", str(sweep), "--tracking-uri", server.uri],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=ENV,
-        start_new_session=True,
-    )
+    proc = start_srsweep("run", sweep, "--tracking-uri", server.uri, cwd=tmp_path)
     watchdog = threading.Timer(900, os.killpg, (proc.pid, signal.SIGKILL))  # a hang fails, never waits
     watchdog.start()
     out, killed, down, back, box, buffered, sent_mid_sweep = [], False, 0, 0, None, None, False

@@ -19,6 +19,8 @@ import pytest
 import yaml
 
 SRSWEEP = str(Path(sys.executable).with_name("srsweep"))
+QUIET = {"RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true"}
+ENV = {**os.environ, **QUIET}
 pytestmark = pytest.mark.slow
 
 
@@ -68,10 +70,25 @@ def write_sweep(
     return path
 
 
-def srsweep(*args, cwd, timeout=900, **kw):
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true"}
+def srsweep(*args, cwd, timeout=900, env=None, **kw) -> subprocess.CompletedProcess:
+    """The installed ``srsweep ARGS`` to its end; ``env`` (default: this process's) gets QUIET."""
+    env = {**(env or os.environ), **QUIET}
     return subprocess.run(
         [SRSWEEP, *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env, **kw
+    )
+
+
+def start_srsweep(*args, cwd, env=None) -> subprocess.Popen:
+    """``srsweep ARGS`` started in its own process group (a test stops exactly it, with its
+    local Ray, by ``os.killpg``), stdout and stderr merged into text lines."""
+    return subprocess.Popen(
+        [SRSWEEP, *map(str, args)],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**(env or os.environ), **QUIET},
+        start_new_session=True,
     )
 
 
@@ -147,16 +164,7 @@ def test_sweep_end_to_end_then_rerun_the_winner(tmp_path, tiny_data):
 
 def test_killed_driver_resumes_without_duplicates(tmp_path, tiny_data):
     sweep = write_sweep(tmp_path, tiny_data, num_samples=4, concurrent=1, steps=8)
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true"}
-    proc = subprocess.Popen(
-        [SRSWEEP, "run", str(sweep)],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
-        start_new_session=True,
-    )
+    proc = start_srsweep("run", sweep, cwd=tmp_path)
     # Kill the whole driver session (driver + its local Ray) once a second trial reports.
     deadline = time.monotonic() + 600
     seen, trials = [], set()

@@ -5,10 +5,7 @@ embedded-video and a Vid4-layout folder (bicubic and the trained checkpoint), an
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import cv2
@@ -16,26 +13,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from test_sweep import _sweep_dir, srsweep
 
 from trainables.video_data import embedded_video
 from trainables.video_metrics import eval_bicubic_folder
 
-SRSWEEP = str(Path(sys.executable).with_name("srsweep"))
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 ROW = re.compile(r"^(\S+)\s+([\d.]+)\s+([\d.]+)(?:\s+([\d.]+))?$")
-
-
-def srsweep(*args, cwd, timeout=900):
-    env = {
-        **os.environ,
-        "RAY_USAGE_STATS_ENABLED": "0",
-        "MLFLOW_DISABLE_TELEMETRY": "true",
-        "PYTHONPATH": str(REPO),
-    }
-    return subprocess.run(
-        [SRSWEEP, *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env
-    )
 
 
 def table(stdout: str) -> dict[str, tuple[float, ...]]:
@@ -159,7 +144,7 @@ def test_sa_vsr_sweep_two_trials(tmp_path):
     path.write_text(yaml.safe_dump(sweep))
     res = srsweep("run", path, cwd=tmp_path)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    (d,) = [p for p in (tmp_path / "ray_results").iterdir() if (p / "sweep.json").is_file()]
+    d = _sweep_dir(tmp_path)
     df = pd.read_parquet(d / "results.parquet")
     assert len(df) == 2 and set(df["status"]) <= {"TERMINATED", "STOPPED"}
     assert df["final_val_lpips"].notna().all() and (df["sa_share"] > 0).all()
