@@ -12,7 +12,8 @@ objective in ``on_trial_complete`` and a finished trial cannot be changed afterw
 :class:`ConstrainedOptunaSearch` records the reached value (user attribute) and the band
 violation (constraint) on the Optuna trial first, then lets OptunaSearch tell the study.
 A trial that never reported the metric counts as infeasible (it never showed that it
-complied); a crashed or diverged trial is told as FAIL and samplers ignore it anyway.
+complied); a crashed or diverged trial is told as FAIL and samplers ignore it anyway. A
+trial stopped before the full budget (ASHA) is told as PRUNED: its last value is partial.
 """
 
 from __future__ import annotations
@@ -51,9 +52,24 @@ class ConstrainedOptunaSearch(OptunaSearch):
     whose sampler learns a band constraint on a reported metric when ``constraint`` is given.
     Takes OptunaSearch's arguments plus ``constraint``; any Optuna 5 sampler works."""
 
-    def __init__(self, *args, constraint: Optional[BandConstraint] = None, **kwargs):
-        self.constraint = constraint  # a plain attribute: saved and restored with the searcher state
+    def __init__(
+        self,
+        *args,
+        constraint: Optional[BandConstraint] = None,
+        total_steps: Optional[int] = None,
+        **kwargs,
+    ):
+        self.constraint = constraint  # plain attributes: saved and restored with the searcher state
+        self.total_steps = total_steps
         super().__init__(*args, **kwargs)
+
+    def _stopped_early(self, result: Optional[dict]) -> bool:
+        """The trial ended before the full budget (ASHA, a time budget): its last value is
+        a partial one, so Optuna must see it as PRUNED, not as a final COMPLETE value."""
+        step = (result or {}).get("step")
+        if self.total_steps is None or not isinstance(step, (int, float)) or isinstance(step, bool):
+            return False
+        return step < self.total_steps
 
     def on_trial_complete(self, trial_id: str, result: Optional[dict] = None, error: bool = False) -> None:
         ot_trial = self._ot_trials.get(trial_id)
@@ -75,4 +91,8 @@ class ConstrainedOptunaSearch(OptunaSearch):
                 ot_trial.set_user_attr(self.constraint.metric, float(value))
             # Before tell: the study is told below, and a finished trial is read-only.
             ot_trial.set_constraint(self.constraint.metric, v)
+        if not error and self._stopped_early(result):
+            # No value + no error: OptunaSearch tells the study PRUNED; the trial keeps its
+            # intermediate values (reported per validation), which TPE reads as Optuna intends.
+            result = None
         super().on_trial_complete(trial_id, result, error)

@@ -184,9 +184,9 @@ def build_tuner(state: SweepState):
             "random": lambda: RandomSampler(seed=seed),
         }[algo]()
         multi = len(metrics) > 1
-        searcher, extra = ConstrainedOptunaSearch, {}  # records each trial's reached steps
+        searcher, extra = ConstrainedOptunaSearch, {"total_steps": total}  # stopped early: PRUNED
         if sweep.constraint is not None:  # Optuna learns the band from each trial's reached value
-            extra = {"constraint": BandConstraint(sweep.constraint.metric, sweep.constraint.band)}
+            extra["constraint"] = BandConstraint(sweep.constraint.metric, sweep.constraint.band)
         search_alg = ConcurrencyLimiter(
             searcher(
                 space=compile_space(sweep.space),

@@ -155,3 +155,31 @@ def test_a_diverged_trial_is_told_as_fail_not_left_running():
     drive(s, 1, start=3)  # the study goes on
     states = [t.state for t in s._ot_study.trials]
     assert states == [TrialState.COMPLETE, TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE]
+
+
+def test_a_trial_stopped_before_the_full_budget_is_pruned_with_its_intermediate_values():
+    """ASHA stops a trial at step 30 of 60: Optuna must see PRUNED (a partial value), not
+    COMPLETE, so TPE does not model 30-step values as final; finished and failed trials keep
+    COMPLETE and FAIL."""
+    s = ConstrainedOptunaSearch(
+        space=SPACE, metric="val_lpips", mode="min", sampler=TPESampler(seed=0), total_steps=60
+    )
+    for tid, steps in (("full", 60), ("stopped", 30)):
+        s.suggest(tid)
+        for i, step in enumerate(range(15, steps + 1, 15), start=1):
+            s.on_trial_result(tid, {"val_lpips": 0.3 - 0.01 * i, "step": step, "training_iteration": i})
+        s.on_trial_complete(tid, {"val_lpips": 0.3 - 0.01 * (steps // 15), "step": steps})
+    s.suggest("crash")
+    s.on_trial_complete("crash", None, error=True)
+    full, stopped, crash = s._ot_study.trials
+    assert (full.state, stopped.state, crash.state) == (
+        TrialState.COMPLETE,
+        TrialState.PRUNED,
+        TrialState.FAIL,
+    )
+    assert full.value == pytest.approx(0.26)
+    assert stopped.value == pytest.approx(0.28)  # Optuna keeps a pruned trial's last intermediate value
+    assert stopped.intermediate_values == pytest.approx({1: 0.29, 2: 0.28})
+    assert stopped.user_attrs["steps"] == 30
+    # TPE still proposes from a study with a pruned trial in it
+    assert "beta2" in s.suggest("next")
