@@ -66,10 +66,10 @@ class ConstrainedOptunaSearch(OptunaSearch):
     def _stopped_early(self, result: Optional[dict]) -> bool:
         """The trial ended before the full budget (ASHA, a time budget): its last value is
         a partial one, so Optuna must see it as PRUNED, not as a final COMPLETE value."""
-        step = (result or {}).get("step")
-        if self.total_steps is None or not isinstance(step, (int, float)) or isinstance(step, bool):
+        step, total = (result or {}).get("step"), getattr(self, "total_steps", None)  # older state: none
+        if total is None or not isinstance(step, (int, float)) or isinstance(step, bool):
             return False
-        return step < self.total_steps
+        return step < total
 
     def on_trial_complete(self, trial_id: str, result: Optional[dict] = None, error: bool = False) -> None:
         ot_trial = self._ot_trials.get(trial_id)
