@@ -63,6 +63,7 @@ def results_table(state: SweepState) -> pd.DataFrame:
             "beta2": _num(last.get("beta2")),
             "failure": failure_of(last),
             "retries": int(getattr(trial, "num_failures", 0) or 0),  # infrastructure failures retried
+            "seed": cfg.seed,  # the training seed (README "Seeds")
             "config_json": json.dumps(cfg.model_dump(mode="json")),
         }
         for m, best in (("lpips", "min"), ("psnr", "max"), ("ssim", "max")):
