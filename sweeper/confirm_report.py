@@ -64,9 +64,8 @@ def scores_by_seed(df: pd.DataFrame, tid: str, metric: str) -> dict[int, dict[st
 
 
 def decide(state: SweepState, df: pd.DataFrame) -> Optional[Confirmation]:
-    from sweeper.best import objectives
-
-    (metric, mode), *_ = objectives(state, prefix="test_")
+    first = state.sweep.objective.metrics[0]  # the declared objective, scored on test
+    metric, mode = "test_" + first.name.removeprefix("val_"), first.mode
     table = per_finalist(df, metric, mode)
     if table.empty:
         return None
