@@ -219,7 +219,6 @@ def _record(state: SweepState, tracker, ref, key: tuple, rows: list) -> None:
 
 def confirm_stage(state: SweepState, sel) -> None:
     """The confirmation after the search's winner: train, table, confirmed winner, claim."""
-    from sweeper import confirm_report as cr
     from sweeper.interrupts import SweepInterrupted
     from sweeper.tracking import Tracker
 
@@ -232,8 +231,21 @@ def confirm_stage(state: SweepState, sel) -> None:
         tracker.set_tags(state.parent_run_id, {"failure": f"confirmation: {type(exc).__name__}: {exc}"[:500]})
         tracker.end_run(state.parent_run_id, "FAILED")
         raise
-    if df is None:
-        return
+    if df is not None:
+        report_confirmation(state, sel, df)
+
+
+def report_existing(state: SweepState, sel) -> None:
+    """``srsweep best`` on a confirmed sweep: the confirmation's table and winner again
+    (from confirm.parquet, nothing trained), so winner.yaml stays the confirmed one."""
+    df = _existing(state)
+    if len(df):
+        report_confirmation(state, sel, df)
+
+
+def report_confirmation(state: SweepState, sel, df: pd.DataFrame) -> None:
+    from sweeper import confirm_report as cr
+
     conf = cr.decide(state, df)
     if conf is None:
         print("confirmation: no run finished, no confirmed winner (the search winner stands)", flush=True)
