@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from sweeper.claim import ALPHA, METHOD, claim, two_way_t
+from sweeper.claim import ALPHA, METHOD, PAIRED, claim, paired_two_way_t, two_way_t
 
 N_SIM = 2000
 # Scales from issue 20's measurements on the demo: per-image LPIPS spread across images
@@ -35,22 +35,38 @@ def sign_flip_rate(y):
     return float((p < ALPHA).mean())
 
 
+BOUND = ALPHA + 3 * math.sqrt(ALPHA * (1 - ALPHA) / N_SIM)  # level + 3 Monte-Carlo SE
+
+
+@pytest.mark.parametrize("test", [two_way_t, paired_two_way_t])
 @pytest.mark.parametrize("seeds, images", [(3, 8), (3, 14), (5, 14)])
-def test_false_positive_rate_under_seed_noise(seeds, images):
+def test_false_positive_rate_under_seed_noise(test, seeds, images):
     y = simulate(np.random.default_rng(seeds * 100 + images), N_SIM, seeds, images)
-    _, _, _, p = two_way_t(y[:, 0], y[:, 1])
-    rate = float((p < ALPHA).mean())
-    mc_se = math.sqrt(ALPHA * (1 - ALPHA) / N_SIM)
-    assert rate <= ALPHA + 3 * mc_se, rate
+    _, _, _, p = test(y[:, 0], y[:, 1])
+    assert (p < ALPHA).mean() <= BOUND, (p < ALPHA).mean()
     # The single-seed per-image test reads the seed effect as a real difference.
     assert sign_flip_rate(y) > 0.5
 
 
-def test_power_for_a_real_difference():
+@pytest.mark.parametrize("test", [two_way_t, paired_two_way_t])
+def test_power_for_a_real_difference(test):
     # A difference of 5 seed sds (5e-4 LPIPS) with 5 seeds x 14 images is found most times.
     y = simulate(np.random.default_rng(7), 1000, 5, 14, delta=5 * SEED_SD)
-    _, _, _, p = two_way_t(y[:, 0], y[:, 1])
+    _, _, _, p = test(y[:, 0], y[:, 1])
     assert (p < ALPHA).mean() > 0.8
+
+
+def test_pairing_by_seed_cancels_what_a_seed_does_to_both_runs():
+    """The confirmation gives both finalists the same seeds; a seed effect they share
+    (data order, init, a seeded metric) is no false positive and costs the paired test
+    no power."""
+    rng = np.random.default_rng(9)
+    shared = rng.normal(0, 10 * SEED_SD, (N_SIM, 1, 3, 1))  # same seed, same push, both configs
+    null = simulate(rng, N_SIM, 3, 8) + shared
+    assert (paired_two_way_t(null[:, 0], null[:, 1])[3] < ALPHA).mean() <= BOUND
+    real = simulate(rng, N_SIM, 3, 8, delta=2 * SEED_SD) + shared
+    paired = (paired_two_way_t(real[:, 0], real[:, 1])[3] < ALPHA).mean()
+    assert paired > 0.2 and paired > 10 * (two_way_t(real[:, 0], real[:, 1])[3] < ALPHA).mean()
 
 
 def test_interaction_counts_as_uncertainty():
@@ -58,8 +74,9 @@ def test_interaction_counts_as_uncertainty():
     rng = np.random.default_rng(3)
     y = simulate(rng, N_SIM, 3, 8)
     inter = rng.normal(0, 5e-4, (N_SIM, 2, 1, 8))
-    _, _, _, p = two_way_t((y + inter)[:, 0], (y + inter)[:, 1])
-    assert (p < ALPHA).mean() <= ALPHA + 3 * math.sqrt(ALPHA * (1 - ALPHA) / N_SIM)
+    for test in (two_way_t, paired_two_way_t):
+        _, _, _, p = test((y + inter)[:, 0], (y + inter)[:, 1])
+        assert (p < ALPHA).mean() <= BOUND
 
 
 def test_claim_by_hand_and_no_claim_with_one_seed():
@@ -80,3 +97,14 @@ def test_claim_by_hand_and_no_claim_with_one_seed():
     assert one.p_value is None and "no claim" in one.describe()
     few = claim({0: {"x": 1.0}, 1: {"x": 2.0}}, {0: {"x": 1.0}, 1: {"x": 2.0}}, "test_lpips", "min")
     assert few.p_value is None and few.n_images == 1
+
+
+def test_same_seeds_are_paired_by_hand():
+    a = {0: {"x": 1.0, "y": 2.0, "z": 3.0}, 1: {"x": 1.2, "y": 2.2, "z": 3.2}}
+    b = {0: {"x": 2.0, "y": 3.0, "z": 4.0}, 1: {"x": 2.4, "y": 3.4, "z": 4.4}}
+    c = claim(a, b, "test_lpips", "min")
+    # per-seed differences -1.0, -1.2: var 0.02 / 2 seeds; per-image differences all -1.1
+    from scipy.stats import t
+
+    assert c.method == PAIRED and c.effect == pytest.approx(-1.1)
+    assert c.p_value == pytest.approx(2 * t.sf(1.1 / math.sqrt(0.01), 1))

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sweeper.claim import METHOD
+from sweeper.claim import PAIRED
 from sweeper.confirm_report import decide, summary_lines, table_lines
 from sweeper.preflight import PreflightError, check_test_overlap
 from sweeper.state import SweepState
@@ -117,11 +117,11 @@ def test_confirmation_winner_follows_the_objective_and_says_when_the_search_winn
     lp = _state()
     conf = decide(lp, df)
     assert conf.winner == "b" and conf.runner_up == "c" and conf.metric == "test_lpips"
-    assert list(conf.table["n_seeds"]) == [3, 3, 3] and conf.claim.method == METHOD
+    assert list(conf.table["n_seeds"]) == [3, 3, 3] and conf.claim.method == PAIRED
     lines = summary_lines(lp, conf, "a", 8)
     assert lines[0].startswith("the search winner a loses the confirmation")
     assert "seeds [10000, 10001, 10002]" in lines[1] and "data.test = embedded" in lines[1]
-    assert METHOD in lines[1]
+    assert PAIRED in lines[1]
     assert "per-seed test_lpips" in table_lines(conf, {"a": 1, "b": 2, "c": 3})[0]
     ps = _state(objective={"metrics": [{"name": "val_psnr", "mode": "max"}]})
     conf = decide(ps, df)
