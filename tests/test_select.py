@@ -15,6 +15,7 @@ from sweeper.select import (
     rank,
     select,
     short_param_names,
+    significance_line,
     winner_config,
 )
 from sweeper.significance import PairedTest
@@ -369,8 +370,14 @@ def test_the_declared_objective_picks_the_winner():
     from sweeper.best import objectives, selection_rule
 
     df = table(trial("lp", 0.10, 25.0), trial("ps", 0.30, 31.0), trial("mid", 0.20, 28.0))
+    # the search-stage paired test runs on the per-image scores of the declared metric
+    df["per_image_psnr_json"] = [
+        json.dumps({f"i{k}": p + 0.1 * k for k in range(8)}) for p in df["final_val_psnr"]
+    ]
     psnr = _state([{"name": "val_psnr", "mode": "max"}])
-    assert select(df, selection_rule(psnr)).winner["trial_id"] == "ps"
+    sel = select(df, selection_rule(psnr))
+    assert sel.winner["trial_id"] == "ps" and sel.runner_up["trial_id"] == "mid"
+    assert sel.test.metric == "PSNR" and "mean PSNR difference 3" in significance_line(sel)
     lpips = _state([{"name": "val_lpips", "mode": "min"}])
     assert select(df, selection_rule(lpips)).winner["trial_id"] == "lp"
     two = _state([{"name": "val_ssim", "mode": "max"}, {"name": "val_lpips", "mode": "min"}])
