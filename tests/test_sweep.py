@@ -235,3 +235,10 @@ def test_confirmation_end_to_end_and_resume(tmp_path, tiny_data, shared_data):
     assert "1 runs to train, 3 kept" in res.stdout
     again = pd.read_parquet(d / "confirm.parquet")
     assert len(again) == 4 and set(again["mlflow_run_id"]) >= set(conf["mlflow_run_id"].iloc[1:])
+    _, children = _children(uri, state["parent_run_id"])  # the replaced run is deleted, not counted
+    assert len([r for r in children if r.data.tags.get("stage") == "confirm"]) == 4
+    # `best` again: the confirmation is re-reported from confirm.parquet, nothing retrained,
+    # and winner.yaml stays the confirmed winner's.
+    res = srsweep("best", d, "--resamples", "200", cwd=tmp_path)
+    assert res.returncode == 0 and "winner (confirmed): trial" in res.stdout, res.stderr[-2000:]
+    assert "runs to train" not in res.stdout and "Confirmation seeds" in (d / "winner.yaml").read_text()
