@@ -178,14 +178,16 @@ def _train_all(state: SweepState, todo: list, rows: list) -> None:
     )
     pending: dict = {}
     try:
-        with Interrupts(state.sweep_dir) as guard, guard.raising():
+        with Interrupts(state.sweep_dir) as guard:
             while todo or pending:
+                guard.check()  # a signal during the bookkeeping below stops here
                 while todo and len(pending) < state.sweep.budget.max_concurrent:
                     row, seed = todo.pop(0)
                     config = run_config(row, seed)
                     run_id = _start_run(tracker, state, row["trial_id"], seed, config)
                     pending[task.remote(config, max(1, int(res.cpu)))] = (row["trial_id"], seed, run_id)
-                (ref,), _ = ray.wait(list(pending), num_returns=1)
+                with guard.raising():  # only the wait is cut short: a record is never half-written
+                    (ref,), _ = ray.wait(list(pending), num_returns=1)
                 _record(state, tracker, ref, pending.pop(ref), rows)
     except (SweepInterrupted, KeyboardInterrupt) as exc:
         for ref, (_, _, run_id) in pending.items():
