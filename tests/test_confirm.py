@@ -132,3 +132,13 @@ def test_confirmation_winner_follows_the_objective_and_says_when_the_search_winn
 def test_one_seed_per_finalist_makes_no_claim():
     conf = decide(_state(), _confirm_rows({"a": (0.3, 25.0), "b": (0.2, 24.0)}, seeds=(10000,)))
     assert conf.claim.p_value is None and "no claim" in conf.claim.describe()
+
+
+def test_allowed_overlap_is_said_in_every_confirmation_line():
+    from sweeper.confirm import split_label
+
+    st = _state(allow_test_overlap=True)
+    assert "NOT held-out" in split_label(st)
+    conf = decide(st, _confirm_rows({"a": (0.3, 25.0), "b": (0.2, 24.0)}))
+    assert all("NOT held-out" in line for line in summary_lines(st, conf, "b", 8))
+    assert "NOT held-out" not in split_label(_state())
