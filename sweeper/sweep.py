@@ -381,12 +381,8 @@ def finish(state: SweepState) -> Path:
 
         report.parent_outputs(tracker, state, df, sel)
         if sel is not None:
-            report.print_lines(
-                [
-                    report.importance_report(tracker, state),
-                    *report.closing_lines(state, sel, report.winner_file(state)),
-                ]
-            )
+            closing = report.closing_lines(state, sel, report.winner_file(state))
+            report.print_lines([report.importance_report(tracker, state), *closing])
             confirm_stage(state, sel)  # retrain the finalists with fresh seeds, score on data.test
         else:
             report.print_lines(report.dashboard_lines(state))
