@@ -37,12 +37,23 @@ def find_sweep(target: str, tracking_uri: str | None = None) -> SweepState:
     return SweepState.load(found)
 
 
+def objectives(state: SweepState, prefix: str = "final_") -> list[tuple[str, str]]:
+    """The sweep's declared objective as (results column, mode): what every ranking,
+    the confirmation and the Pareto front follow (ASHA and the dashboard use the first)."""
+    return [(f"{prefix}{m.name}", m.mode) for m in state.sweep.objective.metrics]
+
+
 def selection_rule(state: SweepState):
-    """The winner rule of a sweep: full budget, PSNR floor, and the Optuna constraint band."""
+    """The winner rule of a sweep: the declared objective (its first metric; with two, the
+    Pareto front is shown and its member best on the first metric wins), full budget,
+    PSNR floor, and the Optuna constraint band."""
     from sweeper.select import SelectionRule
 
     sweep, c = state.sweep, state.sweep.constraint
+    (metric, mode), *_ = objectives(state)
     return SelectionRule(
+        metric=metric,
+        mode=mode,
         psnr_floor=state.bicubic_psnr + sweep.selection.psnr_margin,
         total_steps=state.total_steps,
         constraint_metric=c.metric if c else None,
@@ -72,7 +83,7 @@ def choose_winner(
     rule = selection_rule(state)
     sel = select(df, rule, n_resamples=n_resamples)
     print(
-        f"selection: min final LPIPS s.t. PSNR >= bicubic {state.bicubic_psnr:.2f} "
+        f"selection: {rule.mode} {rule.metric} s.t. PSNR >= bicubic {state.bicubic_psnr:.2f} "
         f"{sweep.selection.psnr_margin:+.2f} dB = {rule.psnr_floor:.2f} dB"
     )
     if verbose:
@@ -88,8 +99,12 @@ def choose_winner(
     else:
         print(format_ranking(sel))
     if len(sweep.objective.metrics) > 1:
-        front = pareto_front(sel.ranked, total_steps=rule.total_steps)
-        print(f"Pareto front (LPIPS vs PSNR, finished trials only): {', '.join(front['trial_id'])}")
+        front = pareto_front(sel.ranked, objectives(state), total_steps=rule.total_steps)
+        names = " vs ".join(c for c, _ in objectives(state))
+        print(
+            f"Pareto front ({names}, finished trials only; tie-break: best {rule.metric}): "
+            f"{', '.join(front['trial_id'])}"
+        )
     cfg = winner_config(sel.winner)
     out = sweep_dir / WINNER_FILE
     header = (

@@ -60,6 +60,9 @@ def after_best(state, sel) -> None:
             *report.closing_lines(state, sel, report.winner_file(state)),
         ]
     )
+    from sweeper.confirm import report_existing
+
+    report_existing(state, sel)  # a confirmed sweep keeps its confirmed winner
 
 
 def ui(args: argparse.Namespace) -> int:

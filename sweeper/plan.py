@@ -46,11 +46,9 @@ def seconds_per_step(storage: Path, name: str) -> Optional[float]:
 
 
 def plan_lines(sweep, cfg, storage: Path, overrides=(), tiny: bool = False) -> list[str]:
-    from sweeper.space import grid_points
-
     t, res, b = cfg.train, sweep.resources, sweep.budget
     algo = sweep.search.algorithm
-    n = len(grid_points(sweep.space)) * b.num_samples if algo == "grid" else b.num_samples
+    n = sweep.planned_trials
     reports = t.steps // t.val_every
     lines = [
         f"dry run of sweep {sweep.name}: nothing is started"
@@ -93,4 +91,19 @@ def plan_lines(sweep, cfg, storage: Path, overrides=(), tiny: bool = False) -> l
         )
     else:
         est += f"; no timing known (a finished {sweep.name} sweep in {storage} gives one)"
-    return lines + [est]
+    return lines + [est, confirm_line(sweep, cfg)]
+
+
+def confirm_line(sweep, cfg) -> str:
+    """The confirmation's compute: finalists x seeds x steps, on which test split."""
+    c, t = sweep.confirm, cfg.train
+    if c is None:
+        return "confirmation: off (confirm: false)"
+    if not cfg.data.test:
+        return "confirmation: skipped (no data.test)"
+    return (
+        f"confirmation: top {c.top_k} finalists x {c.seeds} fresh seeds x {t.steps} steps = "
+        f"{c.top_k * c.seeds * t.steps} trial steps, scored on data.test = {cfg.data.test}"
+        + (" (NOT held-out: allow_test_overlap)" if sweep.allow_test_overlap else "")
+        + f"; search seeds: {sweep.seeds.search}"
+    )

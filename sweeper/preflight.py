@@ -314,10 +314,25 @@ def local_resources() -> dict[str, float]:
 
 
 def planned_trials(sweep) -> int:
-    from sweeper.space import grid_points
+    return sweep.planned_trials  # one owner of the trial count: SweepConfig
 
-    n = sweep.budget.num_samples
-    return n * len(grid_points(sweep.space)) if sweep.search.algorithm == "grid" else n
+
+def check_test_overlap(splits: Mapping, allowed: bool) -> None:
+    """The test split shares no picture (by decoded content) with val or train, unless
+    the sweep says ``allow_test_overlap: true``."""
+    from trainables.splits import content_hashes
+
+    if "test" not in splits or allowed:
+        return
+    test = content_hashes(splits["test"])
+    for other in ("val", "train"):
+        shared = sorted(set(test) & set(content_hashes(splits[other])))
+        if shared:
+            raise PreflightError(
+                f"data.test: {len(shared)} image(s) also in data.{other} (same pixels: "
+                f"{', '.join(test[h] for h in shared[:3])}); the confirmation must score held-out "
+                "images (use other images, or allow_test_overlap: true to report non-held-out numbers)"
+            )
 
 
 def preflight_sweep(sweep, sweep_path, cfg, storage, tracking_uri: str, address) -> None:
@@ -326,7 +341,7 @@ def preflight_sweep(sweep, sweep_path, cfg, storage, tracking_uri: str, address)
     folder and its free space, every image decoded, every sampleable config's weights."""
     from sweeper.sweep_config import corners, experiment_at, experiment_dict
     from trainables.backbones import check_available
-    from trainables.data import open_dataset
+    from trainables.splits import open_split
 
     res = sweep.resources
     if address is None:
@@ -339,6 +354,9 @@ def preflight_sweep(sweep, sweep_path, cfg, storage, tracking_uri: str, address)
         if keys not in seen:
             seen.add(keys)
             check_available(keys, trial.backbones.weights_dir)
-    for spec, split in ((cfg.data.train, "train"), (cfg.data.val, "val")):
-        check_images(open_dataset(spec, cfg.scale, split, cache=False))
+    names = ("train", "val", "test") if cfg.data.test else ("train", "val")
+    splits = {s: open_split(cfg.data, cfg.scale, s, cache=False) for s in names}
+    for images in splits.values():
+        check_images(images)
+    check_test_overlap(splits, sweep.allow_test_overlap)
     check_storage(storage, planned_checkpoint_bytes(cfg, planned_trials(sweep)))

@@ -63,6 +63,7 @@ def results_table(state: SweepState) -> pd.DataFrame:
             "beta2": _num(last.get("beta2")),
             "failure": failure_of(last),
             "retries": int(getattr(trial, "num_failures", 0) or 0),  # infrastructure failures retried
+            "seed": cfg.seed,  # the training seed (README "Seeds")
             "config_json": json.dumps(cfg.model_dump(mode="json")),
         }
         for m, best in (("lpips", "min"), ("psnr", "max"), ("ssim", "max")):
@@ -78,7 +79,7 @@ def results_table(state: SweepState) -> pd.DataFrame:
         path = checkpoint_dir(state, ckpt.path) if ckpt is not None else None
         row["checkpoint"] = path
         scores = read_checkpoint_files(path)["scores"] if ckpt is not None else {}
-        lpips = {k: v["lpips"] for k, v in scores.items()}
-        row["per_image_lpips_json"] = json.dumps(lpips) if scores else None
+        for m in ("lpips", "psnr", "ssim"):  # per image, for whichever metric the objective names
+            row[f"per_image_{m}_json"] = json.dumps({k: v[m] for k, v in scores.items()}) if scores else None
         rows.append(row)
     return pd.DataFrame(rows)

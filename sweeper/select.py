@@ -1,7 +1,7 @@
 """Pick the winning trial of a sweep by a stated rule (DESIGN.md step 4, "Metrics").
 
 Input: the driver's results table (sweeper/results.py), one row per trial with
-``trial_id``, ``status``, ``steps``, the ``final_val_*`` metrics, ``per_image_lpips_json``
+``trial_id``, ``status``, ``steps``, the ``final_val_*`` metrics, ``per_image_*_json``
 and ``param.*`` columns. Pure pandas/numpy (no torch, no ray), so ``srsweep best`` runs
 on any machine.
 
@@ -20,7 +20,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from sweeper.significance import PairedTest, paired_test
+from sweeper.significance import PairedTest, paired_test, per_image_scores
 
 FINISHED = "TERMINATED"
 PARAM_PREFIX = "param."
@@ -186,13 +186,6 @@ def pareto_front(
     return df.iloc[front[order]].copy()
 
 
-def per_image_lpips(row: pd.Series) -> dict[str, float] | None:
-    raw = row.get("per_image_lpips_json")
-    if isinstance(raw, str) and raw.strip():
-        raw = json.loads(raw)
-    return {str(k): float(v) for k, v in raw.items()} if isinstance(raw, dict) and raw else None
-
-
 @dataclass
 class WinnerChoice:
     """What ``select`` decided (``sweeper.sweep_config.Selection`` is the YAML section)."""
@@ -231,8 +224,10 @@ def select(
     df: pd.DataFrame, rule: SelectionRule = SelectionRule(), n_resamples: int = 9999, seed: int = 0
 ) -> WinnerChoice:
     """Rank, pick the winner, and test it against the runner-up (the next trial that
-    may win: one that may not is no alternative) on per-image LPIPS."""
-    require_columns(df, ["per_image_lpips_json"], "select")
+    may win: one that may not is no alternative) on the per-image scores of the rule's metric."""
+    name = rule.metric.removeprefix("final_").removeprefix("val_")  # final_val_psnr -> psnr
+    column = f"per_image_{name}_json"
+    require_columns(df, [column], "select")
     ranked = rank(df, rule)
     ok = ranked[ranked["may_win"].to_numpy(dtype=bool)]
     if ok.empty:
@@ -241,14 +236,16 @@ def select(
     runner_up = ok.iloc[1] if len(ok) > 1 else None
     if runner_up is None:
         return WinnerChoice(ranked, winner, None, None, rule, "no other trial may win")
-    a, b = per_image_lpips(winner), per_image_lpips(runner_up)
+    a, b, name = per_image_scores(winner, column), per_image_scores(runner_up, column), name.upper()
     lacking = [str(r["trial_id"]) for r, m in ((winner, a), (runner_up, b)) if m is None]
     if lacking:
         return WinnerChoice(
-            ranked, winner, runner_up, None, rule, f"no per-image LPIPS for trial {', '.join(lacking)}"
+            ranked, winner, runner_up, None, rule, f"no per-image {name} for trial {', '.join(lacking)}"
         )
     try:
-        return WinnerChoice(ranked, winner, runner_up, paired_test(a, b, n_resamples, seed), rule)
+        return WinnerChoice(
+            ranked, winner, runner_up, paired_test(a, b, n_resamples, seed, metric=name), rule
+        )
     except ValueError as e:  # no common image, a NaN image score: report it, the winner stands
         return WinnerChoice(ranked, winner, runner_up, None, rule, str(e))
 

@@ -1,4 +1,5 @@
-"""Is the winner really better than the runner-up? A paired test on per-image LPIPS.
+"""Is the winner really better than the runner-up? A paired test on per-image scores
+(the declared objective's metric; LPIPS by default).
 
 Test: the sign-flip permutation test of the mean paired difference d_i = a_i - b_i.
 Under H0 (the two trials are exchangeable on every image) each d_i is as likely to be
@@ -42,6 +43,7 @@ class PairedTest:
     exact: bool  # all 2^n sign patterns (else Monte-Carlo)
     n_patterns: int  # patterns the p-value is over (2^n, or resamples + 1)
     unit: str = "image"  # what one paired difference is: an image, or a video sequence
+    metric: str = "LPIPS"  # the declared objective's metric the differences are of
 
     @property
     def testable(self) -> bool:
@@ -55,7 +57,7 @@ class PairedTest:
         n = f"{self.n_images} {self.unit}{'s' * (self.n_images != 1)}"
         if not self.testable:
             return (
-                f"mean LPIPS difference {self.mean_diff:.3g} over {n}: too few {self.unit}s to test "
+                f"mean {self.metric} difference {self.mean_diff:.3g} over {n}: too few {self.unit}s to test "
                 f"(a paired test needs at least {MIN_IMAGES}), no claim either way"
             )
         how = (
@@ -66,8 +68,8 @@ class PairedTest:
         verdict = "significant" if self.significant else "not significant"
         ci = f"95% t-CI {self.ci_low:.3g} .. {self.ci_high:.3g}"
         return (
-            f"mean LPIPS difference {self.mean_diff:.3g} ({ci}), sign-flip test p = {self.p_value:.3g} "
-            f"({how}, two-sided), {n}: {verdict} at {ALPHA:g}"
+            f"mean {self.metric} difference {self.mean_diff:.3g} ({ci}), sign-flip test "
+            f"p = {self.p_value:.3g} ({how}, two-sided), {n}: {verdict} at {ALPHA:g}"
         )
 
 
@@ -114,6 +116,16 @@ def t_interval(d: np.ndarray, level: float = 0.95) -> tuple[float, float]:
     return m - half, m + half
 
 
+def per_image_scores(row, column: str = "per_image_lpips_json") -> dict[str, float] | None:
+    """{image: score} from a results-table row's JSON column, None when it has none."""
+    import json
+
+    raw = row.get(column)
+    if isinstance(raw, str) and raw.strip():
+        raw = json.loads(raw)
+    return {str(k): float(v) for k, v in raw.items()} if isinstance(raw, dict) and raw else None
+
+
 def independent_units(scores: Mapping[str, float]) -> tuple[dict[str, float], str]:
     """Per-image scores -> the units a paired test may treat as independent. Video frames
     (``<sequence>/<frame>``) of one sequence are not independent draws: they are averaged
@@ -127,7 +139,11 @@ def independent_units(scores: Mapping[str, float]) -> tuple[dict[str, float], st
 
 
 def paired_test(
-    a: Mapping[str, float], b: Mapping[str, float], n_resamples: int = 9999, seed: int = 0
+    a: Mapping[str, float],
+    b: Mapping[str, float],
+    n_resamples: int = 9999,
+    seed: int = 0,
+    metric: str = "LPIPS",
 ) -> PairedTest:
     """Sign-flip test + t-interval of a - b over the images (or video sequences) both
     trials scored."""
@@ -135,6 +151,6 @@ def paired_test(
     d = paired_differences(a, b)
     lo, hi = t_interval(d)
     if len(d) < MIN_IMAGES:
-        return PairedTest(float(d.mean()), lo, hi, None, len(d), True, 2 ** len(d), unit)
+        return PairedTest(float(d.mean()), lo, hi, None, len(d), True, 2 ** len(d), unit, metric)
     p, exact, patterns = sign_flip_p(d, n_resamples, seed)
-    return PairedTest(float(d.mean()), lo, hi, p, len(d), exact, patterns, unit)
+    return PairedTest(float(d.mean()), lo, hi, p, len(d), exact, patterns, unit, metric)

@@ -10,6 +10,7 @@ read this, never the sweep YAML again: editing that file after launch changes no
 from __future__ import annotations
 
 import os
+import zlib
 from pathlib import Path
 from typing import Any, Optional
 
@@ -22,8 +23,8 @@ from trainables.config import ConfigError, ExperimentConfig, Strict, validate
 STATE_FILE = "sweep.json"
 # Config keys that name files or folders. Ray runs every trial in its own folder, so a
 # relative path must be fixed before any trial starts. "embedded" is not a path.
-PATH_KEYS = ("data.train", "data.val", "backbones.weights_dir", "train.pretrained_g")
-NOT_PATHS = {"data.train": "embedded", "data.val": "embedded"}
+PATH_KEYS = ("data.train", "data.val", "data.test", "backbones.weights_dir", "train.pretrained_g")
+NOT_PATHS = {"data.train": ("embedded",), "data.val": ("embedded", "holdout"), "data.test": ("embedded",)}
 
 
 def absolute_paths(experiment: dict, root: Path) -> dict:
@@ -38,7 +39,7 @@ def absolute_paths(experiment: dict, root: Path) -> dict:
         section, leaf = key.split(".")
         node = out.get(section)
         value = node.get(leaf) if isinstance(node, dict) else None
-        if isinstance(value, str) and value and value != NOT_PATHS.get(key):
+        if isinstance(value, str) and value and value not in NOT_PATHS.get(key, ()):
             node[leaf] = os.path.abspath(root / Path(value).expanduser())
     return out
 
@@ -67,10 +68,20 @@ class SweepState(Strict):
         """The experiment before any searched value (what every trial shares)."""
         return validate(self.experiment, source=f"{self.dir / STATE_FILE} experiment")
 
+    def trial_seed(self, trial_id: str = "") -> int:
+        """The training seed of a search trial under ``seeds.search`` (README "Seeds")."""
+        s = self.sweep.seeds
+        base = s.base if s.base is not None else int(self.experiment.get("seed", 0))
+        if s.search == "same" or not trial_id:
+            return base
+        tail = trial_id.rsplit("_", 1)[-1]  # Ray numbers its trials: <experiment>_00003
+        return base + 1 + (int(tail) if tail.isdigit() else zlib.crc32(trial_id.encode()) % 100_000)
+
     def trial_config(self, params: dict, trial_id: str = "") -> ExperimentConfig:
-        """Ray's sampled params -> the trial's validated config (the trial, the MLflow
-        callback and the results table all call this)."""
-        return experiment_at(self.experiment, searched(params), f"trial {trial_id}".strip())
+        """Ray's sampled params -> the trial's validated config, its seed included (the
+        trial, the MLflow callback and the results table all call this)."""
+        where = {**searched(params), "seed": self.trial_seed(trial_id)}
+        return experiment_at(self.experiment, where, f"trial {trial_id}".strip())
 
     def save(self) -> Path:
         if storage.is_remote(self.sweep_dir):  # s3://...: through the storage's filesystem

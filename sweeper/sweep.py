@@ -3,7 +3,8 @@
 Flow: sweep YAML -> experiment dict (validated) -> checks that fail before any trial
 (data, weights) -> one shared PSNR pretraining (a Ray task) -> bicubic baseline on the
 validation images -> MLflow parent run -> Tuner (OptunaSearch + ASHA) -> results table
-(Parquet), plots and the automatic winner (``sweeper.best``).
+(Parquet), plots, the search winner (``sweeper.best``), then the confirmation
+(``sweeper.confirm``: finalists retrained with fresh seeds, scored on ``data.test``).
 
 The sweep folder is the Ray experiment folder; ``sweep.json`` in it is the typed
 ``SweepState`` (sweeper/state.py), written once here: ``resume``, ``best`` and the
@@ -174,9 +175,8 @@ def build_tuner(state: SweepState):
     total, val_every = state.total_steps, state.base_config.train.val_every
     algo, seed = sweep.search.algorithm, sweep.search.seed
     param_space, search_alg, num_samples = None, None, sweep.budget.num_samples
-    if algo == "grid":  # paper grids: every point once, no sampler
+    if algo == "grid":  # paper grids: every point, num_samples times (Ray's meaning), no sampler
         param_space = {"grid_point": tune.grid_search(grid_points(sweep.space))}
-        num_samples = 1
     else:
         sampler = {
             "tpe": lambda: TPESampler(seed=seed),
@@ -224,13 +224,7 @@ def build_tuner(state: SweepState):
         failure_config=tune.FailureConfig(max_failures=sweep.failure.max_failures),
         callbacks=[
             MLflowCallback(state),
-            ProgressCallback(
-                metrics[0],
-                modes[0],
-                num_samples if algo != "grid" else len(grid_points(sweep.space)),
-                total,
-                short_names(state),
-            ),
+            ProgressCallback(metrics[0], modes[0], sweep.planned_trials, total, short_names(state)),
         ],
     )
     tune_config = tune.TuneConfig(
@@ -340,6 +334,7 @@ def finish(state: SweepState) -> Path:
     """Results table, winner, plots, MLflow parent artifacts; the parent run is closed."""
     from sweeper.best import choose_winner
     from sweeper.buffered import StoreDown, flush_at_end
+    from sweeper.confirm import confirm_stage
     from sweeper.export import plot_parallel, plot_pareto, write_parquet
     from sweeper.results import results_table
     from sweeper.sharing import local_dir, local_view, publish, remote_checkpoints
@@ -386,12 +381,9 @@ def finish(state: SweepState) -> Path:
 
         report.parent_outputs(tracker, state, df, sel)
         if sel is not None:
-            report.print_lines(
-                [
-                    report.importance_report(tracker, state),
-                    *report.closing_lines(state, sel, report.winner_file(state)),
-                ]
-            )
+            closing = report.closing_lines(state, sel, report.winner_file(state))
+            report.print_lines([report.importance_report(tracker, state), *closing])
+            confirm_stage(state, sel)  # retrain the finalists with fresh seeds, score on data.test
         else:
             report.print_lines(report.dashboard_lines(state))
         tracker.end_run(parent, "FINISHED")

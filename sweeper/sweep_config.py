@@ -12,7 +12,7 @@ import math
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from sweeper.families import check_one_family
 from sweeper.space import Param, check_unique, decode, grid_points, label, suggest_all
@@ -79,6 +79,21 @@ class Selection(Strict):
     psnr_margin: float = 0.0
 
 
+class Seeds(Strict):
+    # same: every search trial trains with seed `base` (common random numbers: trials differ
+    # by their config only, so comparisons between them have less variance); per_trial:
+    # trial n trains with base + n. The confirmation always uses fresh seeds (CONFIRM_SEED0).
+    search: Literal["same", "per_trial"] = "same"
+    base: Optional[int] = None  # None: the experiment's `seed`
+
+
+class Confirm(Strict):
+    # The top_k finalists that ran the full budget, retrained with `seeds` fresh seeds each
+    # and scored on data.test (sweeper/confirm.py). `confirm: false` skips the stage.
+    top_k: int = Field(3, ge=1)
+    seeds: int = Field(3, ge=1)
+
+
 class Constraint(Strict):
     # A trial is feasible iff the metric it reports (e.g. the reached SA share) lies in
     # band; Optuna's sampler learns it (constraints_func), and only feasible trials win.
@@ -108,6 +123,22 @@ class SweepConfig(Strict):
     failure: Failure = Failure()
     selection: Selection = Selection()
     constraint: Optional[Constraint] = None
+    seeds: Seeds = Seeds()
+    confirm: Optional[Confirm] = Confirm()
+    # data.test may share images with data.val / data.train (every report then says the
+    # test numbers are not held-out)
+    allow_test_overlap: bool = False
+
+    @field_validator("confirm", mode="before")
+    @classmethod
+    def _confirm_switch(cls, v):
+        return {} if v is True else None if v is False else v
+
+    @property
+    def planned_trials(self) -> int:
+        """The one trial count: a grid runs every point num_samples times (Ray's meaning)."""
+        n = self.budget.num_samples
+        return n * len(grid_points(self.space)) if self.search.algorithm == "grid" else n
 
     @property
     def experiment_name(self) -> str:  # the MLflow experiment of every sweep with this name

@@ -172,12 +172,25 @@ class Tracker:
     def children(
         self, experiment_id: str, parent: str, trial_id: Optional[str] = None
     ) -> list[tuple[str, str]]:
-        """(ray trial id, run id) of the sweep's trial runs (optionally of one trial), newest first."""
+        """(ray trial id, run id) of the sweep's trial runs (optionally of one trial), newest
+        first; the confirmation's runs (tag stage=confirm) are not trial runs."""
         query = f"tags.`{PARENT_TAG}` = '{parent}'"
         if trial_id is not None:
             query += f" and tags.ray_trial_id = '{trial_id}'"
         runs = self.client.search_runs([experiment_id], query, order_by=["start_time DESC"], max_results=5000)
-        return [(r.data.tags.get("ray_trial_id"), r.info.run_id) for r in runs]
+        return [
+            (r.data.tags.get("ray_trial_id"), r.info.run_id)
+            for r in runs
+            if r.data.tags.get("stage") != "confirm"
+        ]
+
+    def stage_runs(self, experiment_id: str, parent: str, stage: str, of: str, seed: int) -> list[str]:
+        """Run ids of the ``stage`` child runs of trial ``of`` with ``seed`` (confirmation)."""
+        query = (
+            f"tags.`{PARENT_TAG}` = '{parent}' and tags.stage = '{stage}' and tags.confirm_of = '{of}' "
+            f"and tags.seed = '{seed}'"
+        )
+        return [r.info.run_id for r in self.client.search_runs([experiment_id], query, max_results=100)]
 
     def discard(self, run_id: str, reason: str) -> None:
         """Close and soft-delete a run that must not count (``mlflow gc`` purges it, the UI

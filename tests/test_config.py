@@ -25,7 +25,7 @@ def _error(data) -> str:
         (
             {"data": {"patchsize": 64}},
             "config: data.patchsize: unknown key (allowed: num_frames, synth_frames, "
-            "synth_size, max_speed, kind, train, val, patch_size, batch_size, num_workers, augment, cache)",
+            "synth_size, max_speed, kind, train, val, test, holdout, patch_size, batch_size, num_workers, augment, cache)",
         ),
         ({"data": {"patch_size": 30}}, "config: data.patch_size: 30 is not a multiple of scale 4"),
         ({"scale": 8}, "config: scale: 8 is not one of 2, 3, 4"),

@@ -458,7 +458,7 @@ def test_embedded_split_offline(monkeypatch):
             assert hr.std() > 10  # photos and textures, not flat images
         ds.validate(128)
     with pytest.raises(ValueError):
-        embedded("test")
+        embedded("holdout")
 
 
 def test_arrow_cache_refuses_edge_maps(pairs, tmp_path):

@@ -15,6 +15,7 @@ from sweeper.select import (
     rank,
     select,
     short_param_names,
+    significance_line,
     winner_config,
 )
 from sweeper.significance import PairedTest
@@ -347,3 +348,38 @@ def test_select_survives_a_broken_per_image_score():
     df.loc[1, "per_image_lpips_json"] = json.dumps({"im0": float("nan"), "im1": 0.2})
     sel = select(df, FLOOR)
     assert sel.winner["trial_id"] == "t2" and sel.test is None and "non-finite" in sel.note
+
+
+def _state(metrics):
+    """A sweep state with only what the selection rule reads."""
+    from sweeper.state import SweepState
+    from sweeper.sweep_config import validate_sweep
+
+    sweep = validate_sweep(
+        {
+            "name": "s",
+            "space": [{"path": "loss.dp.mu", "float": [0.2, 20]}],
+            "objective": {"metrics": metrics},
+        }
+    )
+    return SweepState.model_construct(sweep=sweep, bicubic_psnr=20.0, total_steps=100)
+
+
+def test_the_declared_objective_picks_the_winner():
+    """LPIPS and PSNR disagree: objective val_psnr max picks the best PSNR, not the best LPIPS."""
+    from sweeper.best import objectives, selection_rule
+
+    df = table(trial("lp", 0.10, 25.0), trial("ps", 0.30, 31.0), trial("mid", 0.20, 28.0))
+    # the search-stage paired test runs on the per-image scores of the declared metric
+    df["per_image_psnr_json"] = [
+        json.dumps({f"i{k}": p + 0.1 * k for k in range(8)}) for p in df["final_val_psnr"]
+    ]
+    psnr = _state([{"name": "val_psnr", "mode": "max"}])
+    sel = select(df, selection_rule(psnr))
+    assert sel.winner["trial_id"] == "ps" and sel.runner_up["trial_id"] == "mid"
+    assert sel.test.metric == "PSNR" and "mean PSNR difference 3" in significance_line(sel)
+    lpips = _state([{"name": "val_lpips", "mode": "min"}])
+    assert select(df, selection_rule(lpips)).winner["trial_id"] == "lp"
+    two = _state([{"name": "val_ssim", "mode": "max"}, {"name": "val_lpips", "mode": "min"}])
+    assert objectives(two) == [("final_val_ssim", "max"), ("final_val_lpips", "min")]
+    assert selection_rule(two).metric == "final_val_ssim"

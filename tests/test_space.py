@@ -247,7 +247,7 @@ BASE = {
         (
             {"budgett": {"num_samples": 2}},
             "budgett: unknown key (allowed: name, base, set, space, objective, search, budget, scheduler, resources, "
-            "failure, selection, constraint)",
+            "failure, selection, constraint, seeds, confirm, allow_test_overlap)",
         ),
         (
             {

@@ -190,3 +190,88 @@ def test_killed_driver_resumes_without_duplicates(tmp_path, tiny_data):
     _, children = _children(f"sqlite:///{tmp_path / 'mlflow.db'}", state["parent_run_id"])
     assert len(children) == 4  # no duplicated MLflow runs
     assert all(r.info.status == "FINISHED" for r in children)
+
+
+def write_confirm_sweep(tmp_path: Path, tiny_data: Path, shared_data: Path) -> tuple[Path, Path]:
+    """A 3-trial sweep whose top 2 are confirmed with 2 seeds on 3 held-out Set5 images."""
+    test = tmp_path / "test" / "HR"
+    test.mkdir(parents=True)
+    for name in ("img_001.png", "img_004.png", "img_005.png"):  # Set5 images not in tiny_data
+        shutil.copy(shared_data / "Set5" / "HR" / name, test / name)
+    path = write_sweep(tmp_path, tiny_data, num_samples=3, concurrent=2, steps=4)
+    sweep = yaml.safe_load(path.read_text())
+    sweep["set"]["data"]["test"] = str(test.parent)
+    sweep["scheduler"] = {"type": "none"}
+    sweep["confirm"] = {"top_k": 2, "seeds": 2}
+    path.write_text(yaml.safe_dump(sweep))
+    return path, test
+
+
+def test_confirmation_end_to_end_and_resume(tmp_path, tiny_data, shared_data):
+    """2 finalists x 2 fresh seeds retrained and scored on a held-out data.test; a lost
+    confirmation run is trained again by `srsweep resume`, the finished ones are kept."""
+    path, test = write_confirm_sweep(tmp_path, tiny_data, shared_data)
+    res = srsweep("run", path, cwd=tmp_path)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    d = _sweep_dir(tmp_path)
+    conf = pd.read_parquet(d / "confirm.parquet")
+    assert len(conf) == 4 and set(conf["seed"]) == {10000, 10001} and (conf["status"] == "FINISHED").all()
+    assert all(len(json.loads(s)) == 3 for s in conf["per_image_json"])
+    assert conf["test_lpips"].notna().all() and conf["val_lpips"].notna().all()
+    results = pd.read_parquet(d / "results.parquet")
+    assert set(conf["trial_id"]) < set(results["trial_id"]) and (results["seed"] == 0).all()
+    assert "winner (confirmed): trial" in res.stdout and "two-way seed x image" in res.stdout
+    head = (d / "winner.yaml").read_text()
+    assert "Confirmation seeds: [10000, 10001]" in head and f"data.test = {test.parent}" in head
+    assert yaml.safe_load(head)["seed"] == 10000  # the rerun trains with a confirmation seed
+    state = json.loads((d / "sweep.json").read_text())
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    _, children = _children(uri, state["parent_run_id"])
+    confirm = [r for r in children if r.data.tags.get("stage") == "confirm"]
+    assert len(confirm) == 4 and all(r.info.status == "FINISHED" for r in confirm)
+    assert {(r.data.tags["confirm_of"], r.data.params["seed"]) for r in confirm} == {
+        (t, str(s)) for t, s in zip(conf["trial_id"], conf["seed"])
+    }
+    # A confirmation run lost to an interruption: resume trains that one only.
+    from sweeper.export import write_parquet
+
+    write_parquet(conf.iloc[1:], d / "confirm.parquet")
+    res = srsweep("resume", d, cwd=tmp_path)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "1 runs to train, 3 kept" in res.stdout
+    again = pd.read_parquet(d / "confirm.parquet")
+    assert len(again) == 4 and set(again["mlflow_run_id"]) >= set(conf["mlflow_run_id"].iloc[1:])
+    _, children = _children(uri, state["parent_run_id"])  # the replaced run is deleted, not counted
+    assert len([r for r in children if r.data.tags.get("stage") == "confirm"]) == 4
+    # `best` again: the confirmation is re-reported from confirm.parquet, nothing retrained,
+    # and winner.yaml stays the confirmed winner's.
+    res = srsweep("best", d, "--resamples", "200", cwd=tmp_path)
+    assert res.returncode == 0 and "winner (confirmed): trial" in res.stdout, res.stderr[-2000:]
+    assert "runs to train" not in res.stdout and "Confirmation seeds" in (d / "winner.yaml").read_text()
+
+
+def test_interrupted_confirmation_resumes_keeping_finished_runs(tmp_path, tiny_data, shared_data):
+    """SIGINT once the first confirmation run is recorded: the parent is KILLED, the resume
+    hint printed; `srsweep resume` trains only what confirm.parquet lacks."""
+    path, _ = write_confirm_sweep(tmp_path, tiny_data, shared_data)
+    proc = start_srsweep("run", path, cwd=tmp_path)
+    seen, deadline = [], time.monotonic() + 600
+    for line in proc.stdout:
+        seen.append(line)
+        if re.match(r"confirm \w+ seed \d+: finished", line):
+            break
+        assert time.monotonic() < deadline, "".join(seen[-50:])
+    os.kill(proc.pid, signal.SIGINT)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 130 and "srsweep resume" in out, "".join(seen[-20:]) + out[-3000:]
+    d = _sweep_dir(tmp_path)
+    kept = pd.read_parquet(d / "confirm.parquet")
+    state = json.loads((d / "sweep.json").read_text())
+    client, _ = _children(f"sqlite:///{tmp_path / 'mlflow.db'}", state["parent_run_id"])
+    assert client.get_run(state["parent_run_id"]).info.status == "KILLED"
+    res = srsweep("resume", d, cwd=tmp_path)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert f"{4 - len(kept)} runs to train, {len(kept)} kept" in res.stdout
+    done = pd.read_parquet(d / "confirm.parquet")
+    assert len(done) == 4 and set(kept["mlflow_run_id"]) <= set(done["mlflow_run_id"])
+    assert client.get_run(state["parent_run_id"]).info.status == "FINISHED"

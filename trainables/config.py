@@ -58,12 +58,26 @@ class DataConfig(VideoDataConfig):
     # embedded stills) or a Vid4-layout folder (trainables.video_data).
     kind: Literal["image", "video"] = "image"
     train: str = "embedded"
-    val: str = "embedded"
+    val: str = "embedded"  # the search's images (ASHA, Optuna, ranking); "holdout": see below
+    # The confirmation's held-out images (sweeper/confirm.py), never seen by the search;
+    # same forms as val ("embedded": a split disjoint from the embedded train and val).
+    test: Optional[str] = None
+    # >0 with val: holdout: the last N images (by name) of data.train validate and the
+    # train loader skips them: validation from the training distribution.
+    holdout: int = Field(0, ge=0)
     patch_size: int = Field(128, ge=8, le=1024, description="HR patch side")
     batch_size: int = Field(16, ge=1)
     num_workers: int = Field(2, ge=0)
     augment: Augment = Augment()
     cache: bool = True  # keep decoded HR/LR images in memory (small data sets)
+
+    @model_validator(mode="after")
+    def _holdout(self):
+        if (self.val == "holdout") != (self.holdout > 0):
+            raise ValueError(f"holdout: {self.holdout} goes with val: holdout (val is {self.val!r})")
+        if self.holdout and self.kind == "video":
+            raise ValueError("holdout: image data only")
+        return self
 
     @model_validator(mode="after")
     def _video_keys(self):

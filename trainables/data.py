@@ -33,6 +33,13 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 # load as RGB (equal channels). Not motorcycle_right: the stereo twin of a train image.
 EMBEDDED_VAL = ("chelsea", "coffee", "camera", "moon", "coins", "brick", "grass", "gravel")
 EMBEDDED_TRAIN = ("astronaut", "rocket", "motorcycle_left", "hubble_deep_field", "ihc")
+# Test (the confirmation's held-out split): photos used nowhere else, plus disjoint crops
+# (y, x, side): six 300 px from inside the retina's fundus disc (1411 px square) and the
+# textured corner of cell, so no pixel of a test image is in train or val. Not page.png
+# (libpng warns on every decode). Entries: (name, file stem, crop or None).
+_RETINA = tuple((f"retina_{k}", "retina", (255 + 300 * (k // 2), 405 + 300 * (k % 2), 300)) for k in range(6))
+EMBEDDED_TEST = (("cell", "cell", (340, 230, 320)), ("clock_motion", "clock_motion", None), *_RETINA)
+EMBEDDED_TEST += (("text", "text", None),)
 
 
 class DataError(ValueError):
@@ -129,7 +136,12 @@ class ImageSet:
     """
 
     def __init__(
-        self, items: list[tuple[str, Path, Path | None]], scale: int, source: str, cache: bool = True
+        self,
+        items: list[tuple[str, Path, Path | None]],
+        scale: int,
+        source: str,
+        cache: bool = True,
+        crops: dict[str, tuple[int, int, int]] | None = None,
     ):
         if int(scale) != scale or scale < 1:
             raise ValueError(f"scale must be a positive integer, got {scale}")
@@ -139,6 +151,7 @@ class ImageSet:
         self.scale = int(scale)
         self.source = source
         self.cache = cache
+        self.crops = dict(crops or {})  # name -> (y, x, side) of an HR-only entry
         self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     def __len__(self) -> int:
@@ -179,12 +192,25 @@ class ImageSet:
             self.pair(i)
         return self
 
+    def hr_image(self, i: int) -> np.ndarray:
+        """The decoded HR image of entry ``i`` (its crop, for a cropped entry)."""
+        name, hr_path, _ = self.items[i]
+        img = load_image(hr_path)
+        if name in self.crops:
+            y, x, side = self.crops[name]
+            img = np.ascontiguousarray(img[y : y + side, x : x + side])
+        return img
+
+    def subset(self, keep: slice) -> "ImageSet":
+        """The entries ``items[keep]`` (sorted-name order), as a new set."""
+        return ImageSet(self.items[keep], self.scale, self.source, self.cache, self.crops)
+
     def pair(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """(HR mod-cropped, LR) uint8 HxWx3 arrays of entry ``i``."""
         if i in self._cache:
             return self._cache[i]
         _, hr_path, lr_path = self.items[i]
-        hr = mod_crop(load_image(hr_path), self.scale)
+        hr = mod_crop(self.hr_image(i), self.scale)
         if hr.shape[0] == 0 or hr.shape[1] == 0:
             raise DataError(f"{hr_path}: image is smaller than the scale x{self.scale}")
         if lr_path is None:
@@ -234,20 +260,22 @@ def embedded_folder() -> Path:
 
 
 def embedded(split: str, scale: int = 4, cache: bool = True) -> ImageSet:
-    """scikit-image's bundled photos: fixed split, 8 for ``val``, 5 for ``train``."""
-    if split not in ("train", "val"):
-        raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+    """scikit-image's bundled photos: fixed disjoint splits, 5 for ``train``, 8 for ``val``,
+    8 for ``test``."""
+    if split not in ("train", "val", "test"):
+        raise ValueError(f"split must be 'train', 'val' or 'test', got {split!r}")
     folder = embedded_folder()
     names = EMBEDDED_VAL if split == "val" else EMBEDDED_TRAIN
+    entries = EMBEDDED_TEST if split == "test" else [(n, n, None) for n in names]
     # Read straight from the package folder: skimage.data functions fall back to a
     # network download for files a given release does not bundle, which must not happen.
     by_stem = {p.stem: p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS}
-    items = [(n, by_stem[n], None) for n in names if n in by_stem]
+    items = [(n, by_stem[stem], None) for n, stem, _ in entries if stem in by_stem]
     if not items:
-        raise DataError(
-            f"{folder}: none of the embedded {split} images ({', '.join(names)}) ship with this scikit-image"
-        )
-    return ImageSet(items, scale, f"embedded:{split}", cache)
+        names = ", ".join(n for n, _, _ in entries)
+        raise DataError(f"{folder}: none of the embedded {split} images ({names}) ship with scikit-image")
+    crops = {n: box for n, _, box in entries if box is not None}
+    return ImageSet(items, scale, f"embedded:{split}", cache, crops)
 
 
 def open_dataset(spec: str | os.PathLike, scale: int, split: str = "train", cache: bool = True) -> ImageSet:

@@ -22,7 +22,7 @@ from trainables.backbones import build_info
 from trainables.checkpoint import load_safe, rng_state, save_atomic, set_rng_state
 from trainables.config import ConfigError, ExperimentConfig, validate
 from trainables.config_files import to_dict
-from trainables.data import PairedImages, TrainPatches, open_dataset
+from trainables.data import PairedImages, TrainPatches
 from trainables.edges import CannySpec
 from trainables.evaluate import ImageScore, center_crop, evaluate, sample_grid
 from trainables.losses import weighted_distance
@@ -30,6 +30,7 @@ from trainables.metrics import LPIPSMetric
 from trainables.models import build_discriminator, build_generator
 from trainables.objective import GeneratorObjective, d_loss
 from trainables.panels import N_SAMPLES, image_key, label_panels
+from trainables.splits import open_split
 
 STREAM_LENGTH = 2**40  # virtual length of the patch stream (never exhausted)
 
@@ -102,16 +103,19 @@ class _StreamSampler(Sampler[int]):
         return STREAM_LENGTH - self.start
 
 
-def load_val_items(cfg: ExperimentConfig) -> list[dict]:
+def load_val_items(cfg: ExperimentConfig, split: str = "val") -> list[dict]:
     """The validation images as the trainer scores them (``val_images``, ``val_crop``),
-    decoded once: validation reuses the same few images every time."""
+    decoded once: validation reuses the same few images every time. ``split="test"``:
+    every image of ``data.test`` (the confirmation's held-out split), same crop."""
     if video_train.is_video(cfg):  # clips: every frame of the first val_images sequences
+        if split == "test":
+            cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"val": cfg.data.test})})
         return video_train.val_clips(cfg)
     t = cfg.train
-    val = open_dataset(cfg.data.val, cfg.scale, "val", cache=cfg.data.cache)
+    val = open_split(cfg.data, cfg.scale, split, cache=cfg.data.cache)
     val.validate(t.val_crop)
     items = PairedImages(val)
-    n = min(len(val), t.val_images or len(val))
+    n = min(len(val), (t.val_images if split == "val" else 0) or len(val))
     return [center_crop(items[i], t.val_crop, cfg.scale) for i in range(n)]
 
 
@@ -180,7 +184,7 @@ class Trainer:
             self.patches = video_train.train_clips(self.cfg, STREAM_LENGTH)
             self.val_items = load_val_items(self.cfg)
             return
-        train = open_dataset(d.train, self.cfg.scale, "train", cache=d.cache)
+        train = open_split(d, self.cfg.scale, "train", cache=d.cache)
         train.validate(d.patch_size)
         canny = (
             CannySpec(sa.canny.low, sa.canny.high, sa.channels)

@@ -36,7 +36,6 @@ from trainables.data import (
     _header_size,
     embedded,
     list_images,
-    load_image,
     make_lr,
     to_tensor,
 )
@@ -236,7 +235,7 @@ def embedded_video(
     sequences = []
     for j, (name, path, _) in enumerate(stills.items):
         rng = np.random.default_rng([seed, j])
-        hr, _ = synthesize_sequence(load_image(path), n_frames, size, rng, max_speed, str(path))
+        hr, _ = synthesize_sequence(stills.hr_image(j), n_frames, size, rng, max_speed, str(path))
         lr = np.stack([make_lr(f, scale) for f in hr])
         sequences.append((name, ArrayFrames(hr, lr, scale, f"embedded:{split}/{name}")))
     return VideoSet(sequences, scale, f"embedded-video:{split}")
