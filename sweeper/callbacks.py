@@ -13,6 +13,7 @@ from ray.tune import Callback
 
 from sweeper.buffered import BufferedTracker
 from sweeper.cluster import PLACEMENT_KEYS, placement_tags
+from sweeper.dashboard import final_metrics
 from sweeper.failures import failure_of, record_failure
 from sweeper.report import child_extras, status_word
 from sweeper.state import SweepState
@@ -82,10 +83,9 @@ class MLflowCallback(Callback):
             {"ray_trial_id": trial.trial_id, **st.tags, "steps": "0", "status": "running"},
             parent=st.parent_run_id,
         )
-        found = searched(trial.config)
-        self.tracker.log_config(
-            run_id, cfg, {**{f"search.{k}": v for k, v in found.items()}, **child_extras(st, cfg, found)}
-        )
+        # Params: the searched knobs (short names) and a few key values; the full config
+        # is config.yaml (86 params per run made every picker of the UI unusable).
+        self.tracker.log_config(run_id, cfg, child_extras(st, cfg, searched(trial.config)), full=False)
         self._runs[trial.trial_id] = run_id
         return run_id
 
@@ -132,10 +132,13 @@ class MLflowCallback(Callback):
             self.tracker.end_run(run_id, "FAILED")
             return
         status = "STOPPED" if step < self.state.total_steps else "TERMINATED"
+        if status == "TERMINATED":  # the sorted, shown final_* columns: full-budget trials only
+            self.tracker.log_metrics(run_id, step, final_metrics(trial.last_result or {}))
         self.tracker.set_tags(
             run_id, {"ray_status": status, "status": status_word(status), "steps": str(step)}
         )
-        self.tracker.end_run(run_id, "FINISHED")
+        # KILLED: the UI's status icon tells an ASHA-stopped trial from a finished one at a glance
+        self.tracker.end_run(run_id, "FINISHED" if status == "TERMINATED" else "KILLED")
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         # An infrastructure failure Ray retries from the last checkpoint: counted on the run.

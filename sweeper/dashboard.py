@@ -9,10 +9,13 @@ per sweep (``Tracker.configure_parent`` in sweeper/tracking.py: this module stay
 calls no client) and prints its URL (``runs_url``). ``workflowType=machine_learning`` keeps
 the page out of the GenAI layout, whichever layout the browser last used.
 
-Child runs are expected to carry, besides today's params and tags: the searched params
-under short distinct names (``child_params``: ``mu``, ``layer``), and the tags ``steps``
-(trained steps so far), ``status`` (``STATUS_WORDS``) and ``winner`` ("true" on the
-winner).
+Child runs carry as params only the searched knobs under short distinct names
+(``child_params``: ``mu``, ``layer``) and a few key config values (``KEY_PARAMS``); the
+full config is their ``config.yaml`` artifact. Tags: ``steps`` (trained steps so far),
+``status`` (``STATUS_WORDS``) and ``winner`` ("true" on the winner, whose run name also
+gets ``WINNER_MARK``). The view sorts by ``final_<objective>``, logged (rounded) only for
+trials that ran the full budget: an ASHA-stopped trial's partial value never ranks above
+a finished one, it sorts last with an empty cell and its ``status`` says why.
 """
 
 from __future__ import annotations
@@ -34,6 +37,18 @@ METRICS = ("val_lpips", "val_psnr", "val_ssim")
 STEPS_TAG, STATUS_TAG, WINNER_TAG = "steps", "status", "winner"
 # Run status tag values, from results.py's trial statuses (TERMINATED = ran every step).
 STATUS_WORDS = {"TERMINATED": "finished", "STOPPED": "stopped", "ERROR": "failed", "RUNNING": "running"}
+FINAL = "final_"  # prefix of the full-budget metrics the view sorts and shows
+WINNER_MARK = "\u2605 "  # a star before the winner's run name: marked at a glance
+# Config values every trial run logs as params besides its searched knobs (if present).
+KEY_PARAMS = (
+    "name",
+    "seed",
+    "scale",
+    "data.kind",
+    "model.generator.arch",
+    "train.steps",
+    "backbones.weights",
+)
 
 
 def short_names(paths: Iterable[str], reserved: Iterable[str] = ()) -> dict[str, str]:
@@ -65,16 +80,42 @@ def child_params(searched: Mapping[str, object], reserved: Iterable[str] = ()) -
     return {names[path]: str(value) for path, value in searched.items()}
 
 
+def key_params(flat_config: Mapping[str, str]) -> dict[str, str]:
+    """The ``KEY_PARAMS`` of a flattened config (the rest lives in ``config.yaml``)."""
+    return {k: str(flat_config[k]) for k in KEY_PARAMS if k in flat_config}
+
+
+def final_metrics(values: Mapping[str, object], metrics: Iterable[str] = METRICS) -> dict[str, float]:
+    """``final_val_lpips`` etc. from a full-budget trial's last result, rounded to 4
+    significant digits: the UI shows a metric unrounded and cuts it (the curves keep every digit)."""
+    out = {}
+    for m in metrics:
+        v = _num(values.get(m))
+        if math.isfinite(v):
+            out[FINAL + m] = float(f"{v:.4g}")
+    return out
+
+
 def columns(
     searched: Iterable[str], metrics: Iterable[str] = METRICS, reserved: Iterable[str] = ()
 ) -> list[str]:
-    """The runs-table column keys (the UI's ``type.`name``` form) for a sweep."""
+    """The runs-table column keys (the UI's ``type.`name``` form) for a sweep: the final
+    objective metrics next to the run name, then status and steps, then the searched knobs
+    (status and steps first: always in view, however many knobs follow)."""
     names = short_names(searched, reserved)
     return (
-        [f"metrics.`{m}`" for m in metrics]
+        [f"metrics.`{FINAL}{m}`" for m in metrics]
+        + [f"tags.`{t}`" for t in (STATUS_TAG, STEPS_TAG, WINNER_TAG)]
         + [f"params.`{names[p]}`" for p in names]
-        + [f"tags.`{t}`" for t in (WINNER_TAG, STATUS_TAG, STEPS_TAG)]
-    )  # winner first: always in view
+    )
+
+
+def _widths(cols: list[str]) -> dict[str, int]:
+    """Column widths (px) that keep status, steps and winner in view at 1600 px, even with
+    the MLflow Assistant panel that the UI opens on a first visit to a local server (the
+    pinned name and "Created" columns ignore a width)."""
+    narrow = {f"tags.`{STATUS_TAG}`": 75, f"tags.`{STEPS_TAG}`": 55, f"tags.`{WINNER_TAG}`": 65}
+    return {c: narrow.get(c, 100) for c in cols}
 
 
 def view_key(parent_run_id: str) -> str:
@@ -88,12 +129,13 @@ def view_state(parent_run_id: str, objective: str, mode: str, cols: list[str]) -
         raise ValueError(f"objective mode: expected 'min' or 'max', got {mode!r}")
     return {
         "searchFilter": f"tags.`{PARENT_TAG}` = '{parent_run_id}'",
-        "orderByKey": f"metrics.`{objective}`",
+        "orderByKey": f"metrics.`{FINAL}{objective}`",
         "orderByAsc": mode == "min",
         "startTime": "ALL",
         "lifecycleFilter": "Active",
         "selectedColumns": cols,
         "columnOrder": cols,
+        "columnWidths": _widths(cols),
         "runListHidden": False,
         "viewMaximized": False,
         "hideEmptyCharts": True,

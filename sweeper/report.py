@@ -26,11 +26,8 @@ def short_names(state: SweepState) -> dict[str, str]:
 
 
 def reserved(state: SweepState) -> set[str]:
-    """Param keys a child run already logs (its flattened config): short names avoid them."""
-    from sweeper.tracking import flatten
-    from trainables.config_files import to_dict
-
-    return set(flatten(to_dict(state.base_config)))
+    """Param keys a child run logs besides its knobs (``KEY_PARAMS``): short names avoid them."""
+    return set(dashboard.KEY_PARAMS)
 
 
 def ui_base_url(state: SweepState) -> tuple[str, bool]:
@@ -169,10 +166,12 @@ def importance_report(tracker, state: SweepState, log: bool = True) -> str:
 
 
 def child_extras(state: SweepState, trial_config: dict, searched: dict) -> dict[str, str]:
-    """The short-named params of a child run (``mu`` next to ``loss.dp.mu``)."""
+    """The params of a child run: its searched knobs under their short names (``mu``) and
+    the key config values (``seed``, ``train.steps``...)."""
     from sweeper.tracking import flatten
 
-    return dashboard.child_params(searched, reserved=flatten(trial_config))
+    keys = dashboard.key_params(flatten(trial_config))
+    return {**keys, **dashboard.child_params(searched, reserved=reserved(state))}
 
 
 def status_word(status: str) -> str:

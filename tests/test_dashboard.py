@@ -46,22 +46,34 @@ def test_short_names_are_the_shortest_distinct_suffixes():
 def test_child_params_and_columns_use_the_same_names():
     searched = {"loss.dp.mu": 0.5, "loss.perceptual.layer": "conv4_4"}
     assert dashboard.child_params(searched) == {"mu": "0.5", "layer": "conv4_4"}
+    # the full-budget metrics next to the run name, then status / steps / winner, then knobs
     assert dashboard.columns(searched) == [
-        "metrics.`val_lpips`",
-        "metrics.`val_psnr`",
-        "metrics.`val_ssim`",
-        "params.`mu`",
-        "params.`layer`",
-        "tags.`winner`",
+        "metrics.`final_val_lpips`",
+        "metrics.`final_val_psnr`",
+        "metrics.`final_val_ssim`",
         "tags.`status`",
         "tags.`steps`",
+        "tags.`winner`",
+        "params.`mu`",
+        "params.`layer`",
     ]
+
+
+def test_final_metrics_are_rounded_and_key_params_picked():
+    assert dashboard.final_metrics(
+        {"val_lpips": 0.021334921, "val_psnr": 27.53396, "val_ssim": float("nan")}
+    ) == {
+        "final_val_lpips": 0.02133,
+        "final_val_psnr": 27.53,
+    }
+    flat = {"seed": "3", "train.steps": "60", "loss.dp.mu": "0.5", "data.kind": "image"}
+    assert dashboard.key_params(flat) == {"seed": "3", "data.kind": "image", "train.steps": "60"}
 
 
 def test_view_state_filters_children_and_sorts_by_objective():
     state = dashboard.view_state("abc123", "val_psnr", "max", ["metrics.`val_psnr`"])
     assert state["searchFilter"] == "tags.`mlflow.parentRunId` = 'abc123'"
-    assert (state["orderByKey"], state["orderByAsc"]) == ("metrics.`val_psnr`", False)
+    assert (state["orderByKey"], state["orderByAsc"]) == ("metrics.`final_val_psnr`", False)
     assert dashboard.view_state("abc123", "val_lpips", "min", [])["orderByAsc"] is True
     with pytest.raises(ValueError, match="objective mode"):
         dashboard.view_state("abc123", "val_lpips", "lowest", [])
