@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from ray.tune import Callback
 
+from sweeper import dashboard
 from sweeper.buffered import BufferedTracker
 from sweeper.cluster import PLACEMENT_KEYS, placement_tags
 from sweeper.dashboard import final_metrics
@@ -21,6 +22,7 @@ from sweeper.sweep_config import searched
 from sweeper.terminal import ProgressCallback as _ProgressCallback
 from sweeper.terminal import error_reason
 from sweeper.trial import read_checkpoint_files
+from trainables.panels import sample_name
 
 # Result keys that are bookkeeping, not metrics worth a chart.
 _SKIP = {
@@ -118,10 +120,29 @@ class MLflowCallback(Callback):
                     self.tracker.log_metrics(run_id, at, {k: v for k, v in point.items() if k not in _SKIP})
             for image in files["images"]:  # step-indexed images: the UI's slider
                 self.tracker.log_image(run_id, step, image.stem, _read_rgb(image))
+            self._log_samples(trial, run_id, files["images"])
             if files["scores"]:
                 self.tracker.log_dict(run_id, files["scores"], f"val_scores/step_{step:07d}.json")
                 self.tracker.log_sequences(run_id, step, files["scores"])
         self.tracker.set_tags(run_id, {"checkpoint": str(checkpoint.path)})
+
+    def _log_samples(self, trial, run_id: str, images: list) -> None:
+        """The latest sample grids under readable names (``samples/chelsea.png``, overwritten
+        each validation), shown in the run's description. Copied beside the sweep first: a
+        write the store refuses waits in the outbox with its path, which must stay valid."""
+        import shutil
+
+        from sweeper.sharing import local_dir
+
+        if not images:
+            return
+        folder = local_dir(self.state.sweep_dir) / dashboard.SAMPLES_DIR / trial.trial_id
+        folder.mkdir(parents=True, exist_ok=True)
+        names = [sample_name(p.stem) for p in images]
+        for path, name in zip(images, names):
+            shutil.copyfile(path, folder / f"{name}.png")
+            self.tracker.log_artifact(run_id, folder / f"{name}.png", dashboard.SAMPLES_DIR)
+        self.tracker.set_tags(run_id, {dashboard.NOTE_TAG: dashboard.sample_note(run_id, names)})
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         run_id = self.run_id(trial)

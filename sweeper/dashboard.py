@@ -32,6 +32,8 @@ _NS = "mlflow" + "."
 VIEW_TAG_PREFIX = _NS + "sharedViewState."  # the UI's shared-view experiment tag
 KIND_TAG = _NS + "experimentKind"  # the experiment's "type" in the UI
 PARENT_TAG = _NS + "parentRunId"  # what the UI nests child runs by
+NOTE_TAG = _NS + "note.content"  # a run's / an experiment's description (markdown)
+SAMPLES_DIR = "samples"  # <run>/samples/<image>.png: the latest validation's sample grids
 KIND_TRAINING = "custom_model_development"  # shown as "Machine learning"
 METRICS = ("val_lpips", "val_psnr", "val_ssim")
 STEPS_TAG, STATUS_TAG, WINNER_TAG = "steps", "status", "winner"
@@ -116,6 +118,35 @@ def _widths(cols: list[str]) -> dict[str, int]:
     pinned name and "Created" columns ignore a width)."""
     narrow = {f"tags.`{STATUS_TAG}`": 75, f"tags.`{STEPS_TAG}`": 55, f"tags.`{WINNER_TAG}`": 65}
     return {c: narrow.get(c, 100) for c in cols}
+
+
+def sample_note(run_id: str, names: Iterable[str]) -> str:
+    """A trial run's description: its latest sample grids, shown on the run's Overview page
+    (the server's ``get-artifact`` endpoint, relative to the UI's root)."""
+    images = "\n\n".join(
+        f"**{n}**\n\n![{n}](get-artifact?path={SAMPLES_DIR}/{n}.png&run_uuid={run_id})" for n in names
+    )
+    return (
+        "Validation samples at the latest validation: LR | bicubic | SR | HR, enlarged "
+        "nearest-neighbour where the crop is small (artifacts `samples/`; every step: Model "
+        f"metrics, images).\n\n{images}"
+    )
+
+
+def sweep_note(experiment_id: str, parent_run_id: str, sweep_name: str, winner: Optional[str]) -> str:
+    """The experiment's description (shown above the runs table): the newest sweep, its
+    winner and a link to its parent run (summary metrics, importances, plots, ranked.md)."""
+    link = run_link(experiment_id, parent_run_id)
+    won = f"winner \u2605 trial-{winner}" if winner else "no winner yet"
+    return (
+        f"**Sweep {sweep_name}** (newest in this experiment): {won}. [Summary, importances and plots]({link})"
+    )
+
+
+def run_link(experiment_id: str, run_id: str) -> str:
+    """A run page link relative to the UI root, in the model-training layout (without
+    ``workflowType`` the UI opens runs in its GenAI layout)."""
+    return f"#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning"
 
 
 def view_key(parent_run_id: str) -> str:

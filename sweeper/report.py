@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Optional
 
 import pandas as pd
 
@@ -48,14 +49,21 @@ def dashboard_lines(state: SweepState) -> list[str]:
     return [f"dashboard: {url}{hint}"]
 
 
-def configure_dashboard(tracker, state: SweepState) -> None:
-    """Experiment kind + the sweep's shared view (idempotent: resume rewrites it)."""
+def configure_dashboard(tracker, state: SweepState, winner: Optional[str] = None) -> None:
+    """Experiment kind, the sweep's shared view and the experiment's description linking the
+    parent run (idempotent: resume rewrites them)."""
     m = state.sweep.objective.metrics[0]
     paths = [p.path for top in state.sweep.space for _, p in top.walk("")]
     tracker.configure_experiment(state.experiment_id)
     tracker.configure_parent(
         state.experiment_id, state.parent_run_id, m.name, m.mode, paths, reserved=reserved(state)
     )
+    describe_sweep(tracker, state, winner)
+
+
+def describe_sweep(tracker, state: SweepState, winner: Optional[str]) -> None:
+    note = dashboard.sweep_note(state.experiment_id, state.parent_run_id, state.dir.name, winner)
+    tracker.describe_experiment(state.experiment_id, note)
 
 
 def ranked_markdown(ranked: pd.DataFrame, names: dict[str, str]) -> str:
@@ -140,6 +148,7 @@ def _v(x) -> str:
 def parent_outputs(tracker, state: SweepState, df: pd.DataFrame, sel) -> None:
     """Parent summary metrics and the ranked table (markdown) as an artifact."""
     winner_id = sel.winner["trial_id"] if sel is not None else None
+    describe_sweep(tracker, state, winner_id)
     tracker.log_metrics(
         state.parent_run_id, state.total_steps, dashboard.parent_summary(df, winner_id, state.bicubic_psnr)
     )

@@ -126,6 +126,12 @@ class Tracker:
 
         self.client.set_experiment_tag(experiment_id, dashboard.KIND_TAG, dashboard.KIND_TRAINING)
 
+    def describe_experiment(self, experiment_id: str, markdown: str) -> None:
+        """The experiment's description, shown above its runs table."""
+        from sweeper import dashboard
+
+        self.client.set_experiment_tag(experiment_id, dashboard.NOTE_TAG, markdown)
+
     def configure_parent(
         self,
         experiment_id: str,

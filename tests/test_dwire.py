@@ -13,7 +13,7 @@ from sweeper import overrides, report, terminal
 from sweeper.plan import describe
 from sweeper.space import Param
 from trainables.config import ConfigError
-from trainables.panels import LABELS, image_key, label_panels
+from trainables.panels import LABELS, image_key, label_panels, sample_name
 
 
 def test_set_routes_sweep_keys_to_the_sweep_and_others_to_the_experiment():
@@ -104,10 +104,17 @@ def test_a_diverged_trial_prints_as_failed_with_its_reason(capsys):
 
 def test_label_panels_adds_a_caption_strip_and_keeps_the_pixels():
     grid = (np.arange(24 * 96 * 3) % 251).astype(np.uint8).reshape(24, 96, 3)
-    out = label_panels(grid)
+    out = label_panels(grid, min_panel=0)
     assert out.shape == (16 + 24, 96, 3) and (out[16:] == grid).all()
     for i in range(len(LABELS)):  # every panel's caption has white text pixels
         assert out[:16, i * 24 : (i + 1) * 24].max() > 200
+    # by default small panels are enlarged nearest-neighbour to >= 256 px: 24 px -> 11x = 264 px
+    big = label_panels(grid)
+    assert big.shape == (32 + 24 * 11, 96 * 11, 3) and (big[32::11, ::11] == grid).all()
+    assert (big[32:, :].reshape(24, 11, 96 * 11, 3) == big[32::11, None]).all()  # blocks, no blur
+    for i in range(len(LABELS)):
+        assert big[:32, i * 264 : (i + 1) * 264].max() > 200
+    assert sample_name("val_sample_0_chelsea") == "chelsea" and sample_name("other") == "other"
     with pytest.raises(ValueError, match="not 4 equal panels"):
         label_panels(grid[:, :95])
     assert image_key(1, "img 003.png") == "val_sample_1_img_003.png"

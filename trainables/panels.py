@@ -1,7 +1,10 @@
 """Labelled validation sample grids: LR | bicubic | SR | HR with a caption strip.
 
 A plain four-panel strip (``evaluate.sample_grid``) leaves the reader guessing which panel
-is which; a caption row above each panel names it. Pure numpy + OpenCV's text renderer.
+is which; a caption row above each panel names it. Panels narrower than ``MIN_PANEL`` (the
+tiny CPU runs validate on 32-96 px crops) are enlarged by an integer nearest-neighbour
+factor first: every source pixel stays a sharp block a person can judge, nothing is
+interpolated. Pure numpy + OpenCV's text renderer.
 """
 
 from __future__ import annotations
@@ -10,20 +13,33 @@ import numpy as np
 
 LABELS = ("LR", "bicubic", "SR", "HR")
 N_SAMPLES = 3  # fixed validation images shown per validation (the first ones, in file order)
-HEADER = 16  # caption strip height in pixels
+HEADER = 16  # caption strip height in pixels (at panels under 128 px; scaled with them)
+MIN_PANEL = 256  # px: narrower panels are enlarged (nearest) to at least this width
 
 
-def label_panels(grid: np.ndarray, labels=LABELS, header: int = HEADER) -> np.ndarray:
-    """uint8 HxWx3 grid of ``len(labels)`` equal panels -> (header + H)xWx3, each panel
-    captioned in white on black above it (the panels' pixels are unchanged)."""
+def enlarge(grid: np.ndarray, panels: int = len(LABELS), min_panel: int = MIN_PANEL) -> np.ndarray:
+    """Repeat every pixel k x k (the smallest integer k giving panels >= ``min_panel`` px)."""
+    k = -(-min_panel // max(1, grid.shape[1] // panels))
+    return grid if k <= 1 else grid.repeat(k, axis=0).repeat(k, axis=1)
+
+
+def label_panels(
+    grid: np.ndarray, labels=LABELS, header: int = HEADER, min_panel: int = MIN_PANEL
+) -> np.ndarray:
+    """uint8 HxWx3 grid of ``len(labels)`` equal panels -> the grid enlarged to panels of at
+    least ``min_panel`` px (``enlarge``; 0: as is) under a caption strip naming each panel."""
     import cv2
 
     h, w, c = grid.shape
     if w % len(labels):
         raise ValueError(f"grid width {w} is not {len(labels)} equal panels")
+    grid = enlarge(grid, len(labels), min_panel) if min_panel else grid
+    h, w, c = grid.shape
     pw = w // len(labels)
+    big = pw >= 128
+    header = 2 * header if big else header
     strip = np.zeros((header, w, c), dtype=np.uint8)
-    scale = 0.35 if pw < 80 else 0.45
+    scale = 0.8 if big else 0.35 if pw < 80 else 0.45
     for i, text in enumerate(labels):
         (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
         x = i * pw + max(0, (pw - tw) // 2)
@@ -34,7 +50,7 @@ def label_panels(grid: np.ndarray, labels=LABELS, header: int = HEADER) -> np.nd
             cv2.FONT_HERSHEY_SIMPLEX,
             scale,
             (255, 255, 255),
-            1,
+            2 if big else 1,
             cv2.LINE_AA,
         )
     return np.concatenate([strip, grid], axis=0)
@@ -44,3 +60,9 @@ def image_key(index: int, name: str) -> str:
     """MLflow image key of a sample: ``val_sample_0_img_002`` (letters, digits, ``_-.``)."""
     safe = "".join(ch if ch.isalnum() or ch in "_-." else "_" for ch in str(name))
     return f"val_sample_{index}_{safe}" if safe else f"val_sample_{index}"
+
+
+def sample_name(key: str) -> str:
+    """Readable artifact name of a sample image key: ``val_sample_0_chelsea`` -> ``chelsea``."""
+    parts = key.split("_", 3)
+    return parts[3] if len(parts) == 4 and parts[:2] == ["val", "sample"] and parts[3] else key
