@@ -162,7 +162,7 @@ def importance_report(tracker, state: SweepState, log: bool = True) -> str:
     """Optuna's parameter importances as text; logged to the parent (metrics + JSON)."""
     from sweeper.study import format_importances, importances
 
-    values, note = importances(state.dir, seed=state.sweep.search.seed, total_steps=state.total_steps)
+    values, note, spread = importances(state.dir, seed=state.sweep.search.seed, total_steps=state.total_steps)
     names = short_names(state)
     if values is not None and log:
         tracker.log_metrics(
@@ -170,8 +170,12 @@ def importance_report(tracker, state: SweepState, log: bool = True) -> str:
             state.total_steps,
             {f"importance.{names.get(k, k)}": v for k, v in values.items()},
         )
-        tracker.log_dict(state.parent_run_id, {"note": note, "importances": values}, "param_importances.json")
-    return format_importances(values, note, names)
+        tracker.log_dict(
+            state.parent_run_id,
+            {"note": note, "importances": values, "spread": spread},
+            "param_importances.json",
+        )
+    return format_importances(values, note, names, spread)
 
 
 def child_extras(state: SweepState, trial_config: dict, searched: dict) -> dict[str, str]:
