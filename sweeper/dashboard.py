@@ -173,6 +173,36 @@ def view_state(parent_run_id: str, objective: str, mode: str, cols: list[str]) -
     }
 
 
+CHART_SECTION = "srsweep-objective"
+
+
+def _chart(kind: str, key: str, **fields) -> dict:
+    """One chart card as the UI stores it (its RunsChartsCardConfig fields)."""
+    base = {"uuid": f"srsweep-{kind.lower()}-{key}", "type": kind, "runsCountToCompare": 100}
+    return {**base, "metricSectionId": CHART_SECTION, "deleted": False, "isGenerated": False, **fields}
+
+
+def charts(objectives: list[str], params: list[str]) -> dict:
+    """The chart view's first section: the final objective against the searched knobs
+    (parallel coordinates) and each objective's curve over steps. The UI appends charts of
+    the other metrics in its own sections after this one."""
+    line = {"lineSmoothness": 0, "xAxisKey": "step", "scaleType": "linear", "xAxisScaleType": "linear"}
+    line |= {"yAxisKey": "metric", "yAxisExpressions": [], "useGlobalXaxisKey": True, "range": {}}
+    cards = [
+        _chart(
+            "PARALLEL",
+            "knobs",
+            selectedParams=params,
+            selectedMetrics=[FINAL + m for m in objectives],
+            showAllRuns=True,
+        )
+    ]
+    cards += [_chart("LINE", m, metricKey=m, selectedMetricKeys=[m], **line) for m in objectives]
+    section = {"uuid": CHART_SECTION, "name": "Objective vs searched knobs", "display": True}
+    section |= {"isReordered": False, "deleted": False, "isGenerated": False}
+    return {"compareRunCharts": cards, "compareRunSections": [section]}
+
+
 def view_json(
     parent_run_id: str,
     objective: str,
@@ -182,7 +212,10 @@ def view_json(
     reserved: Iterable[str] = (),
 ) -> str:
     """The shared view's tag value (compact JSON) for a sweep."""
+    searched = list(searched)
     state = view_state(parent_run_id, objective, mode, columns(searched, metrics, reserved))
+    knobs = list(short_names(searched, reserved).values())
+    state |= charts([objective], knobs)
     return json.dumps(state, separators=(",", ":"))
 
 
