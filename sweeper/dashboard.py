@@ -121,15 +121,14 @@ def _widths(cols: list[str]) -> dict[str, int]:
 
 
 def sample_note(run_id: str, names: Iterable[str]) -> str:
-    """A trial run's description: its latest sample grids, shown on the run's Overview page
-    (the server's ``get-artifact`` endpoint, relative to the UI's root)."""
-    images = "\n\n".join(
-        f"**{n}**\n\n![{n}](get-artifact?path={SAMPLES_DIR}/{n}.png&run_uuid={run_id})" for n in names
-    )
+    """A trial run's description: its latest sample grids, images first (the Overview page
+    shows the description's top, folded). Served by the server's ``get-artifact`` endpoint,
+    relative to the UI's root."""
+    images = "\n\n".join(f"![{n}](get-artifact?path={SAMPLES_DIR}/{n}.png&run_uuid={run_id})" for n in names)
     return (
-        "Validation samples at the latest validation: LR | bicubic | SR | HR, enlarged "
-        "nearest-neighbour where the crop is small (artifacts `samples/`; every step: Model "
-        f"metrics, images).\n\n{images}"
+        f"{images}\n\nValidation samples ({', '.join(names)}) at the latest validation: "
+        "LR | bicubic | SR | HR, enlarged nearest-neighbour where the crop is small "
+        "(artifacts `samples/`; every validation step: the Model metrics tab's images)."
     )
 
 
