@@ -198,7 +198,8 @@ def charts(objectives: list[str], params: list[str]) -> dict:
     ]
     cards += [_chart("LINE", m, metricKey=m, selectedMetricKeys=[m], **line) for m in objectives]
     section = {"uuid": CHART_SECTION, "name": "Objective vs searched knobs", "display": True}
-    section |= {"isReordered": False, "deleted": False, "isGenerated": False}
+    # two cards a row, taller than the default: the parallel chart's axis labels need room
+    section |= {"isReordered": False, "deleted": False, "isGenerated": False, "columns": 2, "cardHeight": 420}
     return {"compareRunCharts": cards, "compareRunSections": [section]}
 
 

@@ -234,3 +234,26 @@ def test_sigterm_to_foreground_serve_leaves_nothing_on_the_port(tmp_path):
         for pid in server_pids:
             if Path(f"/proc/{pid}").exists():
                 ui.stop_group(os.getpgid(pid))
+
+
+def test_view_opens_charts_on_the_objective_against_the_knobs():
+    state = json.loads(
+        dashboard.view_json("abc", "val_lpips", "min", ["loss.dp.mu", "loss.perceptual.layer"])
+    )
+    (section,) = state["compareRunSections"]
+    parallel, curve = state["compareRunCharts"]
+    assert parallel["type"] == "PARALLEL" and parallel["metricSectionId"] == section["uuid"]
+    assert parallel["selectedParams"] == ["mu", "layer"] and parallel["selectedMetrics"] == [
+        "final_val_lpips"
+    ]
+    assert curve["type"] == "LINE" and curve["metricKey"] == "val_lpips"
+
+
+def test_notes_link_the_parent_and_show_the_samples():
+    note = dashboard.sweep_note("7", "p1", "demo-2026", "108f6b1e")
+    assert "\u2605 trial-108f6b1e" in note
+    assert "(#/experiments/7/runs/p1?workflowType=machine_learning)" in note
+    assert "no winner yet" in dashboard.sweep_note("7", "p1", "demo-2026", None)
+    samples = dashboard.sample_note("r1", ["chelsea", "coffee"])
+    assert samples.startswith("![chelsea](get-artifact?path=samples/chelsea.png&run_uuid=r1)")
+    assert "![coffee](get-artifact?path=samples/coffee.png&run_uuid=r1)" in samples
