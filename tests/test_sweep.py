@@ -149,6 +149,10 @@ def test_sweep_end_to_end_then_rerun_the_winner(tmp_path, tiny_data):
         "val_sample_0_img_002",
         "val_sample_1_img_003",
     }, arts
+    # ... and the latest ones under readable names, shown in the run's description
+    samples = {a.path for a in client.list_artifacts(winners[0].info.run_id, "samples")}
+    assert samples == {"samples/img_002.png", "samples/img_003.png"}, samples
+    assert "get-artifact?path=samples/img_002.png" in winners[0].data.tags["mlflow.note.content"]
     parent = client.get_run(state["parent_run_id"])
     assert parent.data.tags["winner_run_id"] == winners[0].info.run_id
     assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {
