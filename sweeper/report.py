@@ -39,14 +39,15 @@ def ui_base_url(state: SweepState) -> tuple[str, bool]:
     return (rec["url"], True) if rec else (DEFAULT_UI, False)
 
 
-def dashboard_lines(state: SweepState) -> list[str]:
+def dashboard_lines(state: SweepState, winner_run: Optional[str] = None) -> list[str]:
+    """The printed link, and the winner's run page (its samples) when there is one."""
     base, up = ui_base_url(state)
-    url = dashboard.runs_url(base, state.experiment_id, state.parent_run_id)
-    if state.tracking_uri.startswith(("http://", "https://")):
-        url = dashboard.runs_url(state.tracking_uri, state.experiment_id, state.parent_run_id)
-        return [f"dashboard: {url}"]
     hint = "" if up else f"  (start it with: srsweep ui, in {Path(state.tracking_uri[10:]).parent})"
-    return [f"dashboard: {url}{hint}"]
+    if state.tracking_uri.startswith(("http://", "https://")):
+        base, hint = state.tracking_uri, ""
+    url = dashboard.runs_url(base, state.experiment_id, state.parent_run_id)
+    page = [f"winner's page: {base.rstrip('/')}/{dashboard.run_link(state.experiment_id, winner_run)}"]
+    return [f"dashboard: {url}{hint}"] + (page if winner_run else [])
 
 
 def configure_dashboard(tracker, state: SweepState, winner: Optional[str] = None) -> None:
@@ -138,7 +139,8 @@ def closing_lines(state: SweepState, sel, winner_file: Path) -> list[str]:
         )
         lines += [f"  {k}: {_v(a)}  (vs {_v(b)})" for k, a, b in diff]
     lines.append(f"rerun the winner: srsweep train {winner_file}")
-    return lines + dashboard_lines(state)
+    run = w.get("mlflow_run_id")
+    return lines + dashboard_lines(state, run if isinstance(run, str) and run else None)
 
 
 def _v(x) -> str:
