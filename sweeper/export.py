@@ -245,6 +245,38 @@ def _stopped(df: pd.DataFrame) -> np.ndarray:
     return df["status"].astype(str).str.upper().eq("STOPPED").to_numpy(dtype=bool)
 
 
+def _trial_lines(
+    ax, xs: np.ndarray, ys: np.ndarray, cval: np.ndarray, stopped: np.ndarray, cmap, norm
+) -> None:
+    """Finished trials coloured by value (points on the axes too); stopped ones grey dashed."""
+    done = ~stopped
+    segments = [np.column_stack([xs, y]) for y in ys[done]]
+    ax.add_collection(
+        LineCollection(segments, array=cval[done], cmap=cmap, norm=norm, linewidths=1.2, alpha=0.8)
+    )
+    grey = [np.column_stack([xs, y]) for y in ys[stopped]]
+    ax.add_collection(LineCollection(grey, colors="darkgrey", linewidths=0.8, linestyles="--"))
+    n = len(xs)
+    ax.scatter(
+        np.tile(xs, int(done.sum())),
+        ys[done].ravel(),
+        c=np.repeat(cval[done], n),
+        cmap=cmap,
+        norm=norm,
+        s=10,
+        zorder=3,
+        plotnonfinite=True,
+    )
+
+
+def _axis_labels(ax, axes: list) -> None:
+    for i, (_, ticks) in enumerate(axes):
+        ax.axvline(i, color="black", lw=0.8)
+        for p, label in ticks:
+            box = {"fc": "white", "ec": "none", "alpha": 0.7, "pad": 0.5}
+            ax.text(i + 0.04, p, label, fontsize=7, va="center", zorder=5, bbox=box)
+
+
 def plot_parallel(df: pd.DataFrame, path: str | os.PathLike, color: str = "final_val_lpips") -> Path:
     """Parallel coordinates: one vertical axis per ``param.*`` column plus ``color`` as
     the last axis, one line per trial coloured by ``color`` (grey where it is NaN).
@@ -264,53 +296,15 @@ def plot_parallel(df: pd.DataFrame, path: str | os.PathLike, color: str = "final
     fig = Figure(figsize=(max(5.0, 1.7 * n + 2.0), 4.8), layout="constrained")
     ax = fig.add_subplot()
     xs = np.arange(n, dtype=float)
-    done = ~stopped
-    lines = LineCollection(
-        [np.column_stack([xs, y]) for y in ys[done]],
-        array=cval[done],
-        cmap=cmap,
-        norm=norm,
-        linewidths=1.2,
-        alpha=0.8,
-    )
-    ax.add_collection(lines)
-    ax.add_collection(
-        LineCollection(
-            [np.column_stack([xs, y]) for y in ys[stopped]],
-            colors="darkgrey",
-            linewidths=0.8,
-            linestyles="--",
-        )
-    )
-    ax.scatter(
-        np.tile(xs, int(done.sum())),
-        ys[done].ravel(),
-        c=np.repeat(cval[done], n),
-        cmap=cmap,
-        norm=norm,
-        s=10,
-        zorder=3,
-        plotnonfinite=True,
-    )
-    title = f"{len(df)} trials" + (
-        f"; grey dashed: {int(stopped.sum())} stopped early (not compared)" if stopped.any() else ""
-    )
+    _trial_lines(ax, xs, ys, cval, stopped, cmap, norm)
+    title = f"{len(df)} trials"
+    if stopped.any():
+        title += f"; grey dashed: {int(stopped.sum())} stopped early (not compared)"
     for i in np.flatnonzero(_winner(df)):  # named in the title: a legend would cover axis labels
         ax.plot(xs, ys[i], color="black", lw=2.5, ls="--", zorder=4)
         title += f"; dashed: winner {df['trial_id'].iloc[i]}"
     ax.set_title(title, fontsize=9)
-    for i, (_, ticks) in enumerate(axes):
-        ax.axvline(i, color="black", lw=0.8)
-        for p, label in ticks:
-            ax.text(
-                i + 0.04,
-                p,
-                label,
-                fontsize=7,
-                va="center",
-                zorder=5,
-                bbox={"fc": "white", "ec": "none", "alpha": 0.7, "pad": 0.5},
-            )
+    _axis_labels(ax, axes)
     if not len(df):
         ax.text(0.5, 0.5, "no trials", transform=ax.transAxes, ha="center", va="center")
     ax.set_xticks(xs, names, rotation=20, ha="right", fontsize=8)

@@ -102,18 +102,7 @@ def test_tiny_sweep_opens_in_the_browser_with_metrics_and_winner(tmp_path):
         )
         _check_table(df, winner, text, rows, tmp_path)
         assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-        # The winner's page (the table's link, in the model-training layout) shows its samples.
-        base = url.split("#")[0]
-        run = df.set_index("trial_id").loc[winner, "mlflow_run_id"]
-        exp = re.search(r"/experiments/(\d+)/", url).group(1)
-        page = f"{base}{dashboard.run_link(exp, run)}"
-        text, _, _ = open_page(page, tmp_path, ["Validation samples", "Model training"], 1600, 1000, "run")
-        assert "Model training" in text and "Evaluations" not in text  # not the GenAI layout
-        images = json.loads((tmp_path / "run.layout.json").read_text())["images"]
-        samples = [i for i in images if "samples/" in i["src"]]
-        assert samples, images
-        for img in samples:  # LR | bicubic | SR | HR: each panel >= 256 px, shown unshrunk
-            assert img["w"] >= 4 * 256 and img["shown"] >= 0.5 * img["w"], img
+        _check_run_page(url, df.set_index("trial_id").loc[winner, "mlflow_run_id"], tmp_path)
     finally:
         stopped = _srsweep("ui", "--stop", cwd=tmp_path, timeout=120)
         if stopped.returncode != 0:  # still stop what this test started
@@ -149,3 +138,17 @@ def _check_table(df: pd.DataFrame, winner: str, text: str, rows: list[dict], tmp
         assert row["tags.`winner`"] == ("true" if t["trial_id"] == winner else "-"), row
         assert row["tags.`status`"] == ("finished" if finished else "stopped"), row
         assert row["tags.`steps`"] == str(int(t["steps"])), row
+
+
+def _check_run_page(url: str, run: str, tmp_path: Path) -> None:
+    """The winner's page (the link srsweep writes, in the model-training layout) shows its
+    sample grids: LR | bicubic | SR | HR, each panel >= 256 px, shown unshrunk."""
+    base, exp = url.split("#")[0], re.search(r"/experiments/(\d+)/", url).group(1)
+    page = f"{base}{dashboard.run_link(exp, run)}"
+    text, _, _ = open_page(page, tmp_path, ["Validation samples", "Model training"], 1600, 1000, "run")
+    assert "Model training" in text and "Evaluations" not in text  # not the GenAI layout
+    images = json.loads((tmp_path / "run.layout.json").read_text())["images"]
+    samples = [i for i in images if "samples/" in i["src"]]
+    assert samples, images
+    for img in samples:
+        assert img["w"] >= 4 * 256 and img["shown"] >= 0.5 * img["w"], img
