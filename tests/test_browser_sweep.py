@@ -142,7 +142,7 @@ def _check_table(df: pd.DataFrame, winner: str, text: str, rows: list[dict], tmp
 
 def _check_run_page(url: str, run: str, tmp_path: Path) -> None:
     """The winner's page (the link srsweep writes, in the model-training layout) shows its
-    sample grids: LR | bicubic | SR | HR, each panel >= 256 px, shown unshrunk."""
+    sample grids, each panel >= 256 px, shown unshrunk."""
     base, exp = url.split("#")[0], re.search(r"/experiments/(\d+)/", url).group(1)
     page = f"{base}{dashboard.run_link(exp, run)}"
     text, _, _ = open_page(page, tmp_path, ["Validation samples", "Model training"], 1600, 1000, "run")
@@ -150,5 +150,5 @@ def _check_run_page(url: str, run: str, tmp_path: Path) -> None:
     images = json.loads((tmp_path / "run.layout.json").read_text())["images"]
     samples = [i for i in images if "samples/" in i["src"]]
     assert samples, images
-    for img in samples:
-        assert img["w"] >= 4 * 256 and img["shown"] >= 0.5 * img["w"], img
+    for img in samples:  # LR | bicubic over SR | HR: 2 panels a row, each >= 256 px, unshrunk
+        assert img["w"] >= 2 * 256 and img["shown"] >= img["w"] - 1, img

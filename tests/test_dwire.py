@@ -104,16 +104,20 @@ def test_a_diverged_trial_prints_as_failed_with_its_reason(capsys):
 
 def test_label_panels_adds_a_caption_strip_and_keeps_the_pixels():
     grid = (np.arange(24 * 96 * 3) % 251).astype(np.uint8).reshape(24, 96, 3)
-    out = label_panels(grid, min_panel=0)
+    out = label_panels(grid, min_panel=0, per_row=4)  # as is, one strip
     assert out.shape == (16 + 24, 96, 3) and (out[16:] == grid).all()
     for i in range(len(LABELS)):  # every panel's caption has white text pixels
         assert out[:16, i * 24 : (i + 1) * 24].max() > 200
-    # by default small panels are enlarged nearest-neighbour to >= 256 px: 24 px -> 11x = 264 px
+    # by default: panels enlarged nearest-neighbour to >= 256 px (24 px -> 11x = 264 px),
+    # LR | bicubic over SR | HR, each under its 32 px caption
     big = label_panels(grid)
-    assert big.shape == (32 + 24 * 11, 96 * 11, 3) and (big[32::11, ::11] == grid).all()
-    assert (big[32:, :].reshape(24, 11, 96 * 11, 3) == big[32::11, None]).all()  # blocks, no blur
-    for i in range(len(LABELS)):
-        assert big[:32, i * 264 : (i + 1) * 264].max() > 200
+    assert big.shape == (2 * (32 + 264), 2 * 264, 3)
+    lr, sr = big[32 : 32 + 264, :264], big[2 * 32 + 264 :, :264]
+    assert (lr[::11, ::11] == grid[:, :24]).all() and (sr[::11, ::11] == grid[:, 48:72]).all()
+    assert (lr.reshape(24, 11, 264, 3) == lr[::11, None]).all()  # sharp blocks, no blur
+    for top in (0, 32 + 264):  # every caption has white text pixels
+        for x in (0, 264):
+            assert big[top : top + 32, x : x + 264].max() > 200
     assert sample_name("val_sample_0_chelsea") == "chelsea" and sample_name("other") == "other"
     with pytest.raises(ValueError, match="not 4 equal panels"):
         label_panels(grid[:, :95])

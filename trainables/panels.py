@@ -1,4 +1,4 @@
-"""Labelled validation sample grids: LR | bicubic | SR | HR with a caption strip.
+"""Labelled validation sample grids: LR | bicubic over SR | HR, each panel captioned.
 
 A plain four-panel strip (``evaluate.sample_grid``) leaves the reader guessing which panel
 is which; a caption row above each panel names it. Panels narrower than ``MIN_PANEL`` (the
@@ -24,36 +24,39 @@ def enlarge(grid: np.ndarray, panels: int = len(LABELS), min_panel: int = MIN_PA
 
 
 def label_panels(
-    grid: np.ndarray, labels=LABELS, header: int = HEADER, min_panel: int = MIN_PANEL
+    grid: np.ndarray, labels=LABELS, header: int = HEADER, min_panel: int = MIN_PANEL, per_row: int = 2
 ) -> np.ndarray:
-    """uint8 HxWx3 grid of ``len(labels)`` equal panels -> the grid enlarged to panels of at
-    least ``min_panel`` px (``enlarge``; 0: as is) under a caption strip naming each panel."""
-    import cv2
-
+    """uint8 HxWx3 grid of ``len(labels)`` equal panels side by side -> the panels enlarged
+    to at least ``min_panel`` px (``enlarge``; 0: as is), each under a caption naming it,
+    ``per_row`` a row: 2 gives LR | bicubic over SR | HR, which fits a page at 256+ px a
+    panel where a strip of four would not."""
     h, w, c = grid.shape
-    if w % len(labels):
-        raise ValueError(f"grid width {w} is not {len(labels)} equal panels")
-    grid = enlarge(grid, len(labels), min_panel) if min_panel else grid
-    h, w, c = grid.shape
-    pw = w // len(labels)
+    n = len(labels)
+    if w % n:
+        raise ValueError(f"grid width {w} is not {n} equal panels")
+    grid = enlarge(grid, n, min_panel) if min_panel else grid
+    pw = grid.shape[1] // n
     big = pw >= 128
     header = 2 * header if big else header
-    strip = np.zeros((header, w, c), dtype=np.uint8)
-    scale = 0.8 if big else 0.35 if pw < 80 else 0.45
-    for i, text in enumerate(labels):
-        (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
-        x = i * pw + max(0, (pw - tw) // 2)
-        cv2.putText(
-            strip,
-            text,
-            (x, (header + th) // 2),
-            cv2.FONT_HERSHEY_SIMPLEX,
-            scale,
-            (255, 255, 255),
-            2 if big else 1,
-            cv2.LINE_AA,
-        )
-    return np.concatenate([strip, grid], axis=0)
+    panels = [
+        np.concatenate([_caption(text, pw, header, c, big), grid[:, i * pw : (i + 1) * pw]], axis=0)
+        for i, text in enumerate(labels)
+    ]
+    rows = [np.concatenate(panels[i : i + per_row], axis=1) for i in range(0, n, per_row)]
+    return np.concatenate(rows, axis=0)
+
+
+def _caption(text: str, width: int, header: int, channels: int, big: bool) -> np.ndarray:
+    """White text centred on a black strip."""
+    import cv2
+
+    strip = np.zeros((header, width, channels), dtype=np.uint8)
+    scale = 0.8 if big else 0.35 if width < 80 else 0.45
+    (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+    org = (max(0, (width - tw) // 2), (header + th) // 2)
+    thickness = 2 if big else 1
+    cv2.putText(strip, text, org, cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), thickness, cv2.LINE_AA)
+    return strip
 
 
 def image_key(index: int, name: str) -> str:
