@@ -127,7 +127,7 @@ def sample_note(run_id: str, names: Iterable[str]) -> str:
     images = "\n\n".join(f"![{n}](get-artifact?path={SAMPLES_DIR}/{n}.png&run_uuid={run_id})" for n in names)
     return (
         f"{images}\n\nValidation samples ({', '.join(names)}) at the latest validation: "
-        "LR | bicubic | SR | HR, enlarged nearest-neighbour where the crop is small "
+        "LR | bicubic over SR | HR, enlarged nearest-neighbour where the crop is small "
         "(artifacts `samples/`; every validation step: the Model metrics tab's images)."
     )
 

@@ -59,6 +59,7 @@ def _log_sweep(uri: str) -> tuple[str, str]:
     parent = client.create_run(exp, run_name="browser (sweep)", tags={"role": "sweep"}).info.run_id
     searched = list(next(iter(TRIALS.values()))[5])
     tracker.configure_parent(exp, parent, "val_lpips", "min", searched)
+    tracker.describe_experiment(exp, dashboard.sweep_note(exp, parent, "browser-sweep", WINNER))
     for trial, (lpips, psnr, ssim, steps, status, params) in TRIALS.items():
         run = client.create_run(
             exp, run_name=f"trial-{trial}", tags={"mlflow.parentRunId": parent, "ray_trial_id": trial}
@@ -251,7 +252,9 @@ def test_dashboard_shows_trials_with_metrics_and_winner(served_sweep, tmp_path):
         assert name in text, f"{name} missing from the page"
     for value in values:
         assert value in text, f"metric value {value} missing from the page"
-    assert "browser (sweep)" not in text
+    assert "browser (sweep)" not in text  # the parent is one click away, in the description:
+    assert f"Sweep browser-sweep (newest in this experiment): winner \u2605 trial-{WINNER}" in text
+    assert "Summary, importances and plots" in text
     # At 1600 px: the metrics, status, steps and winner columns in view, no scrolling.
     key = ["metrics.`final_val_lpips`", "tags.`status`", "tags.`steps`", "tags.`winner`"]
     assert all(in_view(tmp_path, "dashboard", key).values()), in_view(tmp_path, "dashboard", key)

@@ -116,6 +116,7 @@ def _check_table(df: pd.DataFrame, winner: str, text: str, rows: list[dict], tmp
     winner starred, status and steps in view at 1600 px, stopped trials last and KILLED."""
     for header in ("final_val_lpips", "final_val_psnr", "final_val_ssim", "winner", "status", "steps"):
         assert header in text, header
+    assert f"winner \u2605 trial-{winner}. Summary, importances and plots" in text  # the parent's link
     key = ["metrics.`final_val_lpips`", "tags.`status`", "tags.`steps`", "tags.`winner`"]
     assert all(in_view(tmp_path, "dashboard", key).values()), in_view(tmp_path, "dashboard", key)
     by_trial = {re.search(r"trial-(\w+)", " ".join(r.values())).group(1): r for r in rows}
