@@ -89,14 +89,19 @@ class ConstrainedOptunaSearch(OptunaSearch):
 
     def _link_run(self, trial_id: str, ot_trial) -> None:
         """The trial's MLflow run id as a user attribute (read from the store: the driver's
-        MLflow callback created it when the trial started). Best effort: the store may be down."""
+        MLflow callback created it when the trial started), and the Optuna number (``#4``, as
+        optuna-dashboard shows it) as the run's tag ``optuna_trial``. Best effort: the store
+        may be down."""
         runs = getattr(self, "mlflow_runs", None)  # older searcher state: none
         if runs is None or "mlflow_run_id" in ot_trial.user_attrs:
             return
         try:
             from sweeper.tracking import Tracker
 
-            found = Tracker(runs[0]).children(runs[1], runs[2], trial_id)
+            tracker = Tracker(runs[0])
+            found = tracker.children(runs[1], runs[2], trial_id)
+            if found:
+                tracker.set_tags(found[0][1], {"optuna_trial": f"#{ot_trial.number}"})
         except Exception:  # noqa: BLE001 - an outage must not fail the search
             return
         if found:

@@ -211,4 +211,5 @@ def test_study_names_its_metrics_and_each_trial_carries_its_ids(tmp_path):
     assert s._ot_study.metric_names == ["val_lpips"]
     first, second = s._ot_study.trials
     assert first.user_attrs["trial_id"] == "108f6b1e" and first.user_attrs["mlflow_run_id"] == run
+    assert tracker.client.get_run(run).data.tags["optuna_trial"] == "#0"  # optuna-dashboard's name
     assert second.user_attrs["trial_id"] == "no-run" and "mlflow_run_id" not in second.user_attrs
