@@ -54,6 +54,7 @@ def after_best(state, sel) -> None:
 
     tracker = Tracker(state.tracking_uri)
     report.configure_dashboard(tracker, state, sel.winner["trial_id"])  # older sweeps get a view too
+    report.backfill_final(tracker, sel.ranked)
     report.print_lines(
         [
             report.importance_report(tracker, state),

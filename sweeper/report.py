@@ -62,6 +62,16 @@ def configure_dashboard(tracker, state: SweepState, winner: Optional[str] = None
     describe_sweep(tracker, state, winner)
 
 
+def backfill_final(tracker, ranked: pd.DataFrame) -> None:
+    """``final_*`` metrics on the full-budget trial runs of a sweep logged before they
+    existed (the view sorts by them); a run that has them gets the same values again."""
+    for _, r in ranked.iterrows():
+        run = r.get("mlflow_run_id")
+        if str(r.get("status")) == "TERMINATED" and isinstance(run, str) and run:
+            values = {m: r.get(f"final_{m}") for m in dashboard.METRICS}
+            tracker.log_metrics(run, int(r["steps"]), dashboard.final_metrics(values))
+
+
 def describe_sweep(tracker, state: SweepState, winner: Optional[str]) -> None:
     note = dashboard.sweep_note(state.experiment_id, state.parent_run_id, state.dir.name, winner)
     tracker.describe_experiment(state.experiment_id, note)
