@@ -101,7 +101,8 @@ def test_configure_writes_experiment_tags_the_ui_reads(tmp_path):
     tags = client.get_experiment(exp).tags
     assert tags["mlflow.experimentKind"] == "custom_model_development"
     state = json.loads(tags[f"mlflow.sharedViewState.{key}"])
-    assert state == dashboard.view_state(parent, "val_lpips", "min", dashboard.columns(["loss.dp.mu"]))
+    table = dashboard.view_state(parent, "val_lpips", "min", dashboard.columns(["loss.dp.mu"]))
+    assert state == table | dashboard.charts(["val_lpips"], ["mu"])
     assert client.get_run(parent).data.tags["dashboard_view"] == key == f"srsweep-{parent}"
 
 
