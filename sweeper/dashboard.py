@@ -94,7 +94,7 @@ def final_metrics(values: Mapping[str, object], metrics: Iterable[str] = METRICS
     for m in metrics:
         v = _num(values.get(m))
         if math.isfinite(v):
-            out[FINAL + m] = float(f"{v:.4g}")
+            out[FINAL + m] = _round(v)
     return out
 
 
@@ -230,6 +230,10 @@ def runs_url(base_url: str, experiment_id: str, parent_run_id: str) -> str:
     )
 
 
+def _round(v: float) -> float:
+    return float(f"{v:.4g}")
+
+
 def _num(x) -> float:
     try:
         return float(x)
@@ -240,14 +244,15 @@ def _num(x) -> float:
 def parent_summary(df: pd.DataFrame, winner_id: Optional[str], bicubic_psnr: float) -> dict[str, float]:
     """The parent run's summary metrics from the results table (one row per trial).
 
-    best_* are each metric's best final value over trials that did not fail (LPIPS min,
-    PSNR/SSIM max); winner_* the winner's final values (absent without a winner)."""
+    best_* are each metric's best final value over trials that ran the full budget (LPIPS
+    min, PSNR/SSIM max: an ASHA-stopped trial's partial value is not a result); winner_*
+    the winner's final values (absent without a winner); rounded like ``final_metrics``."""
     need = {"trial_id", "status", "steps", "final_val_lpips", "final_val_psnr", "final_val_ssim"}
     missing = sorted(need - set(df.columns))
     if missing:
         raise ValueError(f"results table: missing columns {', '.join(missing)}")
     status = df["status"].astype(str)
-    ok = df[status != "ERROR"]
+    ok = df[status == "TERMINATED"]
     out: dict[str, float] = {
         "trials_finished": float((status == "TERMINATED").sum()),
         "trials_stopped": float((status == "STOPPED").sum()),
@@ -257,7 +262,7 @@ def parent_summary(df: pd.DataFrame, winner_id: Optional[str], bicubic_psnr: flo
     for metric, best in (("lpips", "min"), ("psnr", "max"), ("ssim", "max")):
         values = pd.to_numeric(ok[f"final_val_{metric}"], errors="coerce").dropna()
         if len(values):
-            out[f"best_val_{metric}"] = float(getattr(values, best)())
+            out[f"best_val_{metric}"] = _round(float(getattr(values, best)()))
     if winner_id is not None:
         row = df[df["trial_id"] == winner_id]
         if row.empty:
@@ -265,6 +270,6 @@ def parent_summary(df: pd.DataFrame, winner_id: Optional[str], bicubic_psnr: flo
         for metric in ("lpips", "psnr", "ssim"):
             v = _num(row.iloc[0][f"final_val_{metric}"])
             if math.isfinite(v):
-                out[f"winner_val_{metric}"] = v
+                out[f"winner_val_{metric}"] = _round(v)
         out["winner_steps"] = float(_num(row.iloc[0]["steps"]))
     return out

@@ -120,13 +120,14 @@ RESULTS = pd.DataFrame(
 
 def test_parent_summary_counts_and_bests_by_hand():
     out = dashboard.parent_summary(RESULTS, "t3", bicubic_psnr=23.5)
-    # the failed trial t4 (its 0.01 / 99.0 / 0.99) never counts as a best
+    # neither the failed trial t4 (its 0.01 / 99.0 / 0.99) nor the stopped t2 (a partial
+    # 0.25 after 10 steps) counts as a best: full-budget trials only
     assert out == {
         "trials_finished": 2.0,
         "trials_stopped": 2.0,
         "trials_failed": 1.0,
         "bicubic_val_psnr": 23.5,
-        "best_val_lpips": 0.25,
+        "best_val_lpips": 0.28,
         "best_val_psnr": 25.5,
         "best_val_ssim": 0.72,
         "winner_val_lpips": 0.28,
