@@ -41,10 +41,12 @@ STEPS_TAG, STATUS_TAG, WINNER_TAG = "steps", "status", "winner"
 STATUS_WORDS = {"TERMINATED": "finished", "STOPPED": "stopped", "ERROR": "failed", "RUNNING": "running"}
 FINAL = "final_"  # prefix of the full-budget metrics the view sorts and shows
 WINNER_MARK = "\u2605 "  # a star before the winner's run name: marked at a glance
-# Config values every trial run logs as params besides its searched knobs (if present).
+# Config values every trial run logs as params besides its searched knobs (if present);
+# the seed wherever the config keeps it (confirmation reruns differ by it).
 KEY_PARAMS = (
     "name",
     "seed",
+    "train.seed",
     "scale",
     "data.kind",
     "model.generator.arch",
