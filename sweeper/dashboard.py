@@ -183,10 +183,13 @@ def _chart(kind: str, key: str, **fields) -> dict:
     return {**base, "metricSectionId": CHART_SECTION, "deleted": False, "isGenerated": False, **fields}
 
 
+CURVES = (*METRICS, "sa_share")  # curves the chart view opens with (after the objective's)
+
+
 def charts(objectives: list[str], params: list[str]) -> dict:
-    """The chart view's first section: the final objective against the searched knobs
-    (parallel coordinates) and each objective's curve over steps. The UI appends charts of
-    the other metrics in its own sections after this one."""
+    """The chart view's section: the final objective against the searched knobs (parallel
+    coordinates), then the curves over steps, the objective's first. The UI shows only
+    these when it opens a shared view (the rest: "Add chart", or a run's Model metrics)."""
     line = {"lineSmoothness": 0, "xAxisKey": "step", "scaleType": "linear", "xAxisScaleType": "linear"}
     line |= {"yAxisKey": "metric", "yAxisExpressions": [], "useGlobalXaxisKey": True, "range": {}}
     cards = [
@@ -198,8 +201,9 @@ def charts(objectives: list[str], params: list[str]) -> dict:
             showAllRuns=True,
         )
     ]
-    cards += [_chart("LINE", m, metricKey=m, selectedMetricKeys=[m], **line) for m in objectives]
-    section = {"uuid": CHART_SECTION, "name": "Objective vs searched knobs", "display": True}
+    curves = list(dict.fromkeys([*objectives, *CURVES]))
+    cards += [_chart("LINE", m, metricKey=m, selectedMetricKeys=[m], **line) for m in curves]
+    section = {"uuid": CHART_SECTION, "name": "Objective vs searched knobs, curves", "display": True}
     # two cards a row, taller than the default: the parallel chart's axis labels need room
     section |= {"isReordered": False, "deleted": False, "isGenerated": False, "columns": 2, "cardHeight": 420}
     return {"compareRunCharts": cards, "compareRunSections": [section]}

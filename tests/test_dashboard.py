@@ -243,12 +243,16 @@ def test_view_opens_charts_on_the_objective_against_the_knobs():
         dashboard.view_json("abc", "val_lpips", "min", ["loss.dp.mu", "loss.perceptual.layer"])
     )
     (section,) = state["compareRunSections"]
-    parallel, curve = state["compareRunCharts"]
+    parallel, *curves = state["compareRunCharts"]
     assert parallel["type"] == "PARALLEL" and parallel["metricSectionId"] == section["uuid"]
-    assert parallel["selectedParams"] == ["mu", "layer"] and parallel["selectedMetrics"] == [
-        "final_val_lpips"
+    assert parallel["selectedParams"] == ["mu", "layer"]
+    assert parallel["selectedMetrics"] == ["final_val_lpips"]
+    assert [(c["type"], c["metricKey"]) for c in curves] == [
+        ("LINE", m) for m in ("val_lpips", "val_psnr", "val_ssim", "sa_share")
     ]
-    assert curve["type"] == "LINE" and curve["metricKey"] == "val_lpips"
+    # a PSNR objective's curve comes first
+    psnr = json.loads(dashboard.view_json("abc", "val_psnr", "max", ["loss.dp.mu"]))["compareRunCharts"]
+    assert [c["metricKey"] for c in psnr[1:]] == ["val_psnr", "val_lpips", "val_ssim", "sa_share"]
 
 
 def test_notes_link_the_parent_and_show_the_samples():
