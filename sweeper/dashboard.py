@@ -203,7 +203,7 @@ def charts(objectives: list[str], params: list[str]) -> dict:
     ]
     curves = list(dict.fromkeys([*objectives, *CURVES]))
     cards += [_chart("LINE", m, metricKey=m, selectedMetricKeys=[m], **line) for m in curves]
-    section = {"uuid": CHART_SECTION, "name": "Objective vs searched knobs, curves", "display": True}
+    section = {"uuid": CHART_SECTION, "name": "Objective vs knobs", "display": True}
     # two cards a row, taller than the default: the parallel chart's axis labels need room
     section |= {"isReordered": False, "deleted": False, "isGenerated": False, "columns": 2, "cardHeight": 420}
     return {"compareRunCharts": cards, "compareRunSections": [section]}
