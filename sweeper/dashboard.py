@@ -134,6 +134,28 @@ def sample_note(run_id: str, names: Iterable[str]) -> str:
     )
 
 
+NOTE_ROWS = 10  # ranked trials in the parent's description (all of them: ranked.md)
+
+
+def parent_note(
+    run_id: str, winner: Optional[str], summary: Mapping[str, float], ranked_md: str, n: int
+) -> str:
+    """The parent run's description: the winner with its final metrics, the trial counts,
+    the plots (``pareto.png``, ``parallel.png``) and the top of the ranked table."""
+    if winner:
+        values = ", ".join(f"{m} {summary[f'winner_{m}']:.4g}" for m in METRICS if f"winner_{m}" in summary)
+        head = f"**Winner: \u2605 trial-{winner}** ({values})"
+    else:
+        head = "**No winner** (no trial that ran the full budget may win)"
+    counts = ", ".join(f"{int(summary.get(f'trials_{k}', 0))} {k}" for k in ("finished", "stopped", "failed"))
+    plots = " ".join(f"![{p}](get-artifact?path={p}.png&run_uuid={run_id})" for p in ("pareto", "parallel"))
+    more = f" (top {NOTE_ROWS} of {n}: all in `ranked.md`)" if n > NOTE_ROWS else ""
+    return (
+        f"{head}. Trials: {counts}; bicubic val PSNR {summary.get('bicubic_val_psnr', math.nan):.2f} dB. "
+        f"Importances: `param_importances.json`.\n\n{plots}\n\n**Ranking**{more}\n\n{ranked_md}"
+    )
+
+
 def sweep_note(experiment_id: str, parent_run_id: str, sweep_name: str, winner: Optional[str]) -> str:
     """The experiment's description (shown above the runs table): the newest sweep, its
     winner and a link to its parent run (summary metrics, importances, plots, ranked.md)."""

@@ -168,6 +168,11 @@ def parent_outputs(tracker, state: SweepState, df: pd.DataFrame, sel) -> None:
     md = state.dir / "ranked.md"
     md.write_text(ranked_markdown(ranked, short_names(state)))
     tracker.log_artifact(state.parent_run_id, md)
+    # the parent's Overview page: who won, the plots and the top of the ranking
+    top = ranked_markdown(ranked.head(dashboard.NOTE_ROWS), short_names(state))
+    summary = dashboard.parent_summary(df, winner_id, state.bicubic_psnr)
+    note = dashboard.parent_note(state.parent_run_id, winner_id, summary, top, len(ranked))
+    tracker.set_tags(state.parent_run_id, {dashboard.NOTE_TAG: note})
 
 
 def importance_report(tracker, state: SweepState, log: bool = True) -> str:

@@ -263,3 +263,14 @@ def test_notes_link_the_parent_and_show_the_samples():
     samples = dashboard.sample_note("r1", ["chelsea", "coffee"])
     assert samples.startswith("![chelsea](get-artifact?path=samples/chelsea.png&run_uuid=r1)")
     assert "![coffee](get-artifact?path=samples/coffee.png&run_uuid=r1)" in samples
+
+
+def test_parent_note_names_the_winner_shows_plots_and_ranking():
+    summary = dashboard.parent_summary(RESULTS, "t3", bicubic_psnr=23.5)
+    note = dashboard.parent_note("p1", "t3", summary, "| rank | trial_id |\n|---|---|\n| 1 | t3 |\n", 12)
+    assert note.startswith("**Winner: \u2605 trial-t3** (val_lpips 0.28, val_psnr 25.5, val_ssim 0.72)")
+    assert "2 finished, 2 stopped, 1 failed" in note and "bicubic val PSNR 23.50 dB" in note
+    assert "![pareto](get-artifact?path=pareto.png&run_uuid=p1)" in note
+    assert "![parallel](get-artifact?path=parallel.png&run_uuid=p1)" in note
+    assert "(top 10 of 12: all in `ranked.md`)" in note and note.endswith("| 1 | t3 |\n")
+    assert dashboard.parent_note("p1", None, summary, "", 2).startswith("**No winner**")
