@@ -285,7 +285,7 @@ def parent_summary(df: pd.DataFrame, winner_id: Optional[str], bicubic_psnr: flo
         "trials_finished": float((status == "TERMINATED").sum()),
         "trials_stopped": float((status == "STOPPED").sum()),
         "trials_failed": float((status == "ERROR").sum()),
-        "bicubic_val_psnr": float(bicubic_psnr),
+        "bicubic_val_psnr": _round(float(bicubic_psnr)),
     }
     for metric, best in (("lpips", "min"), ("psnr", "max"), ("ssim", "max")):
         values = pd.to_numeric(ok[f"final_val_{metric}"], errors="coerce").dropna()
