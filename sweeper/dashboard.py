@@ -135,6 +135,7 @@ def sample_note(run_id: str, names: Iterable[str]) -> str:
 
 
 NOTE_ROWS = 10  # ranked trials in the parent's description (all of them: ranked.md)
+MAX_NOTE = 7500  # characters: under MLflow's 8000 per tag value
 
 
 def parent_note(
@@ -150,10 +151,12 @@ def parent_note(
     counts = ", ".join(f"{int(summary.get(f'trials_{k}', 0))} {k}" for k in ("finished", "stopped", "failed"))
     plots = " ".join(f"![{p}](get-artifact?path={p}.png&run_uuid={run_id})" for p in ("pareto", "parallel"))
     more = f" (top {NOTE_ROWS} of {n}: all in `ranked.md`)" if n > NOTE_ROWS else ""
-    return (
+    text = (
         f"{head}. Trials: {counts}; bicubic val PSNR {summary.get('bicubic_val_psnr', math.nan):.2f} dB. "
         f"Importances: `param_importances.json`.\n\n{plots}\n\n**Ranking**{more}\n\n{ranked_md}"
     )
+    # MLflow refuses a tag value over 8000 characters: then the table stays in ranked.md only
+    return text if len(text) <= MAX_NOTE else text[: text.index("**Ranking**")] + "**Ranking**: `ranked.md`"
 
 
 def sweep_note(experiment_id: str, parent_run_id: str, sweep_name: str, winner: Optional[str]) -> str:

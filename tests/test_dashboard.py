@@ -274,3 +274,5 @@ def test_parent_note_names_the_winner_shows_plots_and_ranking():
     assert "![parallel](get-artifact?path=parallel.png&run_uuid=p1)" in note
     assert "(top 10 of 12: all in `ranked.md`)" in note and note.endswith("| 1 | t3 |\n")
     assert dashboard.parent_note("p1", None, summary, "", 2).startswith("**No winner**")
+    long = dashboard.parent_note("p1", "t3", summary, "| x |\n" * 3000, 12)  # over MLflow's limit
+    assert len(long) < 8000 and long.endswith("**Ranking**: `ranked.md`")

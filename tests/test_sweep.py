@@ -155,6 +155,9 @@ def test_sweep_end_to_end_then_rerun_the_winner(tmp_path, tiny_data):
     assert "get-artifact?path=samples/img_002.png" in winners[0].data.tags["mlflow.note.content"]
     parent = client.get_run(state["parent_run_id"])
     assert parent.data.tags["winner_run_id"] == winners[0].info.run_id
+    # its Overview opens on the winner, the plots and the ranking
+    note = parent.data.tags["mlflow.note.content"]
+    assert note.startswith(f"**Winner: \u2605 {winners[0].info.run_name[2:]}**") and "pareto.png" in note
     assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {
         "results.parquet",
         "pareto.png",
