@@ -55,7 +55,7 @@ def test_tiny_sweep_opens_in_the_browser_with_metrics_and_winner(tmp_path):
         REPO / "search_spaces" / "demo.yaml",
         "--tiny",
         "--set",
-        "budget.num_samples=3",
+        "budget.num_samples=2",  # run together: ASHA stops the one behind at step 5 (unless a tie)
         "--set",
         "train.pretrain_steps=10",
         "--set",
@@ -85,7 +85,7 @@ def test_tiny_sweep_opens_in_the_browser_with_metrics_and_winner(tmp_path):
     sweep_dir = next((tmp_path / "ray_results").glob("demo-*"))
     df = pd.read_parquet(sweep_dir / "results.parquet")
     winner = re.search(r"^winner: trial (\w+) ", out, re.M).group(1)
-    assert len(df) == 3 and winner in set(df["trial_id"])
+    assert len(df) == 2 and winner in set(df["trial_id"])
     assert (sweep_dir / "optuna.db").is_file()
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
