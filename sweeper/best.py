@@ -115,7 +115,7 @@ def choose_winner(
     tracker, parent = Tracker(state.tracking_uri), state.parent_run_id
     run_id = sel.winner["mlflow_run_id"]
     if isinstance(run_id, str) and run_id:
-        tracker.set_tags(run_id, {"winner": "true"})
+        tracker.mark_winner(run_id)  # tag + a star before its name
         tracker.set_tags(parent, {"winner_run_id": run_id})
     tracker.set_tags(parent, {"winner_trial_id": sel.winner["trial_id"]})
     tracker.log_artifact(parent, out)

@@ -90,8 +90,10 @@ class BufferedTracker(Tracker):
     def log_params(self, run_id: str, params: dict[str, Any]) -> None:
         self.box.log_params(run_id, {k: str(v)[:MAX_PARAM_LEN] for k, v in params.items()})
 
-    def log_config(self, run_id: str, config: dict, extra: Optional[dict[str, Any]] = None) -> None:
-        self.log_params(run_id, {**flatten(config), **(extra or {})})
+    def log_config(
+        self, run_id: str, config: dict, extra: Optional[dict[str, Any]] = None, full: bool = True
+    ) -> None:
+        self.log_params(run_id, {**(flatten(config) if full else {}), **(extra or {})})
         self.box.log_dict(run_id, config, "config.yaml")
 
     def log_metrics(self, run_id: str, step: int, values: dict[str, float]) -> None:

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 from ray.tune import Callback
 
+from sweeper import dashboard
 from sweeper.buffered import BufferedTracker
 from sweeper.cluster import PLACEMENT_KEYS, placement_tags
+from sweeper.dashboard import final_metrics
 from sweeper.failures import failure_of, record_failure
 from sweeper.report import child_extras, status_word
 from sweeper.state import SweepState
@@ -20,6 +22,7 @@ from sweeper.sweep_config import searched
 from sweeper.terminal import ProgressCallback as _ProgressCallback
 from sweeper.terminal import error_reason
 from sweeper.trial import read_checkpoint_files
+from trainables.panels import sample_name
 
 # Result keys that are bookkeeping, not metrics worth a chart.
 _SKIP = {
@@ -82,10 +85,9 @@ class MLflowCallback(Callback):
             {"ray_trial_id": trial.trial_id, **st.tags, "steps": "0", "status": "running"},
             parent=st.parent_run_id,
         )
-        found = searched(trial.config)
-        self.tracker.log_config(
-            run_id, cfg, {**{f"search.{k}": v for k, v in found.items()}, **child_extras(st, cfg, found)}
-        )
+        # Params: the searched knobs (short names) and a few key values; the full config
+        # is config.yaml (86 params per run made every picker of the UI unusable).
+        self.tracker.log_config(run_id, cfg, child_extras(st, cfg, searched(trial.config)), full=False)
         self._runs[trial.trial_id] = run_id
         return run_id
 
@@ -118,10 +120,29 @@ class MLflowCallback(Callback):
                     self.tracker.log_metrics(run_id, at, {k: v for k, v in point.items() if k not in _SKIP})
             for image in files["images"]:  # step-indexed images: the UI's slider
                 self.tracker.log_image(run_id, step, image.stem, _read_rgb(image))
+            self._log_samples(trial, run_id, files["images"])
             if files["scores"]:
                 self.tracker.log_dict(run_id, files["scores"], f"val_scores/step_{step:07d}.json")
                 self.tracker.log_sequences(run_id, step, files["scores"])
         self.tracker.set_tags(run_id, {"checkpoint": str(checkpoint.path)})
+
+    def _log_samples(self, trial, run_id: str, images: list) -> None:
+        """The latest sample grids under readable names (``samples/chelsea.png``, overwritten
+        each validation), shown in the run's description. Copied beside the sweep first: a
+        write the store refuses waits in the outbox with its path, which must stay valid."""
+        import shutil
+
+        from sweeper.sharing import local_dir
+
+        if not images:
+            return
+        folder = local_dir(self.state.sweep_dir) / dashboard.SAMPLES_DIR / trial.trial_id
+        folder.mkdir(parents=True, exist_ok=True)
+        names = [sample_name(p.stem) for p in images]
+        for path, name in zip(images, names):
+            shutil.copyfile(path, folder / f"{name}.png")
+            self.tracker.log_artifact(run_id, folder / f"{name}.png", dashboard.SAMPLES_DIR)
+        self.tracker.set_tags(run_id, {dashboard.NOTE_TAG: dashboard.sample_note(run_id, names)})
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         run_id = self.run_id(trial)
@@ -132,10 +153,13 @@ class MLflowCallback(Callback):
             self.tracker.end_run(run_id, "FAILED")
             return
         status = "STOPPED" if step < self.state.total_steps else "TERMINATED"
+        if status == "TERMINATED":  # the sorted, shown final_* columns: full-budget trials only
+            self.tracker.log_metrics(run_id, step, final_metrics(trial.last_result or {}))
         self.tracker.set_tags(
             run_id, {"ray_status": status, "status": status_word(status), "steps": str(step)}
         )
-        self.tracker.end_run(run_id, "FINISHED")
+        # KILLED: the UI's status icon tells an ASHA-stopped trial from a finished one at a glance
+        self.tracker.end_run(run_id, "FINISHED" if status == "TERMINATED" else "KILLED")
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         # An infrastructure failure Ray retries from the last checkpoint: counted on the run.

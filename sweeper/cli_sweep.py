@@ -53,7 +53,8 @@ def after_best(state, sel) -> None:
     from sweeper.tracking import Tracker
 
     tracker = Tracker(state.tracking_uri)
-    report.configure_dashboard(tracker, state)  # sweeps from before the view existed get one
+    report.configure_dashboard(tracker, state, sel.winner["trial_id"])  # older sweeps get a view too
+    report.backfill_final(tracker, sel.ranked)
     report.print_lines(
         [
             report.importance_report(tracker, state),

@@ -19,6 +19,7 @@ trial stopped before the full budget (ASHA) is told as PRUNED: its last value is
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any, Optional
 
 from ray.tune.search.optuna import OptunaSearch
@@ -47,6 +48,12 @@ class BandConstraint:
         return band_violation(float(value), self.band)
 
 
+def run_ref(state) -> tuple[str, str, str]:
+    """Where a sweep's trial runs are (plain strings: saved with the searcher state). An
+    ASHA-stopped trial is told PRUNED (``total_steps``), any trial gets its ids."""
+    return (state.tracking_uri, state.experiment_id, state.parent_run_id)
+
+
 class ConstrainedOptunaSearch(OptunaSearch):
     """``OptunaSearch`` that records each trial's reached ``steps`` on the Optuna trial, and
     whose sampler learns a band constraint on a reported metric when ``constraint`` is given.
@@ -57,11 +64,48 @@ class ConstrainedOptunaSearch(OptunaSearch):
         *args,
         constraint: Optional[BandConstraint] = None,
         total_steps: Optional[int] = None,
+        mlflow_runs: Optional[tuple[str, str, str]] = None,
         **kwargs,
     ):
         self.constraint = constraint  # plain attributes: saved and restored with the searcher state
         self.total_steps = total_steps
+        self.mlflow_runs = mlflow_runs  # (tracking URI, experiment id, parent run id)
         super().__init__(*args, **kwargs)
+
+    def _setup_study(self, mode):
+        super()._setup_study(mode)
+        names = self._metric if isinstance(self._metric, list) else [self._metric]
+        with warnings.catch_warnings():  # set_metric_names is "experimental" in Optuna
+            warnings.simplefilter("ignore")
+            # optuna-dashboard then shows val_lpips, not "Objective 0"
+            self._ot_study.set_metric_names(list(names))
+
+    def suggest(self, trial_id: str):
+        params = super().suggest(trial_id)
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is not None and "trial_id" not in ot_trial.user_attrs:
+            ot_trial.set_user_attr("trial_id", trial_id)  # the id the terminal and MLflow show
+        return params
+
+    def _link_run(self, trial_id: str, ot_trial) -> None:
+        """The trial's MLflow run id as a user attribute (read from the store: the driver's
+        MLflow callback created it when the trial started), and the Optuna number (``#4``, as
+        optuna-dashboard shows it) as the run's tag ``optuna_trial``. Best effort: the store
+        may be down."""
+        runs = getattr(self, "mlflow_runs", None)  # older searcher state: none
+        if runs is None or "mlflow_run_id" in ot_trial.user_attrs:
+            return
+        try:
+            from sweeper.tracking import Tracker
+
+            tracker = Tracker(runs[0])
+            found = tracker.children(runs[1], runs[2], trial_id)
+            if found:
+                tracker.set_tags(found[0][1], {"optuna_trial": f"#{ot_trial.number}"})
+        except Exception:  # noqa: BLE001 - an outage must not fail the search
+            return
+        if found:
+            ot_trial.set_user_attr("mlflow_run_id", found[0][1])
 
     def _stopped_early(self, result: Optional[dict]) -> bool:
         """The trial ended before the full budget (ASHA, a time budget): its last value is
@@ -78,6 +122,8 @@ class ConstrainedOptunaSearch(OptunaSearch):
             if ot_trial is not None and trial_id not in self._completed_trials:
                 ot_trial.set_user_attr(FAILURE_KEY, reason[:1000])
             result, error = None, True  # told as FAIL, as a crash: samplers skip it
+        if ot_trial is not None and trial_id not in self._completed_trials:
+            self._link_run(trial_id, ot_trial)
         if ot_trial is not None and trial_id not in self._completed_trials and not error:
             # The step the trial reached (ASHA stops some early): importances and any later
             # analysis of the study can then compare trials at equal training.

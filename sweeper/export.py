@@ -238,53 +238,73 @@ def _axis(col: pd.Series) -> tuple[np.ndarray, list[tuple[float, str]]]:
     return pos, ticks
 
 
-def plot_parallel(df: pd.DataFrame, path: str | os.PathLike, color: str = "final_val_lpips") -> Path:
-    """Parallel coordinates: one vertical axis per ``param.*`` column plus ``color`` as
-    the last axis, one line per trial coloured by ``color`` (grey where it is NaN)."""
-    require_columns(df, [color], "plot_parallel")
-    params = [c for c in df.columns if str(c).startswith(PARAM_PREFIX)]
-    names = list(short_param_names(params).values()) + [color]
-    axes = [_axis(df[c]) for c in params] + [_axis(pd.to_numeric(df[color], errors="coerce"))]
-    ys = np.column_stack([p for p, _ in axes]) if len(df) else np.zeros((0, len(axes)))
-    cval = pd.to_numeric(df[color], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
-    finite = cval[np.isfinite(cval)]
-    norm = Normalize(finite.min(), finite.max()) if finite.size else Normalize(0.0, 1.0)
-    cmap = colormaps["viridis"].with_extremes(bad="lightgrey")  # low LPIPS dark: the best stand out on white
-    n = len(axes)
-    fig = Figure(figsize=(max(5.0, 1.7 * n + 2.0), 4.8), layout="constrained")
-    ax = fig.add_subplot()
-    xs = np.arange(n, dtype=float)
-    lines = LineCollection(
-        [np.column_stack([xs, y]) for y in ys], array=cval, cmap=cmap, norm=norm, linewidths=1.2, alpha=0.8
+def _stopped(df: pd.DataFrame) -> np.ndarray:
+    """Row mask of the trials ASHA stopped (status STOPPED): their value is a partial one."""
+    if "status" not in df.columns:
+        return np.zeros(len(df), dtype=bool)
+    return df["status"].astype(str).str.upper().eq("STOPPED").to_numpy(dtype=bool)
+
+
+def _trial_lines(
+    ax, xs: np.ndarray, ys: np.ndarray, cval: np.ndarray, stopped: np.ndarray, cmap, norm
+) -> None:
+    """Finished trials coloured by value (points on the axes too); stopped ones grey dashed."""
+    done = ~stopped
+    segments = [np.column_stack([xs, y]) for y in ys[done]]
+    ax.add_collection(
+        LineCollection(segments, array=cval[done], cmap=cmap, norm=norm, linewidths=1.2, alpha=0.8)
     )
-    ax.add_collection(lines)
+    grey = [np.column_stack([xs, y]) for y in ys[stopped]]
+    ax.add_collection(LineCollection(grey, colors="darkgrey", linewidths=0.8, linestyles="--"))
+    n = len(xs)
     ax.scatter(
-        np.tile(xs, len(ys)),
-        ys.ravel(),
-        c=np.repeat(cval, n),
+        np.tile(xs, int(done.sum())),
+        ys[done].ravel(),
+        c=np.repeat(cval[done], n),
         cmap=cmap,
         norm=norm,
         s=10,
         zorder=3,
         plotnonfinite=True,
     )
+
+
+def _axis_labels(ax, axes: list) -> None:
+    for i, (_, ticks) in enumerate(axes):
+        ax.axvline(i, color="black", lw=0.8)
+        for p, label in ticks:
+            box = {"fc": "white", "ec": "none", "alpha": 0.7, "pad": 0.5}
+            ax.text(i + 0.04, p, label, fontsize=7, va="center", zorder=5, bbox=box)
+
+
+def plot_parallel(df: pd.DataFrame, path: str | os.PathLike, color: str = "final_val_lpips") -> Path:
+    """Parallel coordinates: one vertical axis per ``param.*`` column plus ``color`` as
+    the last axis, one line per trial coloured by ``color`` (grey where it is NaN).
+    ASHA-stopped trials are thin dashed grey lines: scored after fewer steps, not compared
+    (as in the Pareto plot); the colour scale spans the other trials only."""
+    require_columns(df, [color], "plot_parallel")
+    params = [c for c in df.columns if str(c).startswith(PARAM_PREFIX)]
+    names = list(short_param_names(params).values()) + [color]
+    axes = [_axis(df[c]) for c in params] + [_axis(pd.to_numeric(df[color], errors="coerce"))]
+    ys = np.column_stack([p for p, _ in axes]) if len(df) else np.zeros((0, len(axes)))
+    cval = pd.to_numeric(df[color], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+    stopped = _stopped(df)
+    finite = cval[np.isfinite(cval) & ~stopped]
+    norm = Normalize(finite.min(), finite.max()) if finite.size else Normalize(0.0, 1.0)
+    cmap = colormaps["viridis"].with_extremes(bad="lightgrey")  # low LPIPS dark: the best stand out on white
+    n = len(axes)
+    fig = Figure(figsize=(max(5.0, 1.7 * n + 2.0), 4.8), layout="constrained")
+    ax = fig.add_subplot()
+    xs = np.arange(n, dtype=float)
+    _trial_lines(ax, xs, ys, cval, stopped, cmap, norm)
     title = f"{len(df)} trials"
+    if stopped.any():
+        title += f"; grey dashed: {int(stopped.sum())} stopped early (not compared)"
     for i in np.flatnonzero(_winner(df)):  # named in the title: a legend would cover axis labels
         ax.plot(xs, ys[i], color="black", lw=2.5, ls="--", zorder=4)
         title += f"; dashed: winner {df['trial_id'].iloc[i]}"
     ax.set_title(title, fontsize=9)
-    for i, (_, ticks) in enumerate(axes):
-        ax.axvline(i, color="black", lw=0.8)
-        for p, label in ticks:
-            ax.text(
-                i + 0.04,
-                p,
-                label,
-                fontsize=7,
-                va="center",
-                zorder=5,
-                bbox={"fc": "white", "ec": "none", "alpha": 0.7, "pad": 0.5},
-            )
+    _axis_labels(ax, axes)
     if not len(df):
         ax.text(0.5, 0.5, "no trials", transform=ax.transAxes, ha="center", va="center")
     ax.set_xticks(xs, names, rotation=20, ha="right", fontsize=8)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Optional
 
 import pandas as pd
 
@@ -26,11 +27,8 @@ def short_names(state: SweepState) -> dict[str, str]:
 
 
 def reserved(state: SweepState) -> set[str]:
-    """Param keys a child run already logs (its flattened config): short names avoid them."""
-    from sweeper.tracking import flatten
-    from trainables.config_files import to_dict
-
-    return set(flatten(to_dict(state.base_config)))
+    """Param keys a child run logs besides its knobs (``KEY_PARAMS``): short names avoid them."""
+    return set(dashboard.KEY_PARAMS)
 
 
 def ui_base_url(state: SweepState) -> tuple[str, bool]:
@@ -41,24 +39,42 @@ def ui_base_url(state: SweepState) -> tuple[str, bool]:
     return (rec["url"], True) if rec else (DEFAULT_UI, False)
 
 
-def dashboard_lines(state: SweepState) -> list[str]:
+def dashboard_lines(state: SweepState, winner_run: Optional[str] = None) -> list[str]:
+    """The printed link, and the winner's run page (its samples) when there is one."""
     base, up = ui_base_url(state)
-    url = dashboard.runs_url(base, state.experiment_id, state.parent_run_id)
-    if state.tracking_uri.startswith(("http://", "https://")):
-        url = dashboard.runs_url(state.tracking_uri, state.experiment_id, state.parent_run_id)
-        return [f"dashboard: {url}"]
     hint = "" if up else f"  (start it with: srsweep ui, in {Path(state.tracking_uri[10:]).parent})"
-    return [f"dashboard: {url}{hint}"]
+    if state.tracking_uri.startswith(("http://", "https://")):
+        base, hint = state.tracking_uri, ""
+    url = dashboard.runs_url(base, state.experiment_id, state.parent_run_id)
+    page = [f"winner's page: {base.rstrip('/')}/{dashboard.run_link(state.experiment_id, winner_run)}"]
+    return [f"dashboard: {url}{hint}"] + (page if winner_run else [])
 
 
-def configure_dashboard(tracker, state: SweepState) -> None:
-    """Experiment kind + the sweep's shared view (idempotent: resume rewrites it)."""
+def configure_dashboard(tracker, state: SweepState, winner: Optional[str] = None) -> None:
+    """Experiment kind, the sweep's shared view and the experiment's description linking the
+    parent run (idempotent: resume rewrites them)."""
     m = state.sweep.objective.metrics[0]
     paths = [p.path for top in state.sweep.space for _, p in top.walk("")]
     tracker.configure_experiment(state.experiment_id)
     tracker.configure_parent(
         state.experiment_id, state.parent_run_id, m.name, m.mode, paths, reserved=reserved(state)
     )
+    describe_sweep(tracker, state, winner)
+
+
+def backfill_final(tracker, ranked: pd.DataFrame) -> None:
+    """``final_*`` metrics on the full-budget trial runs of a sweep logged before they
+    existed (the view sorts by them); a run that has them gets the same values again."""
+    for _, r in ranked.iterrows():
+        run = r.get("mlflow_run_id")
+        if str(r.get("status")) == "TERMINATED" and isinstance(run, str) and run:
+            values = {m: r.get(f"final_{m}") for m in dashboard.METRICS}
+            tracker.log_metrics(run, int(r["steps"]), dashboard.final_metrics(values))
+
+
+def describe_sweep(tracker, state: SweepState, winner: Optional[str]) -> None:
+    note = dashboard.sweep_note(state.experiment_id, state.parent_run_id, state.dir.name, winner)
+    tracker.describe_experiment(state.experiment_id, note)
 
 
 def ranked_markdown(ranked: pd.DataFrame, names: dict[str, str]) -> str:
@@ -133,7 +149,8 @@ def closing_lines(state: SweepState, sel, winner_file: Path) -> list[str]:
         )
         lines += [f"  {k}: {_v(a)}  (vs {_v(b)})" for k, a, b in diff]
     lines.append(f"rerun the winner: srsweep train {winner_file}")
-    return lines + dashboard_lines(state)
+    run = w.get("mlflow_run_id")
+    return lines + dashboard_lines(state, run if isinstance(run, str) and run else None)
 
 
 def _v(x) -> str:
@@ -143,6 +160,7 @@ def _v(x) -> str:
 def parent_outputs(tracker, state: SweepState, df: pd.DataFrame, sel) -> None:
     """Parent summary metrics and the ranked table (markdown) as an artifact."""
     winner_id = sel.winner["trial_id"] if sel is not None else None
+    describe_sweep(tracker, state, winner_id)
     tracker.log_metrics(
         state.parent_run_id, state.total_steps, dashboard.parent_summary(df, winner_id, state.bicubic_psnr)
     )
@@ -150,13 +168,18 @@ def parent_outputs(tracker, state: SweepState, df: pd.DataFrame, sel) -> None:
     md = state.dir / "ranked.md"
     md.write_text(ranked_markdown(ranked, short_names(state)))
     tracker.log_artifact(state.parent_run_id, md)
+    # the parent's Overview page: who won, the plots and the top of the ranking
+    top = ranked_markdown(ranked.head(dashboard.NOTE_ROWS), short_names(state))
+    summary = dashboard.parent_summary(df, winner_id, state.bicubic_psnr)
+    note = dashboard.parent_note(state.parent_run_id, winner_id, summary, top, len(ranked))
+    tracker.set_tags(state.parent_run_id, {dashboard.NOTE_TAG: note})
 
 
 def importance_report(tracker, state: SweepState, log: bool = True) -> str:
     """Optuna's parameter importances as text; logged to the parent (metrics + JSON)."""
     from sweeper.study import format_importances, importances
 
-    values, note = importances(state.dir, seed=state.sweep.search.seed, total_steps=state.total_steps)
+    values, note, spread = importances(state.dir, seed=state.sweep.search.seed, total_steps=state.total_steps)
     names = short_names(state)
     if values is not None and log:
         tracker.log_metrics(
@@ -164,15 +187,21 @@ def importance_report(tracker, state: SweepState, log: bool = True) -> str:
             state.total_steps,
             {f"importance.{names.get(k, k)}": v for k, v in values.items()},
         )
-        tracker.log_dict(state.parent_run_id, {"note": note, "importances": values}, "param_importances.json")
-    return format_importances(values, note, names)
+        tracker.log_dict(
+            state.parent_run_id,
+            {"note": note, "importances": values, "spread": spread},
+            "param_importances.json",
+        )
+    return format_importances(values, note, names, spread)
 
 
 def child_extras(state: SweepState, trial_config: dict, searched: dict) -> dict[str, str]:
-    """The short-named params of a child run (``mu`` next to ``loss.dp.mu``)."""
+    """The params of a child run: its searched knobs under their short names (``mu``) and
+    the key config values (``seed``, ``train.steps``...)."""
     from sweeper.tracking import flatten
 
-    return dashboard.child_params(searched, reserved=flatten(trial_config))
+    keys = dashboard.key_params(flatten(trial_config))
+    return {**keys, **dashboard.child_params(searched, reserved=reserved(state))}
 
 
 def status_word(status: str) -> str:

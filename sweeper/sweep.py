@@ -162,7 +162,7 @@ def build_tuner(state: SweepState):
     from ray.tune.search import ConcurrencyLimiter
 
     from sweeper.callbacks import MLflowCallback
-    from sweeper.constraints import BandConstraint, ConstrainedOptunaSearch
+    from sweeper.constraints import BandConstraint, ConstrainedOptunaSearch, run_ref
     from sweeper.report import short_names
     from sweeper.sharing import local_dir
     from sweeper.space import compile_space, grid_points
@@ -184,7 +184,7 @@ def build_tuner(state: SweepState):
             "random": lambda: RandomSampler(seed=seed),
         }[algo]()
         multi = len(metrics) > 1
-        searcher, extra = ConstrainedOptunaSearch, {"total_steps": total}  # stopped early: PRUNED
+        searcher, extra = ConstrainedOptunaSearch, {"total_steps": total, "mlflow_runs": run_ref(state)}
         if sweep.constraint is not None:  # Optuna learns the band from each trial's reached value
             extra["constraint"] = BandConstraint(sweep.constraint.metric, sweep.constraint.band)
         search_alg = ConcurrencyLimiter(

@@ -126,6 +126,12 @@ class Tracker:
 
         self.client.set_experiment_tag(experiment_id, dashboard.KIND_TAG, dashboard.KIND_TRAINING)
 
+    def describe_experiment(self, experiment_id: str, markdown: str) -> None:
+        """The experiment's description, shown above its runs table."""
+        from sweeper import dashboard
+
+        self.client.set_experiment_tag(experiment_id, dashboard.NOTE_TAG, markdown)
+
     def configure_parent(
         self,
         experiment_id: str,
@@ -205,9 +211,12 @@ class Tracker:
         for i in range(0, len(items), 100):  # MLflow caps a batch at 100 params
             self.client.log_batch(run_id, params=items[i : i + 100])
 
-    def log_config(self, run_id: str, config: dict, extra: Optional[dict[str, Any]] = None) -> None:
-        """A run's full config: one param per key, and ``config.yaml`` to rerun it."""
-        self.log_params(run_id, {**flatten(config), **(extra or {})})
+    def log_config(
+        self, run_id: str, config: dict, extra: Optional[dict[str, Any]] = None, full: bool = True
+    ) -> None:
+        """A run's config as ``config.yaml`` (to rerun it) and params: ``extra``, plus one
+        param per config key when ``full`` (``srsweep train``; sweep trials log only their knobs)."""
+        self.log_params(run_id, {**(flatten(config) if full else {}), **(extra or {})})
         self.client.log_dict(run_id, config, "config.yaml")
 
     def log_metrics(self, run_id: str, step: int, values: dict[str, float]) -> None:
@@ -220,6 +229,15 @@ class Tracker:
 
     def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
         self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def mark_winner(self, run_id: str) -> None:
+        """Tag the winning run and star its name: the runs table marks it at a glance."""
+        from sweeper import dashboard
+
+        self.set_tags(run_id, {dashboard.WINNER_TAG: "true"})
+        name = self.client.get_run(run_id).info.run_name or ""
+        if not name.startswith(dashboard.WINNER_MARK):
+            self.client.update_run(run_id, name=dashboard.WINNER_MARK + name)
 
     def log_artifact(self, run_id: str, path: str | Path, folder: Optional[str] = None) -> None:
         self.client.log_artifact(run_id, str(path), folder)

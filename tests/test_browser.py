@@ -36,7 +36,8 @@ def _p(mu: float, layer: str) -> dict:
 TRIALS = {
     "aaaa0001": (0.2871, 23.41, 0.6523, 40, "finished", _p(0.5, "conv5_4")),
     "aaaa0002": (0.2345, 24.12, 0.6788, 40, "finished", _p(2.0, "conv4_4")),
-    "aaaa0003": (0.3456, 22.87, 0.6011, 20, "stopped", _p(9.0, "conv3_4")),
+    # stopped by ASHA with the lowest LPIPS of all: a partial value that must not rank first
+    "aaaa0003": (0.2011, 22.87, 0.6011, 20, "stopped", _p(9.0, "conv3_4")),
 }
 WINNER = "aaaa0002"
 
@@ -58,6 +59,7 @@ def _log_sweep(uri: str) -> tuple[str, str]:
     parent = client.create_run(exp, run_name="browser (sweep)", tags={"role": "sweep"}).info.run_id
     searched = list(next(iter(TRIALS.values()))[5])
     tracker.configure_parent(exp, parent, "val_lpips", "min", searched)
+    tracker.describe_experiment(exp, dashboard.sweep_note(exp, parent, "browser-sweep", WINNER))
     for trial, (lpips, psnr, ssim, steps, status, params) in TRIALS.items():
         run = client.create_run(
             exp, run_name=f"trial-{trial}", tags={"mlflow.parentRunId": parent, "ray_trial_id": trial}
@@ -69,11 +71,15 @@ def _log_sweep(uri: str) -> tuple[str, str]:
             client.log_metric(run, "val_lpips", lpips if last else lpips + 0.1, step=step)
             client.log_metric(run, "val_psnr", psnr if last else psnr - 1, step=step)
             client.log_metric(run, "val_ssim", ssim if last else ssim - 0.1, step=step)
+        if status == "finished":  # the sorted columns: full-budget trials only
+            tracker.log_metrics(
+                run, steps, dashboard.final_metrics(dict(zip(dashboard.METRICS, (lpips, psnr, ssim))))
+            )
         client.set_tag(run, dashboard.STEPS_TAG, str(steps))
         client.set_tag(run, dashboard.STATUS_TAG, status)
         if trial == WINNER:
-            client.set_tag(run, dashboard.WINNER_TAG, "true")
-        client.set_terminated(run, "FINISHED")
+            tracker.mark_winner(run)
+        client.set_terminated(run, "FINISHED" if status == "finished" else "KILLED")
     client.set_terminated(parent, "FINISHED")
     return exp, parent
 
@@ -90,8 +96,19 @@ ROWS_JS = """(() => { const rows = {};
 })()"""
 
 
+# Where each column header sits (its left and right edge in CSS px): "in view" at a width.
+HEADERS_JS = """JSON.stringify(Object.fromEntries([...document.querySelectorAll('.ag-header-cell[col-id]')]
+  .map(h => { const r = h.getBoundingClientRect(); return [h.getAttribute('col-id'), [r.left, r.right]]; })
+  .concat([...document.querySelectorAll('.ag-root-wrapper')].slice(0, 1)
+  .map(g => { const r = g.getBoundingClientRect(); return ['_grid', [r.left, r.right]]; }))))"""
+# Every image on the page that has loaded: its natural and shown size, and its source.
+IMAGES_JS = """JSON.stringify([...document.images].filter(i => i.complete && i.naturalWidth)
+  .map(i => ({src: i.currentSrc || i.src, w: i.naturalWidth, h: i.naturalHeight,
+              shown: Math.round(i.getBoundingClientRect().width)})))"""
+
+
 async def _cdp_page(
-    port: int, url_part: str, wanted: list[str], shot: Path, deadline_s: float
+    port: int, url_part: str, wanted: list[str], shot: Path, deadline_s: float, width: int, height: int
 ) -> tuple[str, list[dict[str, str]]]:
     """Wait until the page's text shows every string in ``wanted`` (or the deadline),
     save a screenshot, return the text and the grid's rows."""
@@ -114,6 +131,13 @@ async def _cdp_page(
                             raise RuntimeError(f"CDP {method}: {msg['error']}")
                         return msg["result"]
 
+            await call(
+                "Emulation.setDeviceMetricsOverride",
+                width=width,
+                height=height,
+                deviceScaleFactor=1,
+                mobile=False,
+            )
             end = time.monotonic() + deadline_s
             text = ""
             while time.monotonic() < end:
@@ -129,8 +153,11 @@ async def _cdp_page(
             await asyncio.sleep(1.0)  # let the grid finish painting before the screenshot
             png = await call("Page.captureScreenshot", format="png")
             shot.write_bytes(base64.b64decode(png["data"]))
-            rows = await call("Runtime.evaluate", expression=ROWS_JS, returnByValue=True)
-            return text, json.loads(rows["result"].get("value") or "[]")
+            layout = {}
+            for key, js in (("rows", ROWS_JS), ("headers", HEADERS_JS), ("images", IMAGES_JS)):
+                res = await call("Runtime.evaluate", expression=js, returnByValue=True)
+                layout[key] = json.loads(res["result"].get("value") or "null")
+            return text, layout
 
 
 def _devtools_port(profile: Path, proc: subprocess.Popen, deadline_s: float = 60.0) -> int:
@@ -150,11 +177,13 @@ def _devtools_port(profile: Path, proc: subprocess.Popen, deadline_s: float = 60
     raise RuntimeError("chromium did not open its DevTools port")
 
 
-def open_page(url: str, tmp_path: Path, wait_for: list[str], width: int) -> tuple[str, list[dict], Path]:
+def open_page(
+    url: str, tmp_path: Path, wait_for: list[str], width: int, height: int = 900, name: str = "dashboard"
+) -> tuple[str, list[dict], Path]:
     """Headless Chromium on ``url`` until every string of ``wait_for`` shows: the page text, the
-    table rows and a screenshot. The browser (its own process group) is stopped either way;
-    the text and rows are kept beside the screenshot for a failing run."""
-    profile, shot = tmp_path / "chromium-profile", tmp_path / "dashboard.png"
+    table rows and a screenshot (``name``.png). The browser (its own process group) is stopped
+    either way; the text and rows are kept beside the screenshot for a failing run."""
+    profile, shot = tmp_path / f"chromium-profile-{name}", tmp_path / f"{name}.png"
     flags = [
         "--headless",
         "--no-sandbox",
@@ -167,7 +196,7 @@ def open_page(url: str, tmp_path: Path, wait_for: list[str], width: int) -> tupl
         "--disable-dev-shm-usage",
         f"--user-data-dir={profile}",
         "--remote-debugging-port=0",
-        f"--window-size={width},900",
+        f"--window-size={width},{height}",
     ]
     browser = subprocess.Popen(
         [CHROMIUM, *flags, url],
@@ -178,10 +207,12 @@ def open_page(url: str, tmp_path: Path, wait_for: list[str], width: int) -> tupl
     )
     try:
         port = _devtools_port(profile, browser)
-        text, rows = asyncio.run(_cdp_page(port, "/experiments/", wait_for, shot, 180))
+        text, layout = asyncio.run(_cdp_page(port, "/experiments/", wait_for, shot, 180, width, height))
     finally:
         ui.stop_group(browser.pid)
-    (tmp_path / "dashboard.txt").write_text(text + "\n" + json.dumps(rows, indent=1))
+    rows = layout["rows"] or []
+    (tmp_path / f"{name}.txt").write_text(text + "\n" + json.dumps(rows, indent=1))
+    (tmp_path / f"{name}.layout.json").write_text(json.dumps(layout))  # headers' edges, images
     print(f"screenshot: {shot}")
     return text, rows, shot
 
@@ -200,40 +231,52 @@ def served_sweep(tmp_path):
             ui.stop_group(pid)
 
 
+def in_view(tmp_path: Path, name: str, cols: list[str]) -> dict[str, bool]:
+    """Whether each column header lies inside the table's box (no horizontal scrolling)."""
+    headers = json.loads((tmp_path / f"{name}.layout.json").read_text())["headers"] or {}
+    left, right = headers.get("_grid", (0, 0))
+    return {c: c in headers and left <= headers[c][0] and headers[c][1] <= right for c in cols}
+
+
 def test_dashboard_shows_trials_with_metrics_and_winner(served_sweep, tmp_path):
     uri, base, exp, parent = served_sweep
     url = dashboard.runs_url(base, exp, parent)
-    values = [
-        f"{v:.4f}".rstrip("0") if isinstance(v, float) and v < 1 else f"{v}"
-        for t in TRIALS.values()
-        for v in t[:3]
-    ]
+    finished = [t for t in TRIALS if TRIALS[t][4] == "finished"]
+    values = [f"{v}" for t in finished for v in TRIALS[t][:3]]
     names = [f"trial-{t}" for t in TRIALS]
-    text, rows, shot = open_page(url, tmp_path, names + values + ["winner"], width=1800)
-    # The view: only the sweep's trials (not the parent), best LPIPS first, every column named.
-    for header in ("val_lpips", "val_psnr", "val_ssim", "mu", "layer", "steps", "status", "winner"):
+    text, rows, shot = open_page(url, tmp_path, names + values + ["winner"], width=1600, height=1000)
+    # The view: only the sweep's trials (not the parent), every column named.
+    for header in ("final_val_lpips", "final_val_psnr", "final_val_ssim", "mu", "layer", "steps", "status"):
         assert header in text, f"column {header} missing from the page: {text[:2000]}"
     for name in names:
         assert name in text, f"{name} missing from the page"
     for value in values:
         assert value in text, f"metric value {value} missing from the page"
-    assert "browser (sweep)" not in text
-    # Rows: best LPIPS first, each trial's values in its own row, only the winner tagged.
-    by_lpips = sorted(TRIALS, key=lambda t: TRIALS[t][0])
+    assert "browser (sweep)" not in text  # the parent is one click away, in the description:
+    assert f"Sweep browser-sweep (newest in this experiment): winner \u2605 trial-{WINNER}" in text
+    assert "Summary, importances and plots" in text
+    # At 1600 px: the metrics, status, steps and winner columns in view, no scrolling.
+    key = ["metrics.`final_val_lpips`", "tags.`status`", "tags.`steps`", "tags.`winner`"]
+    assert all(in_view(tmp_path, "dashboard", key).values()), in_view(tmp_path, "dashboard", key)
+    # Rows: finished trials by LPIPS, the stopped one last (its better partial value unranked).
+    order = sorted(finished, key=lambda t: TRIALS[t][0]) + [t for t in TRIALS if t not in finished]
     assert [re.search(r"trial-\w+", " ".join(row.values())).group(0) for row in rows] == [
-        f"trial-{t}" for t in by_lpips
+        f"trial-{t}" for t in order
     ], rows
-    for trial, row in zip(by_lpips, rows):
+    for trial, row in zip(order, rows):
         lpips, psnr, ssim, steps, status, params = TRIALS[trial]
         cells = {k: row.get(k) for k in dashboard.columns(params)}
+        done = status == "finished"
         assert cells == {
-            "metrics.`val_lpips`": f"{lpips}",
-            "metrics.`val_psnr`": f"{psnr}",
-            "metrics.`val_ssim`": f"{ssim}",
+            "metrics.`final_val_lpips`": f"{lpips}" if done else "-",
+            "metrics.`final_val_psnr`": f"{psnr}" if done else "-",
+            "metrics.`final_val_ssim`": f"{ssim}" if done else "-",
             "params.`mu`": f"{params['loss.dp.mu']}",
             "params.`layer`": params["loss.perceptual.layer"],
             "tags.`steps`": str(steps),
             "tags.`status`": status,
             "tags.`winner`": "true" if trial == WINNER else "-",
         }, row
+        # the winner's name starred
+        assert (dashboard.WINNER_MARK + f"trial-{trial}" in " ".join(row.values())) == (trial == WINNER), row
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000

@@ -20,7 +20,7 @@ import yaml
 from test_cluster import cluster  # noqa: F401  (fixture: two `ray start` nodes, 1 CPU each)
 from test_postgres import postgres, team_server  # noqa: F401  (fixture: PostgreSQL)
 from test_storage import s3  # noqa: F401  (fixture: moto_server, AWS_* set in os.environ)
-from test_sweep import _children, _sweep_dir, srsweep, start_srsweep, write_sweep
+from test_sweep import _children, _sweep_dir, closed_as_ended, srsweep, start_srsweep, write_sweep
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
@@ -138,7 +138,7 @@ def test_sweep_on_s3_killed_and_resumed(s3, tmp_path, tiny_data):  # noqa: F811
     state = json.loads(fs.open_input_stream(f"{path}/sweep.json").read())
     assert state["experiment"]["train"]["pretrained_g"] == f"{sweep_uri}/pretrain/pretrain_g.pt"
     client, children = _children(f"sqlite:///{tmp_path / 'mlflow.db'}", state["parent_run_id"])
-    assert len(children) == 4 and all(r.info.status == "FINISHED" for r in children)  # none duplicated
+    assert len(children) == 4 and all(closed_as_ended(r) for r in children)  # none duplicated
     assert {r.data.tags["ray_trial_id"] for r in children} == set(df["trial_id"])
     assert client.get_run(state["parent_run_id"]).info.status == "FINISHED"
 

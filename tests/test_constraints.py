@@ -60,7 +60,8 @@ def test_constraint_values_are_on_the_optuna_trials_before_tell():
     assert any(t.constraints["sa_share_mean"] <= 0 for t in trials[:6])  # both kinds occur
     assert any(t.constraints["sa_share_mean"] > 0 for t in trials[:6])
     assert trials[6].state == TrialState.FAIL and trials[6].constraints == {}
-    assert trials[7].constraints == {"sa_share_mean": MISSING_VIOLATION} and trials[7].user_attrs == {}
+    assert trials[7].constraints == {"sa_share_mean": MISSING_VIOLATION}
+    assert trials[7].user_attrs == {"trial_id": "nometric"}  # no reached share recorded
 
 
 def test_band_constraint_by_hand():
@@ -151,7 +152,7 @@ def test_a_diverged_trial_is_told_as_fail_not_left_running():
     s.on_trial_complete("nan", {"val_lpips": math.nan, "step": 3, "diverged": 1.0, "failure": reason})
     t = s._ot_study.trials[2]
     assert t.state == TrialState.FAIL and t.values is None and t.constraints == {}
-    assert t.user_attrs == {"failure": reason}
+    assert t.user_attrs == {"failure": reason, "trial_id": "nan"}
     drive(s, 1, start=3)  # the study goes on
     states = [t.state for t in s._ot_study.trials]
     assert states == [TrialState.COMPLETE, TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE]
@@ -183,3 +184,32 @@ def test_a_trial_stopped_before_the_full_budget_is_pruned_with_its_intermediate_
     assert stopped.user_attrs["steps"] == 30
     # TPE still proposes from a study with a pruned trial in it
     assert "beta2" in s.suggest("next")
+
+
+def test_study_names_its_metrics_and_each_trial_carries_its_ids(tmp_path):
+    """optuna-dashboard shows val_lpips (not "Objective 0"); every Optuna trial carries the
+    terminal's trial id and its MLflow run id as user attributes."""
+    from sweeper.tracking import Tracker
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = Tracker(uri)
+    exp = tracker.experiment("ids")
+    parent = tracker.start_run(exp, "sweep", {"role": "sweep"})
+    run = tracker.start_run(exp, "trial-108f6b1e", {"ray_trial_id": "108f6b1e"}, parent=parent)
+    s = ConstrainedOptunaSearch(
+        space=SPACE,
+        metric="val_lpips",
+        mode="min",
+        sampler=TPESampler(seed=0),
+        total_steps=60,
+        mlflow_runs=(uri, exp, parent),
+    )
+    s.suggest("108f6b1e")
+    s.on_trial_complete("108f6b1e", {"val_lpips": 0.2, "step": 60})
+    s.suggest("no-run")  # no MLflow run (the store was down): the trial still completes
+    s.on_trial_complete("no-run", {"val_lpips": 0.3, "step": 60})
+    assert s._ot_study.metric_names == ["val_lpips"]
+    first, second = s._ot_study.trials
+    assert first.user_attrs["trial_id"] == "108f6b1e" and first.user_attrs["mlflow_run_id"] == run
+    assert tracker.client.get_run(run).data.tags["optuna_trial"] == "#0"  # optuna-dashboard's name
+    assert second.user_attrs["trial_id"] == "no-run" and "mlflow_run_id" not in second.user_attrs

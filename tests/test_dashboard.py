@@ -46,22 +46,34 @@ def test_short_names_are_the_shortest_distinct_suffixes():
 def test_child_params_and_columns_use_the_same_names():
     searched = {"loss.dp.mu": 0.5, "loss.perceptual.layer": "conv4_4"}
     assert dashboard.child_params(searched) == {"mu": "0.5", "layer": "conv4_4"}
+    # the full-budget metrics next to the run name, then status / steps / winner, then knobs
     assert dashboard.columns(searched) == [
-        "metrics.`val_lpips`",
-        "metrics.`val_psnr`",
-        "metrics.`val_ssim`",
-        "params.`mu`",
-        "params.`layer`",
-        "tags.`winner`",
+        "metrics.`final_val_lpips`",
+        "metrics.`final_val_psnr`",
+        "metrics.`final_val_ssim`",
         "tags.`status`",
         "tags.`steps`",
+        "tags.`winner`",
+        "params.`mu`",
+        "params.`layer`",
     ]
+
+
+def test_final_metrics_are_rounded_and_key_params_picked():
+    assert dashboard.final_metrics(
+        {"val_lpips": 0.021334921, "val_psnr": 27.53396, "val_ssim": float("nan")}
+    ) == {
+        "final_val_lpips": 0.02133,
+        "final_val_psnr": 27.53,
+    }
+    flat = {"seed": "3", "train.steps": "60", "loss.dp.mu": "0.5", "data.kind": "image"}
+    assert dashboard.key_params(flat) == {"seed": "3", "data.kind": "image", "train.steps": "60"}
 
 
 def test_view_state_filters_children_and_sorts_by_objective():
     state = dashboard.view_state("abc123", "val_psnr", "max", ["metrics.`val_psnr`"])
     assert state["searchFilter"] == "tags.`mlflow.parentRunId` = 'abc123'"
-    assert (state["orderByKey"], state["orderByAsc"]) == ("metrics.`val_psnr`", False)
+    assert (state["orderByKey"], state["orderByAsc"]) == ("metrics.`final_val_psnr`", False)
     assert dashboard.view_state("abc123", "val_lpips", "min", [])["orderByAsc"] is True
     with pytest.raises(ValueError, match="objective mode"):
         dashboard.view_state("abc123", "val_lpips", "lowest", [])
@@ -89,7 +101,8 @@ def test_configure_writes_experiment_tags_the_ui_reads(tmp_path):
     tags = client.get_experiment(exp).tags
     assert tags["mlflow.experimentKind"] == "custom_model_development"
     state = json.loads(tags[f"mlflow.sharedViewState.{key}"])
-    assert state == dashboard.view_state(parent, "val_lpips", "min", dashboard.columns(["loss.dp.mu"]))
+    table = dashboard.view_state(parent, "val_lpips", "min", dashboard.columns(["loss.dp.mu"]))
+    assert state == table | dashboard.charts(["val_lpips"], ["mu"])
     assert client.get_run(parent).data.tags["dashboard_view"] == key == f"srsweep-{parent}"
 
 
@@ -107,13 +120,14 @@ RESULTS = pd.DataFrame(
 
 def test_parent_summary_counts_and_bests_by_hand():
     out = dashboard.parent_summary(RESULTS, "t3", bicubic_psnr=23.5)
-    # the failed trial t4 (its 0.01 / 99.0 / 0.99) never counts as a best
+    # neither the failed trial t4 (its 0.01 / 99.0 / 0.99) nor the stopped t2 (a partial
+    # 0.25 after 10 steps) counts as a best: full-budget trials only
     assert out == {
         "trials_finished": 2.0,
         "trials_stopped": 2.0,
         "trials_failed": 1.0,
         "bicubic_val_psnr": 23.5,
-        "best_val_lpips": 0.25,
+        "best_val_lpips": 0.28,
         "best_val_psnr": 25.5,
         "best_val_ssim": 0.72,
         "winner_val_lpips": 0.28,
@@ -222,3 +236,43 @@ def test_sigterm_to_foreground_serve_leaves_nothing_on_the_port(tmp_path):
         for pid in server_pids:
             if Path(f"/proc/{pid}").exists():
                 ui.stop_group(os.getpgid(pid))
+
+
+def test_view_opens_charts_on_the_objective_against_the_knobs():
+    state = json.loads(
+        dashboard.view_json("abc", "val_lpips", "min", ["loss.dp.mu", "loss.perceptual.layer"])
+    )
+    (section,) = state["compareRunSections"]
+    parallel, *curves = state["compareRunCharts"]
+    assert parallel["type"] == "PARALLEL" and parallel["metricSectionId"] == section["uuid"]
+    assert parallel["selectedParams"] == ["mu", "layer"]
+    assert parallel["selectedMetrics"] == ["final_val_lpips"]
+    assert [(c["type"], c["metricKey"]) for c in curves] == [
+        ("LINE", m) for m in ("val_lpips", "val_psnr", "val_ssim", "sa_share")
+    ]
+    # a PSNR objective's curve comes first
+    psnr = json.loads(dashboard.view_json("abc", "val_psnr", "max", ["loss.dp.mu"]))["compareRunCharts"]
+    assert [c["metricKey"] for c in psnr[1:]] == ["val_psnr", "val_lpips", "val_ssim", "sa_share"]
+
+
+def test_notes_link_the_parent_and_show_the_samples():
+    note = dashboard.sweep_note("7", "p1", "demo-2026", "108f6b1e")
+    assert "\u2605 trial-108f6b1e" in note
+    assert "(#/experiments/7/runs/p1?workflowType=machine_learning)" in note
+    assert "no winner yet" in dashboard.sweep_note("7", "p1", "demo-2026", None)
+    samples = dashboard.sample_note("r1", ["chelsea", "coffee"])
+    assert samples.startswith("![chelsea](get-artifact?path=samples/chelsea.png&run_uuid=r1)")
+    assert "![coffee](get-artifact?path=samples/coffee.png&run_uuid=r1)" in samples
+
+
+def test_parent_note_names_the_winner_shows_plots_and_ranking():
+    summary = dashboard.parent_summary(RESULTS, "t3", bicubic_psnr=23.5)
+    note = dashboard.parent_note("p1", "t3", summary, "| rank | trial_id |\n|---|---|\n| 1 | t3 |\n", 12)
+    assert note.startswith("**Winner: \u2605 trial-t3** (val_lpips 0.28, val_psnr 25.5, val_ssim 0.72)")
+    assert "2 finished, 2 stopped, 1 failed" in note and "bicubic val PSNR 23.50 dB" in note
+    assert "![pareto](get-artifact?path=pareto.png&run_uuid=p1)" in note
+    assert "![parallel](get-artifact?path=parallel.png&run_uuid=p1)" in note
+    assert "(top 10 of 12: all in `ranked.md`)" in note and note.endswith("| 1 | t3 |\n")
+    assert dashboard.parent_note("p1", None, summary, "", 2).startswith("**No winner**")
+    long = dashboard.parent_note("p1", "t3", summary, "| x |\n" * 3000, 12)  # over MLflow's limit
+    assert len(long) < 8000 and long.endswith("**Ranking**: `ranked.md`")

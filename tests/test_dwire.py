@@ -13,7 +13,7 @@ from sweeper import overrides, report, terminal
 from sweeper.plan import describe
 from sweeper.space import Param
 from trainables.config import ConfigError
-from trainables.panels import LABELS, image_key, label_panels
+from trainables.panels import LABELS, image_key, label_panels, sample_name
 
 
 def test_set_routes_sweep_keys_to_the_sweep_and_others_to_the_experiment():
@@ -104,10 +104,21 @@ def test_a_diverged_trial_prints_as_failed_with_its_reason(capsys):
 
 def test_label_panels_adds_a_caption_strip_and_keeps_the_pixels():
     grid = (np.arange(24 * 96 * 3) % 251).astype(np.uint8).reshape(24, 96, 3)
-    out = label_panels(grid)
+    out = label_panels(grid, min_panel=0, per_row=4)  # as is, one strip
     assert out.shape == (16 + 24, 96, 3) and (out[16:] == grid).all()
     for i in range(len(LABELS)):  # every panel's caption has white text pixels
         assert out[:16, i * 24 : (i + 1) * 24].max() > 200
+    # by default: panels enlarged nearest-neighbour to >= 256 px (24 px -> 11x = 264 px),
+    # LR | bicubic over SR | HR, each under its 32 px caption
+    big = label_panels(grid)
+    assert big.shape == (2 * (32 + 264), 2 * 264, 3)
+    lr, sr = big[32 : 32 + 264, :264], big[2 * 32 + 264 :, :264]
+    assert (lr[::11, ::11] == grid[:, :24]).all() and (sr[::11, ::11] == grid[:, 48:72]).all()
+    assert (lr.reshape(24, 11, 264, 3) == lr[::11, None]).all()  # sharp blocks, no blur
+    for top in (0, 32 + 264):  # every caption has white text pixels
+        for x in (0, 264):
+            assert big[top : top + 32, x : x + 264].max() > 200
+    assert sample_name("val_sample_0_chelsea") == "chelsea" and sample_name("other") == "other"
     with pytest.raises(ValueError, match="not 4 equal panels"):
         label_panels(grid[:, :95])
     assert image_key(1, "img 003.png") == "val_sample_1_img_003.png"

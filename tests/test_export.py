@@ -2,6 +2,7 @@
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -118,3 +119,23 @@ def test_plot_missing_column_is_clear(tmp_path):
     with pytest.raises(ValueError, match="final_val_psnr"):
         plot_pareto(results().drop(columns="final_val_psnr"), tmp_path / "p.png")
     assert not (tmp_path / "p.png").exists()
+
+
+def test_parallel_draws_stopped_trials_grey_dashed(tmp_path, monkeypatch):
+    """ASHA-stopped trials: thin grey dashed lines outside the colour scale (a partial value)."""
+    from sweeper import export
+
+    df = results(n=6, seed=1)
+    df["status"] = ["TERMINATED"] * 4 + ["STOPPED"] * 2
+    df.loc[df["status"] == "STOPPED", "final_val_lpips"] = 0.001  # better than any finished one
+    drawn = []
+    monkeypatch.setattr(export, "_save", lambda fig, path: drawn.append(fig) or Path(path))
+    export.plot_parallel(df, tmp_path / "parallel.png")
+    ax = drawn[0].axes[0]
+    colored, grey = ax.collections[0], ax.collections[1]
+    assert len(colored.get_segments()) == 4 and len(grey.get_segments()) == 2
+    assert grey.get_linestyle()[0][1] is not None  # dashed
+    assert colored.norm.vmin > 0.001  # the stopped value does not stretch the scale
+    assert "2 stopped early" in ax.get_title()
+    monkeypatch.undo()
+    assert_png(plot_parallel(df, tmp_path / "real.png"))

@@ -2,10 +2,11 @@
 
 import optuna
 
-from sweeper.study import importances, storage_url, study_name
+from sweeper.study import format_importances, importances, storage_url, study_name
 
 
 def _study(tmp_path, rows):
+    tmp_path.mkdir(parents=True, exist_ok=True)
     study = optuna.create_study(study_name=study_name(tmp_path), storage=storage_url(tmp_path))
     for x, y, steps, value in rows:
         study.add_trial(
@@ -27,14 +28,21 @@ def test_importances_count_only_full_budget_trials(tmp_path):
     full = [(i / 8 + 0.05, y, 60, i / 8 + 0.05) for i, y in enumerate(ys)]
     stopped = [(0.2, 0.9, 15, 9.0), (0.6, 0.1, 15, 0.0)]
     _study(tmp_path, full + stopped)
-    values, note = importances(tmp_path, total_steps=60)
-    assert "over 8 trials that ran the full budget" in note
+    values, note, spread = importances(tmp_path, total_steps=60)
+    assert "over 8 trials that ran the full budget" in note and "minimum 8" in note
     assert values["x"] > 0.8 > values["y"]
-    values_all, note_all = importances(tmp_path)
+    assert set(spread) == {"x", "y"} and all(0 <= v < 0.5 for v in spread.values())
+    text = format_importances(values, note, {}, spread)
+    assert f"{values['x']:.2f} +- {spread['x']:.2f}" in text
+    values_all, note_all, _ = importances(tmp_path)
     assert "over 10 completed trials" in note_all
 
 
 def test_too_few_full_budget_trials_is_a_note(tmp_path):
     _study(tmp_path, [(0.1, 0.5, 60, 0.1), (0.2, 0.9, 15, 9.0), (0.6, 0.1, 15, 0.0), (0.3, 0.3, 30, 1.0)])
-    values, note = importances(tmp_path, total_steps=60)
-    assert values is None and "needs >= 3 trials that ran the full budget" in note and "has 1" in note
+    values, note, _ = importances(tmp_path, total_steps=60)
+    assert values is None and "needs >= 8 trials that ran the full budget" in note and "has 1" in note
+    # a stated, configurable minimum: 3 finished trials are not enough by default, are when asked
+    _study(tmp_path / "b", [(i / 3, (i * 7 % 3) / 3, 60, i / 3) for i in range(3)])
+    assert importances(tmp_path / "b", total_steps=60)[0] is None
+    assert importances(tmp_path / "b", total_steps=60, min_trials=3)[0] is not None

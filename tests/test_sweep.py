@@ -106,6 +106,11 @@ def _children(uri: str, parent: str):
     return client, [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent]
 
 
+def closed_as_ended(run) -> bool:
+    """A trial run is FINISHED when it ran the full budget, KILLED when ASHA stopped it."""
+    return run.info.status == ("FINISHED" if run.data.tags.get("ray_status") == "TERMINATED" else "KILLED")
+
+
 def test_sweep_end_to_end_then_rerun_the_winner(tmp_path, tiny_data):
     """Data paths relative to the launch folder (as DESIGN's ../shared/data), the sweep file
     in another folder: every trial (running in its own Ray folder) still finds the data."""
@@ -130,7 +135,7 @@ def test_sweep_end_to_end_then_rerun_the_winner(tmp_path, tiny_data):
     client, children = _children(uri, state["parent_run_id"])
     assert len(children) == 4
     assert {r.data.tags["ray_trial_id"] for r in children} == set(df["trial_id"])
-    assert all(r.info.status == "FINISHED" and r.data.tags["backbones"] == "random-init" for r in children)
+    assert all(closed_as_ended(r) and r.data.tags["backbones"] == "random-init" for r in children)
     winners = [r for r in children if r.data.tags.get("winner") == "true"]
     assert len(winners) == 1
     hist = client.get_metric_history(winners[0].info.run_id, "val_lpips")
@@ -144,8 +149,15 @@ def test_sweep_end_to_end_then_rerun_the_winner(tmp_path, tiny_data):
         "val_sample_0_img_002",
         "val_sample_1_img_003",
     }, arts
+    # ... and the latest ones under readable names, shown in the run's description
+    samples = {a.path for a in client.list_artifacts(winners[0].info.run_id, "samples")}
+    assert samples == {"samples/img_002.png", "samples/img_003.png"}, samples
+    assert "get-artifact?path=samples/img_002.png" in winners[0].data.tags["mlflow.note.content"]
     parent = client.get_run(state["parent_run_id"])
     assert parent.data.tags["winner_run_id"] == winners[0].info.run_id
+    # its Overview opens on the winner, the plots and the ranking
+    note = parent.data.tags["mlflow.note.content"]
+    assert note.startswith(f"**Winner: \u2605 {winners[0].info.run_name[2:]}**") and "pareto.png" in note
     assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {
         "results.parquet",
         "pareto.png",
@@ -189,7 +201,7 @@ def test_killed_driver_resumes_without_duplicates(tmp_path, tiny_data):
     state = json.loads((d / "sweep.json").read_text())
     _, children = _children(f"sqlite:///{tmp_path / 'mlflow.db'}", state["parent_run_id"])
     assert len(children) == 4  # no duplicated MLflow runs
-    assert all(r.info.status == "FINISHED" for r in children)
+    assert all(closed_as_ended(r) for r in children)
 
 
 def write_confirm_sweep(tmp_path: Path, tiny_data: Path, shared_data: Path) -> tuple[Path, Path]:

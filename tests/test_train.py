@@ -94,7 +94,12 @@ def test_validation_reports_metrics_and_a_sample_grid(tiny_config, tmp_path):
     assert set(vals) == {3, 4} and {3, 4} <= {s for s, _ in rep.rows}  # a validation step is a log step
     assert all(v["val_psnr"] > 5 and 0 < v["val_ssim"] <= 1 and v["val_lpips"] >= 0 for v in vals.values())
     step, name, grid = rep.images[0]
-    assert name == "val_sample_0_img_002" and grid.dtype == np.uint8 and grid.shape == (16 + 64, 4 * 64, 3)
+    # 64 px crops enlarged 4x (nearest) to 256 px panels, 2 a row, each under a 32 px caption
+    assert (
+        name == "val_sample_0_img_002"
+        and grid.dtype == np.uint8
+        and grid.shape == (2 * (32 + 256), 2 * 256, 3)
+    )
     assert [n for s, n, _ in rep.images if s == step] == ["val_sample_0_img_002", "val_sample_1_img_003"]
     assert "pretrain_g.pt" in {n for _, n in rep.checkpoints}
     step, rows = rep.scores_at  # per-image scores of the last validation (for the paired test)

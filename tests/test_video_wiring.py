@@ -159,9 +159,11 @@ def test_trainer_trains_on_clips_and_validates_centre_frames(preset, tmp_path):
     assert metrics["val_psnr"] == pytest.approx((a + b) / 2)
     from trainables.panels import HEADER
 
-    # LR | bicubic | SR | HR of the centre 64 px frame, captioned above
+    # LR | bicubic over SR | HR of the centre 64 px frame, enlarged 4x (nearest) to 256 px
+    # panels, each captioned above
     first = images[sorted(images)[0]]
-    assert sorted(images)[0].startswith("val_sample_0_chelsea") and first.shape == (HEADER + 64, 4 * 64, 3)
+    assert sorted(images)[0].startswith("val_sample_0_chelsea")
+    assert first.shape == (2 * (2 * HEADER + 256), 2 * 256, 3)
 
 
 # ------------------------------------------------------------------------------ eval
