@@ -184,6 +184,24 @@ def test_mu_inf_builds_no_resnet_and_is_vgg_only(disc):
     assert p["loss_dp"] == pytest.approx(p["loss_vgg"]) and "loss_resnet" not in p
 
 
+@pytest.mark.parametrize("variant", ["paper", "released"])
+def test_dp_resnet_term_counts_every_image_of_the_batch(variant, disc):
+    # Issue 20 point 3: with the real ResNetFeatures, making image 0 perfect moves the term
+    # and the gradient reaches image 0 of sr (the paper variant used to score image 3 only).
+    dp = {"mu": 0.5, "resnet_stage": 2, "resnet_variant": variant}
+    obj = GeneratorObjective(cfg_with({"dp": dp, "perceptual": {"layer": "conv2_1"}}))
+    sr, hr = _batch(n=4)
+    r_sr, r_hr = obj.resnet(sr), obj.resnet(hr)
+    before = L.resnet_loss(r_sr, r_hr, variant)
+    (grad,) = torch.autograd.grad(before, sr)
+    assert grad[0].abs().sum() > 0 and grad[3].abs().sum() > 0
+    perfect = torch.cat([hr[:1], sr[1:].detach()])
+    after = L.resnet_loss(obj.resnet(perfect), r_hr, variant).item()
+    assert after < 0.9 * before.item()
+    p = _parts(obj(sr, hr, None, disc=disc))
+    assert p["loss_resnet"] == pytest.approx(before.item(), rel=1e-5)
+
+
 def test_sa_share_calibration_hits_the_target(disc):
     sa = {"edge": "lv", "sa_share_target": 0.15}
     loss = {**FULL, "pixel": {"criterion": "l1", "beta1": 0.01, "sa": sa}}
