@@ -165,6 +165,10 @@ class BackbonesConfig(Strict):
     # cache (never downloaded). random: seeded init, runs are tagged random-init.
     weights: Literal["pretrained", "random"] = "pretrained"
     weights_dir: Optional[str] = None
+    # Seed of random-init backbones (VGG19, ResNet50) and the LPIPS trunk: part of the
+    # objective's and the metric's definition, the same for every run of a sweep. The
+    # top-level `seed` is the training seed (G/D init, data order, augmentation).
+    seed: int = Field(0, ge=0, le=2**31 - 1)
 
 
 # ---------------------------------------------------------------------------- losses

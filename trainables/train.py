@@ -157,9 +157,8 @@ class Trainer:
         accel.layout(cfg.train, self.G, self.D, self.objective)  # GPU path options, off by default
         accel.backbone_layout(self.device, self.objective)
         self.g_fwd, self.d_fwd = accel.compiled(cfg.train, self.G), accel.compiled(cfg.train, self.D)
-        self.lpips = LPIPSMetric(cfg.backbones.weights, cfg.backbones.weights_dir, seed=cfg.seed).to(
-            self.device
-        )
+        bb = cfg.backbones  # backbones.seed, not the training seed: one metric for every run
+        self.lpips = LPIPSMetric(bb.weights, bb.weights_dir, seed=bb.seed).to(self.device)
         t = cfg.train
         self.opt_pre = torch.optim.Adam(self.G.parameters(), lr=t.lr, betas=t.betas)
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=t.lr, betas=t.betas)
