@@ -266,7 +266,10 @@ class SAFeatureLoss(Strict):
     alpha3: float = Field(1.0, ge=0)
     beta3: float = Field(1.0, ge=0)
     criterion: Criterion = "charbonnier"
-    weight: float = Field(1.0, ge=0)
+    weight: float = Field(1.0, ge=0)  # 1 in eq. 13 (alpha3, beta3 are the weights)
+    # replace: poster eq. 13, the SA feature term IS the perceptual term (no plain VGG term;
+    # perceptual gives the layer only). add: the plain VGG term stays, this one is added.
+    mode: Literal["replace", "add"] = "replace"
 
 
 class DPLoss(Strict):
@@ -311,6 +314,8 @@ class LossConfig(Strict):
                 raise ValueError(f"{name}: needs a perceptual section (it uses the VGG layer and weight)")
         if self.sa_feature is not None and self.pixel.sa is None:
             raise ValueError("sa_feature: needs pixel.sa (it weights features by VGG(W(hr)))")
+        if self.sa_feature is not None and self.sa_feature.mode == "replace" and self.dp is not None:
+            raise ValueError("sa_feature.mode: replace drops the plain VGG term; with dp use mode: add")
         return self
 
 
