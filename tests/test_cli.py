@@ -97,6 +97,7 @@ def _tiny_config(tmp_path, shared_data, **extra):
         "name: tiny-sa\n"
         f"data: {{train: {shared_data / 'DIV2K256'}, val: {shared_data / 'Set5'}}}\n"
         "train: {pretrain_steps: 4, steps: 4, val_every: 4, val_images: 1, val_crop: 64, log_every: 2}\n"
+        "loss: {pixel: {sa: {sa_share_target: null, beta2: 20}}}\n"  # the paper's fixed beta2
     )
     return cfg
 
@@ -220,7 +221,8 @@ def test_run_without_weights_fails_before_anything_starts(tmp_path, shared_data)
     sweep.write_text(
         "name: noweights\nbase: [sa_esrgan_lv, tiny_cpu]\n"
         f"set: {{data: {{train: {shared_data / 'DIV2K256'}, val: {shared_data / 'Set5'}}},\n"
-        f"      backbones: {{weights: pretrained, weights_dir: {tmp_path / 'w'}}}}}\n"
+        f"      backbones: {{weights: pretrained, weights_dir: {tmp_path / 'w'}}},\n"
+        "      loss: {pixel: {sa: {sa_share_target: null, beta2: 20}}}}\n"
         "space: [{path: loss.pixel.sa.beta2, float: [1, 40]}]\n"
         "objective: {metrics: [{name: val_lpips, mode: min}]}\nscheduler: {type: none}\n"
     )
