@@ -176,6 +176,7 @@ Criterion = Literal["l1", "charbonnier", "huber", "l2"]
 
 
 class LocalVariance(Strict):
+    # SA eq. 1-3; the paper gives no window or delta: 5 and 0.01 are our defaults.
     window: int = Field(5, ge=3, le=31)
     delta: float = Field(0.01, gt=0)
 
@@ -187,6 +188,7 @@ class LocalVariance(Strict):
 
 
 class Canny(Strict):
+    # cv2.Canny hysteresis thresholds (0-255 gray); the paper gives none: 100/200 are ours.
     low: float = Field(100, ge=0, le=255)
     high: float = Field(200, ge=0, le=255)
 
