@@ -42,6 +42,22 @@ def test_eval_embedded_with_random_lpips_says_so():
     assert re.search(r"^mean\s+[\d.]+\s+[\d.]+\s+[\d.]+$", res.stdout, re.M), res.stdout
 
 
+def test_eval_random_lpips_is_the_trunk_of_backbones_seed():
+    # Issue 20: `eval --lpips random` scores with the trunk a trainer of backbones.seed builds.
+    from argparse import Namespace
+
+    import torch
+
+    from sweeper.cli_train import _lpips
+    from trainables.metrics import LPIPSMetric
+
+    args = Namespace(lpips="random", weights_dir=None)
+    same = zip(_lpips(args, 0).parameters(), LPIPSMetric("random", seed=0).parameters())
+    assert all(torch.equal(a, b) for a, b in same)
+    other = zip(_lpips(args, 5).parameters(), LPIPSMetric("random", seed=0).parameters())
+    assert not all(torch.equal(a, b) for a, b in other)
+
+
 def test_eval_auto_lpips_without_weights_is_skipped_with_a_note(tmp_path):
     res = run("eval", "embedded", "--weights-dir", tmp_path)
     assert res.returncode == 0, res.stderr
