@@ -141,6 +141,20 @@ def test_training_seed_leaves_the_metric_and_the_loss_backbones_alone(tiny_confi
     assert not _same_params(Trainer(other, tmp_path / "7", ListReporter()).lpips, a.lpips)
 
 
+def test_pretraining_has_its_own_lr_schedule_and_criterion(tiny_config, tmp_path):
+    # ESRGAN's PSNR stage: 2e-4 halved every 200k; Lucas et al. pretrain with MSE (issue 20, 7).
+    cfg = _cfg(tiny_config, pretrain_lr=3e-4, pretrain_milestones=[2], pretrain_criterion="l2")
+    t = Trainer(cfg, tmp_path, ListReporter())
+    batch = next(t.batches(0))
+    with torch.no_grad():
+        mse = ((t.G(batch["lr"]) - batch["hr"]) ** 2).mean().item()
+    assert float(t.pretrain_step(batch)["loss_pretrain_pixel"]) == pytest.approx(mse, rel=1e-5)
+    assert t.opt_pre.param_groups[0]["lr"] == pytest.approx(3e-4)
+    t.pretrain_step(batch)
+    assert t.opt_pre.param_groups[0]["lr"] == pytest.approx(1.5e-4)  # lr_gamma 0.5 at step 2
+    assert t.opt_g.param_groups[0]["lr"] == pytest.approx(1e-4)  # the GAN stage keeps train.lr
+
+
 PRESETS = ["esrgan", "sa_esrgan_lv", "sa_esrgan_canny", "srgan_dp", "esrgan_dp", "fm_pcsva"]
 
 

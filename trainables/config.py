@@ -165,9 +165,8 @@ class BackbonesConfig(Strict):
     # cache (never downloaded). random: seeded init, runs are tagged random-init.
     weights: Literal["pretrained", "random"] = "pretrained"
     weights_dir: Optional[str] = None
-    # Seed of random-init backbones (VGG19, ResNet50) and the LPIPS trunk: part of the
-    # objective's and the metric's definition, the same for every run of a sweep. The
-    # top-level `seed` is the training seed (G/D init, data order, augmentation).
+    # Seed of random-init VGG19 / ResNet50 and the LPIPS trunk: it defines the objective and the
+    # metric, one for every run of a sweep (`seed` is the training seed: init, data, augmentation).
     seed: int = Field(0, ge=0, le=2**31 - 1)
 
 
@@ -175,8 +174,7 @@ class BackbonesConfig(Strict):
 Criterion = Literal["l1", "charbonnier", "huber", "l2"]
 
 
-class LocalVariance(Strict):
-    # SA eq. 1-3; the paper gives no window or delta: 5 and 0.01 are our defaults.
+class LocalVariance(Strict):  # SA eq. 1-3; the paper gives no window or delta: ours
     window: int = Field(5, ge=3, le=31)
     delta: float = Field(0.01, gt=0)
 
@@ -187,8 +185,7 @@ class LocalVariance(Strict):
         return self
 
 
-class Canny(Strict):
-    # cv2.Canny hysteresis thresholds (0-255 gray); the paper gives none: 100/200 are ours.
+class Canny(Strict):  # cv2.Canny thresholds (0-255 gray); the paper gives none: ours
     low: float = Field(100, ge=0, le=255)
     high: float = Field(200, ge=0, le=255)
 
@@ -324,6 +321,11 @@ class LossConfig(Strict):
 # -------------------------------------------------------------------------- training
 class TrainConfig(Strict):
     pretrain_steps: int = Field(1000, ge=0)
+    # PSNR pretraining (stage 1): its own lr, milestones (stage-1 steps, lr *= lr_gamma) and
+    # pixel criterion; None: train.lr / loss.pixel.criterion (ESRGAN: 2e-4 halved every 200k).
+    pretrain_lr: Optional[float] = Field(None, gt=0)
+    pretrain_milestones: list[int] = Field(default_factory=list)
+    pretrain_criterion: Optional[Criterion] = None
     steps: int = Field(5000, ge=1)
     lr: float = Field(1e-4, gt=0)
     milestones: list[int] = Field(default_factory=list)  # GAN-stage steps where lr *= gamma
