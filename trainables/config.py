@@ -89,6 +89,7 @@ class RRDBNetConfig(_GeneratorBase):
 class SRResNetConfig(_GeneratorBase):
     arch: Literal["srresnet"] = "srresnet"
     num_blocks: int = Field(16, ge=1)
+    variant: Literal["srgan", "msrresnet"] = "srgan"  # msrresnet: BasicSR's, the DP authors' SRGAN G
 
 
 class VGGDiscConfig(Strict):
@@ -165,9 +166,8 @@ class BackbonesConfig(Strict):
     # cache (never downloaded). random: seeded init, runs are tagged random-init.
     weights: Literal["pretrained", "random"] = "pretrained"
     weights_dir: Optional[str] = None
-    # Seed of random-init VGG19 / ResNet50 and the LPIPS trunk: it defines the objective and the
-    # metric, one for every run of a sweep (`seed` is the training seed: init, data, augmentation).
-    seed: int = Field(0, ge=0, le=2**31 - 1)
+    # Seed of random-init VGG19, ResNet50 and the LPIPS trunk: it defines the loss and the metric,
+    seed: int = Field(0, ge=0, le=2**31 - 1)  # so one per sweep; `seed` is the training seed
 
 
 # ---------------------------------------------------------------------------- losses
