@@ -72,6 +72,9 @@ def build(args):
         "loss.dp.resnet_stage=3",
         "loss.fm.blocks=[0,1,2,3,4,5,6,7,8,9]",
         "loss.sa_feature.weight=0.1",
+        "loss.sa_feature.mode=add",
+        "loss.pixel.sa.sa_share_target=null",  # the paper's fixed beta2, as measured before
+        "loss.pixel.sa.beta2=20",
         "train.pretrain_steps=0",
         "train.val_images=1",
         f"train.device={args.device}",

@@ -55,6 +55,7 @@ def experiment(args, pretrained: str) -> dict:
             "log_every": 10,
             "device": args.device,
         },
+        "loss": {"pixel": {"sa": {"sa_share_target": None, "beta2": 20.0}}},  # the paper's fixed beta2
     }
 
 

@@ -36,7 +36,7 @@ def config(full: bool, size: dict, device: str, **train) -> dict:
     if full:
         loss["pixel"]["sa"] = {"edge": "canny", "beta2": 20.0}
         loss["dp"] = {"mu": 0.5, "resnet_stage": 3}
-        loss["sa_feature"] = {"alpha3": 1.0, "beta3": 1.0, "weight": 0.1}
+        loss["sa_feature"] = {"alpha3": 1.0, "beta3": 1.0, "weight": 0.1, "mode": "add"}
         loss["fm"] = {"blocks": list(range(10)), "weight": 1.0}
     return {
         "data": {"patch_size": size["patch"], "batch_size": size["batch"], "num_workers": 0},

@@ -186,6 +186,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="auto: pretrained AlexNet if its weights are present, else skipped (default)",
     )
     e.add_argument("--weights-dir", default=None, help="folder holding torchvision weight files")
+    e.add_argument(
+        "--backbone-seed",
+        type=int,
+        default=None,
+        help="seed of the random LPIPS trunk (--lpips random); default: the model's backbones.seed, else 0",
+    )
     e.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     e.set_defaults(func=_cmd_eval)
 

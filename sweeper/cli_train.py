@@ -8,48 +8,57 @@ import sys
 from trainables.config import ConfigError
 
 
+def _lpips(args: argparse.Namespace, seed: int):
+    """The LPIPS metric --lpips asks for (None: skipped); a random trunk is built from ``seed``."""
+    from trainables.backbones import WeightsNotFoundError, resolve_weights_dir
+    from trainables.metrics import LPIPSMetric
+
+    if args.lpips == "none":
+        return None
+    try:
+        lpips = LPIPSMetric(args.lpips if args.lpips != "auto" else "pretrained", args.weights_dir, seed=seed)
+    except WeightsNotFoundError:
+        if args.lpips != "auto":
+            raise
+        print(
+            f"note: LPIPS skipped: no AlexNet weights in {resolve_weights_dir(args.weights_dir)} "
+            "('srsweep weights fetch DIR' on a machine with internet; '--lpips random' for a "
+            "plumbing check)",
+            file=sys.stderr,
+        )
+        return None
+    if args.lpips == "random":
+        print(
+            f"note: LPIPS uses a random-init AlexNet trunk (backbones.seed {seed}): a plumbing "
+            "check, not a perceptual score",
+            file=sys.stderr,
+        )
+    return lpips
+
+
 def evaluate(args: argparse.Namespace) -> int:
     import torch
 
     from trainables.data import PairedImages, open_dataset
     from trainables.evaluate import bicubic, evaluate, format_table
-    from trainables.metrics import LPIPSMetric
+    from trainables.train import load_generator, resolve_device
     from trainables.video_train import looks_like_video
 
     video = looks_like_video(args.dataset, args.scale)  # embedded-video or a Vid4-layout folder
     if not video:
         items = PairedImages(open_dataset(args.dataset, args.scale, split="val"))
-    lpips = None
-    if args.lpips != "none":
-        from trainables.backbones import WeightsNotFoundError, resolve_weights_dir
-
-        try:
-            lpips = LPIPSMetric(args.lpips if args.lpips != "auto" else "pretrained", args.weights_dir)
-        except WeightsNotFoundError:
-            if args.lpips != "auto":
-                raise
-            print(
-                f"note: LPIPS skipped: no AlexNet weights in {resolve_weights_dir(args.weights_dir)} "
-                "('srsweep weights fetch DIR' on a machine with internet; '--lpips random' for a "
-                "plumbing check)",
-                file=sys.stderr,
-            )
-    if lpips is not None and args.lpips == "random":
-        print(
-            "note: LPIPS uses a random-init AlexNet trunk: a plumbing check, not a perceptual score",
-            file=sys.stderr,
-        )
-    from trainables.train import load_generator, resolve_device
-
     device = resolve_device(args.device)
-    if lpips is not None:
-        lpips = lpips.to(device)
-    upscale, what = bicubic(args.scale), "bicubic (MATLAB imresize)"
+    upscale, what, cfg = bicubic(args.scale), "bicubic (MATLAB imresize)", None
     if args.model:
         g, cfg = load_generator(args.model, device)
         if cfg.scale != args.scale:
             raise ConfigError(f"{args.model}: generator is x{cfg.scale}, --scale is {args.scale}")
         upscale, what = (lambda lr: g(lr).clamp(0, 1)), f"generator {args.model}"
+    # A random LPIPS trunk is the model's backbones.seed (the one its trainer scored with), else 0.
+    seed = args.backbone_seed if args.backbone_seed is not None else (cfg.backbones.seed if cfg else 0)
+    lpips = _lpips(args, seed)
+    if lpips is not None:
+        lpips = lpips.to(device)
     if video or (args.model and cfg.data.kind == "video"):
         from trainables.video_train import eval_video
 

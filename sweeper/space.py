@@ -30,6 +30,9 @@ FROZEN = {
     "data": _FIXED,
     "scale": _FIXED,
     "train.pretrain_steps": _SHARED,
+    "train.pretrain_lr": _SHARED,
+    "train.pretrain_milestones": _SHARED,
+    "train.pretrain_criterion": _SHARED,
     "train.pretrained_g": _SHARED,
 }
 KINDS = ("float", "int", "choices", "grid", "first_k", "subset")

@@ -48,7 +48,7 @@ def _sweep(w: Path, data: Path, name: str = "bad", space=None, **over) -> Path:
         "base": ["sa_esrgan_lv", "tiny_cpu"],
         "set": {
             "data": {"train": str(data / "train"), "val": str(data / "val"), "patch_size": 32},
-            "loss": {"fm": {"blocks": [0, 1]}},
+            "loss": {"fm": {"blocks": [0, 1]}, "pixel": {"sa": {"sa_share_target": None, "beta2": 20.0}}},
             "train": {"pretrain_steps": 2, "steps": 4, "val_every": 2, "val_crop": 64},
         },
         "space": space or [{"path": "loss.pixel.sa.beta2", "float": [1, 40]}],

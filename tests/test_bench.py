@@ -77,6 +77,18 @@ def test_bench_overhead(tmp_path):
     assert r["parts"]["trial"] > 0 and r["parts"]["ray_start"] > 0 and r["direct"]["direct"] > 0
 
 
+def test_bench_sa_share(tmp_path):
+    r = _bench("sa_share", tmp_path)
+    assert set(r["presets"]) == {"sa_esrgan_lv", "sa_esrgan_canny", "sa_vsr_lv", "sa_vsr_canny"}
+    for p in r["presets"].values():
+        assert 0 < p["sa_share"] < 1 and p["beta2_for_0.15"] > 0
+        # the share is linear in beta2: beta2_for_0.15 gives 15% with the batch-mean terms
+        rest = p["loss_g_total"] - p["loss_sa_pixel"]
+        sa = p["beta2_for_0.15"] * p["sa_raw"]
+        assert sa / (rest + sa) == pytest.approx(0.15, rel=1e-6)
+    assert 0 < r["canny_over_lv"] < 1  # binary Canny maps weight fewer pixels than lv here
+
+
 def test_peak_table_matches_device_names():
     sys.path.insert(0, str(ROOT / "bench"))
     from gpu import peak_tflops

@@ -42,6 +42,22 @@ def test_eval_embedded_with_random_lpips_says_so():
     assert re.search(r"^mean\s+[\d.]+\s+[\d.]+\s+[\d.]+$", res.stdout, re.M), res.stdout
 
 
+def test_eval_random_lpips_is_the_trunk_of_backbones_seed():
+    # Issue 20: `eval --lpips random` scores with the trunk a trainer of backbones.seed builds.
+    from argparse import Namespace
+
+    import torch
+
+    from sweeper.cli_train import _lpips
+    from trainables.metrics import LPIPSMetric
+
+    args = Namespace(lpips="random", weights_dir=None)
+    same = zip(_lpips(args, 0).parameters(), LPIPSMetric("random", seed=0).parameters())
+    assert all(torch.equal(a, b) for a, b in same)
+    other = zip(_lpips(args, 5).parameters(), LPIPSMetric("random", seed=0).parameters())
+    assert not all(torch.equal(a, b) for a, b in other)
+
+
 def test_eval_auto_lpips_without_weights_is_skipped_with_a_note(tmp_path):
     res = run("eval", "embedded", "--weights-dir", tmp_path)
     assert res.returncode == 0, res.stderr
@@ -97,6 +113,7 @@ def _tiny_config(tmp_path, shared_data, **extra):
         "name: tiny-sa\n"
         f"data: {{train: {shared_data / 'DIV2K256'}, val: {shared_data / 'Set5'}}}\n"
         "train: {pretrain_steps: 4, steps: 4, val_every: 4, val_images: 1, val_crop: 64, log_every: 2}\n"
+        "loss: {pixel: {sa: {sa_share_target: null, beta2: 20}}}\n"  # the paper's fixed beta2
     )
     return cfg
 
@@ -220,7 +237,8 @@ def test_run_without_weights_fails_before_anything_starts(tmp_path, shared_data)
     sweep.write_text(
         "name: noweights\nbase: [sa_esrgan_lv, tiny_cpu]\n"
         f"set: {{data: {{train: {shared_data / 'DIV2K256'}, val: {shared_data / 'Set5'}}},\n"
-        f"      backbones: {{weights: pretrained, weights_dir: {tmp_path / 'w'}}}}}\n"
+        f"      backbones: {{weights: pretrained, weights_dir: {tmp_path / 'w'}}},\n"
+        "      loss: {pixel: {sa: {sa_share_target: null, beta2: 20}}}}\n"
         "space: [{path: loss.pixel.sa.beta2, float: [1, 40]}]\n"
         "objective: {metrics: [{name: val_lpips, mode: min}]}\nscheduler: {type: none}\n"
     )

@@ -53,7 +53,7 @@ def _error(data) -> str:
         ),
         (
             {"model": {"generator": {"arch": "srresnet", "grow_ch": 8}}},
-            "config: model.generator.grow_ch: unknown key (allowed: num_feat, num_blocks, bicubic_skip, arch)",
+            "config: model.generator.grow_ch: unknown key (allowed: num_feat, num_blocks, bicubic_skip, arch, variant)",
         ),
         (
             {"model": {"discriminator": {"arch": "patch"}}},

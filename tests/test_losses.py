@@ -132,6 +132,21 @@ def test_resnet_variants_by_hand():
         resnet_loss([s1], [h1], "other")
 
 
+def test_resnet_paper_on_one_stage_tensor_counts_every_image():
+    # Issue 20 point 3: ResNetFeatures(all_stages=False) returns one (B, C, H, W) tensor; the
+    # paper variant took feats[-1], the last *image*. Value: mean L1 over all 4 images (eq. 5).
+    g = torch.Generator().manual_seed(0)
+    hr = torch.rand(4, 2, 3, 3, generator=g, dtype=torch.float64)
+    sr = (hr + torch.randn(4, 2, 3, 3, generator=g, dtype=torch.float64)).requires_grad_(True)
+    loss = resnet_loss(sr, hr, "paper")
+    assert loss.item() == pytest.approx((sr - hr).abs().mean().item(), rel=1e-12)
+    loss.backward()
+    assert (sr.grad.flatten(1).abs().sum(1) > 0).all()  # the gradient reaches every image
+    assert sr.grad.flatten().abs().tolist() == pytest.approx([1 / sr.numel()] * sr.numel())
+    with pytest.raises(TypeError, match="stages 1..m"):
+        resnet_loss(sr, hr, "released")  # a tensor holds stage m alone: cannot sum 1..m
+
+
 def test_perceptual_is_mean_l1_of_features():
     a = torch.tensor([[1.0, 2.0, 3.0]])
     b = torch.tensor([[1.5, 2.0, 1.0]])

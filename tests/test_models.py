@@ -313,3 +313,29 @@ def test_paper_default_sizes():
     # ESRGAN RRDBNet (23 blocks, 64 ch, gc 32) has 16.7M parameters; SRResNet 16 blocks ~1.5M.
     assert abs(count_params(RRDBNet()) / 16_697_987 - 1) < 1e-9
     assert 1.4e6 < count_params(SRResNet()) < 1.7e6
+
+
+def test_msrresnet_is_basicsr_layout_with_a_bilinear_base():
+    # DP paper 4.2 / the authors' train_SRGAN_DP.yml: BasicSR's MSRResNet, 64 ch, 16 blocks x4.
+    from trainables.models import MSRResNet
+
+    nf, nb = 64, 16
+    expected = (
+        conv(3, nf, 3) + nb * 2 * conv(nf, nf, 3) + 2 * conv(nf, 4 * nf, 3) + conv(nf, nf, 3) + conv(nf, 3, 3)
+    )
+    assert count_params(MSRResNet(nf, nb, 4)) == expected == 1_517_571  # BasicSR's MSRResNet x4
+    assert all(
+        m.kernel_size == (3, 3) for m in MSRResNet(8, 2, 4).modules() if isinstance(m, torch.nn.Conv2d)
+    )
+    g = build_generator(SRResNetConfig(variant="msrresnet", num_feat=8, num_blocks=2, bicubic_skip=True), 4)
+    assert isinstance(g, MSRResNet)  # its own base: not wrapped in BicubicSkip
+    x = rand(2, 3, 8, 8)
+    zero_(g.tail[-1])  # last conv zeroed: the output is the bilinear upsampling of the input
+    assert torch.allclose(g(x), F.interpolate(x, scale_factor=4, mode="bilinear", align_corners=False))
+    # residual blocks use ReLU: a block with conv1 output all negative is the identity
+    blk = g.body[0]
+    with torch.no_grad():
+        blk.conv1.weight.zero_()
+        blk.conv1.bias.fill_(-1.0)
+    h = torch.randn(1, 8, 5, 5)
+    assert torch.equal(blk(h), h)

@@ -27,7 +27,7 @@ FULL = {
     "pixel": {"criterion": "l1", "beta1": 0.01, "sa": {"edge": "lv", "beta2": 20.0}},
     "perceptual": {"layer": "conv3_1", "criterion": "l1", "weight": 0.7},
     "dp": {"mu": 0.5, "resnet_stage": 1},
-    "sa_feature": {"alpha3": 1.0, "beta3": 0.5, "weight": 0.3},
+    "sa_feature": {"alpha3": 1.0, "beta3": 0.5, "weight": 0.3, "mode": "add"},
     "fm": {"blocks": [0, 2, 5], "weight": 0.9},
     "adv": {"kind": "ragan", "weight": 0.005},
 }
@@ -184,6 +184,24 @@ def test_mu_inf_builds_no_resnet_and_is_vgg_only(disc):
     assert p["loss_dp"] == pytest.approx(p["loss_vgg"]) and "loss_resnet" not in p
 
 
+@pytest.mark.parametrize("variant", ["paper", "released"])
+def test_dp_resnet_term_counts_every_image_of_the_batch(variant, disc):
+    # Issue 20 point 3: with the real ResNetFeatures, making image 0 perfect moves the term
+    # and the gradient reaches image 0 of sr (the paper variant used to score image 3 only).
+    dp = {"mu": 0.5, "resnet_stage": 2, "resnet_variant": variant}
+    obj = GeneratorObjective(cfg_with({"dp": dp, "perceptual": {"layer": "conv2_1"}}))
+    sr, hr = _batch(n=4)
+    r_sr, r_hr = obj.resnet(sr), obj.resnet(hr)
+    before = L.resnet_loss(r_sr, r_hr, variant)
+    (grad,) = torch.autograd.grad(before, sr)
+    assert grad[0].abs().sum() > 0 and grad[3].abs().sum() > 0
+    perfect = torch.cat([hr[:1], sr[1:].detach()])
+    after = L.resnet_loss(obj.resnet(perfect), r_hr, variant).item()
+    assert after < 0.9 * before.item()
+    p = _parts(obj(sr, hr, None, disc=disc))
+    assert p["loss_resnet"] == pytest.approx(before.item(), rel=1e-5)
+
+
 def test_sa_share_calibration_hits_the_target(disc):
     sa = {"edge": "lv", "sa_share_target": 0.15}
     loss = {**FULL, "pixel": {"criterion": "l1", "beta1": 0.01, "sa": sa}}
@@ -261,3 +279,61 @@ def test_sa_feature_loss_is_nonnegative_and_minimal_at_hr(layer, disc):
             # and in feature space, pushed where the pre-activation weight is negative
             f_sr = f_hr + a * (1 + 10 * f_w < 0).float()
             assert float(L.sa_feature(f_sr, f_hr, f_w, 1.0, 10.0)) >= at_hr
+
+
+EQ13 = {
+    "pixel": {"criterion": "charbonnier", "beta1": 0.001, "sa": {"edge": "lv", "beta2": 5.0}},
+    "perceptual": {"layer": "conv2_2", "criterion": "charbonnier", "weight": 0.998},
+    "sa_feature": {"alpha3": 0.7, "beta3": 2.0},
+    "adv": {"kind": "vanilla", "weight": 0.001},
+}
+
+
+def _eq13_by_hand(obj, disc, sr, hr, alpha3, beta3):
+    """VSR poster eq. 13 on the batch: a1 adv + rho_w(x, G, a2 + b2 W) + rho_w(VGG x, VGG G, a3 + b3 VGG W)."""
+    ch = lambda d: torch.sqrt(d * d + L.CHARBONNIER_EPS**2)  # noqa: E731
+    w = local_variance(hr, 5, 0.01, "gray")
+    pixel = ((0.001 + 5.0 * w) * ch(sr - hr)).mean()
+    f_sr, f_hr = obj.vgg(sr)["conv2_2"], obj.vgg(hr)["conv2_2"]
+    f_w = obj.vgg(w.expand(-1, 3, -1, -1))["conv2_2"].clamp_min(0)  # post-activation (relu2_2)
+    feature = ((alpha3 + beta3 * f_w) * ch(f_sr - f_hr)).mean()
+    adv = -torch.nn.functional.logsigmoid(disc(sr)[0]).mean()
+    return pixel + feature + 0.001 * adv, feature
+
+
+def test_sa_feature_replace_is_eq13_and_drops_the_plain_vgg_term(disc):
+    obj = GeneratorObjective(cfg_with(EQ13))  # mode: replace is the default
+    assert [t.name for t in obj.terms] == ["pixel", "sa_feature", "adv"]
+    sr, hr = _batch(seed=5, n=3)
+    out = obj(sr, hr, None, disc=disc)
+    with torch.no_grad():
+        total, feature = _eq13_by_hand(obj, disc, sr, hr, 0.7, 2.0)
+    assert "loss_vgg" not in _parts(out)
+    assert float(out.total) == pytest.approx(float(total), rel=1e-5)
+    assert _parts(out)["loss_sa_feature"] == pytest.approx(float(feature), rel=1e-5)
+    # alpha3 = 0.998, beta3 = 0 is the baseline's plain VGG term at weight 0.998, exactly
+    base = GeneratorObjective(cfg_with({**EQ13, "sa_feature": None}))
+    flat = GeneratorObjective(cfg_with({**EQ13, "sa_feature": {"alpha3": 0.998, "beta3": 0.0}}))
+    assert float(flat(sr, hr, None, disc=disc).total) == pytest.approx(
+        float(base(sr, hr, None, disc=disc).total)
+    )
+
+
+def test_sa_feature_add_keeps_the_plain_vgg_term(disc):
+    sf = {"alpha3": 0.7, "beta3": 2.0, "weight": 0.5, "mode": "add"}
+    obj = GeneratorObjective(cfg_with({**EQ13, "sa_feature": sf}))
+    assert [t.name for t in obj.terms] == ["pixel", "vgg", "sa_feature", "adv"]
+    sr, hr = _batch(seed=5, n=3)
+    out = obj(sr, hr, None, disc=disc)
+    p = _parts(out)
+    with torch.no_grad():
+        total, feature = _eq13_by_hand(obj, disc, sr, hr, 0.7, 2.0)
+    plain = L.perceptual(obj.vgg(sr)["conv2_2"], obj.vgg(hr)["conv2_2"], "charbonnier")
+    assert p["loss_vgg"] == pytest.approx(float(plain), rel=1e-5)
+    expected = float(total) - float(feature) + 0.5 * float(feature) + 0.998 * float(plain)
+    assert float(out.total) == pytest.approx(expected, rel=1e-5)
+
+
+def test_sa_feature_replace_with_dp_is_refused():
+    with pytest.raises(Exception, match="sa_feature.mode: replace drops the plain VGG term"):
+        cfg_with({**FULL, "sa_feature": {"alpha3": 1.0, "beta3": 0.5}})

@@ -341,3 +341,15 @@ def test_no_torch_import():
     )
     res = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
+
+
+def test_sa_vsr_searches_the_two_independent_weights_of_eq13():
+    # VSR poster eq. 13: the SA feature term replaces the plain VGG term, so alpha3 and beta3
+    # are the only feature-side knobs (the term's own weight would be a third, redundant one).
+    path = REPO / "search_spaces" / "sa_vsr.yaml"
+    sweep = load_sweep(path)
+    paths = {p.path for p in sweep.space}
+    assert {"loss.sa_feature.alpha3", "loss.sa_feature.beta3"} <= paths
+    assert "loss.sa_feature.weight" not in paths and "loss.perceptual.weight" not in paths
+    sf = experiment_dict(sweep, path)["loss"]["sa_feature"]
+    assert sf["mode"] == "replace" and sf["weight"] == 1.0

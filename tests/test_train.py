@@ -4,6 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from trainables.config_files import PRESETS_DIR, load_config
 from trainables.train import Trainer, TrainingDiverged
@@ -121,6 +122,42 @@ def test_resume_refuses_a_checkpoint_of_another_config(tiny_config, tmp_path):
     other = Trainer(_cfg(tiny_config, lr=3e-4), tmp_path / "o", ListReporter())
     with pytest.raises(ValueError, match="different config"):
         other.resume(tmp_path / "last.pt")
+
+
+def _same_params(a, b) -> bool:
+    pa, pb = dict(a.named_parameters()), dict(b.named_parameters())
+    return pa.keys() == pb.keys() and all(torch.equal(pa[k], pb[k]) for k in pa)
+
+
+def test_training_seed_leaves_the_metric_and_the_loss_backbones_alone(tiny_config, tmp_path):
+    # Issue 20 point 1: `seed` is the training seed; random-init backbones and the LPIPS trunk
+    # come from backbones.seed, so runs with different training seeds are scored by one metric.
+    runs = {}
+    for seed in (0, 1):
+        cfg = _cfg(tiny_config, pretrain_steps=1, steps=2, val_every=2).model_copy(update={"seed": seed})
+        runs[seed] = Trainer(cfg, tmp_path / str(seed), ListReporter())
+        runs[seed].run()
+    a, b = runs[0], runs[1]
+    assert _same_params(a.lpips, b.lpips)
+    assert set(a.objective.backbones) == {"vgg", "resnet"}
+    assert all(_same_params(a.objective.backbones[k], b.objective.backbones[k]) for k in ("vgg", "resnet"))
+    assert not _same_params(a.G, b.G)
+    other = _cfg(tiny_config).model_copy(update={"backbones": a.cfg.backbones.model_copy(update={"seed": 7})})
+    assert not _same_params(Trainer(other, tmp_path / "7", ListReporter()).lpips, a.lpips)
+
+
+def test_pretraining_has_its_own_lr_schedule_and_criterion(tiny_config, tmp_path):
+    # ESRGAN's PSNR stage: 2e-4 halved every 200k; Lucas et al. pretrain with MSE (issue 20, 7).
+    cfg = _cfg(tiny_config, pretrain_lr=3e-4, pretrain_milestones=[2], pretrain_criterion="l2")
+    t = Trainer(cfg, tmp_path, ListReporter())
+    batch = next(t.batches(0))
+    with torch.no_grad():
+        mse = ((t.G(batch["lr"]) - batch["hr"]) ** 2).mean().item()
+    assert float(t.pretrain_step(batch)["loss_pretrain_pixel"]) == pytest.approx(mse, rel=1e-5)
+    assert t.opt_pre.param_groups[0]["lr"] == pytest.approx(3e-4)
+    t.pretrain_step(batch)
+    assert t.opt_pre.param_groups[0]["lr"] == pytest.approx(1.5e-4)  # lr_gamma 0.5 at step 2
+    assert t.opt_g.param_groups[0]["lr"] == pytest.approx(1e-4)  # the GAN stage keeps train.lr
 
 
 PRESETS = ["esrgan", "sa_esrgan_lv", "sa_esrgan_canny", "srgan_dp", "esrgan_dp", "fm_pcsva"]

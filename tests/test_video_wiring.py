@@ -189,9 +189,9 @@ def test_video_folders_are_told_from_image_folders(tmp_path):
 # ----------------------------------------------------------------------------- sweeps
 def _sweep(tmp_path: Path, base, space) -> Path:
     path = tmp_path / "s.yaml"
-    path.write_text(
-        yaml.safe_dump({"name": "fam", "base": base, "space": space, "scheduler": {"type": "none"}})
-    )
+    fixed = {"loss": {"pixel": {"sa": {"sa_share_target": None, "beta2": 5.0}}}}  # beta2 is searched
+    doc = {"name": "fam", "base": base, "set": fixed, "space": space, "scheduler": {"type": "none"}}
+    path.write_text(yaml.safe_dump(doc))
     return path
 
 

@@ -103,6 +103,7 @@ class RRDBNetConfig(_GeneratorBase):
 class SRResNetConfig(_GeneratorBase):
     arch: Literal["srresnet"] = "srresnet"
     num_blocks: int = Field(16, ge=1)
+    variant: Literal["srgan", "msrresnet"] = "srgan"  # msrresnet: BasicSR's, the DP authors' SRGAN G
 
 
 class VGGDiscConfig(Strict):
@@ -179,13 +180,15 @@ class BackbonesConfig(Strict):
     # cache (never downloaded). random: seeded init, runs are tagged random-init.
     weights: Literal["pretrained", "random"] = "pretrained"
     weights_dir: Optional[str] = None
+    # Seed of random-init VGG19, ResNet50 and the LPIPS trunk: it defines the loss and the metric,
+    seed: int = Field(0, ge=0, le=2**31 - 1)  # so one per sweep; `seed` is the training seed
 
 
 # ---------------------------------------------------------------------------- losses
 Criterion = Literal["l1", "charbonnier", "huber", "l2"]
 
 
-class LocalVariance(Strict):
+class LocalVariance(Strict):  # SA eq. 1-3; the paper gives no window or delta: ours
     window: int = Field(5, ge=3, le=31)
     delta: float = Field(0.01, gt=0)
 
@@ -196,7 +199,7 @@ class LocalVariance(Strict):
         return self
 
 
-class Canny(Strict):
+class Canny(Strict):  # cv2.Canny thresholds (0-255 gray); the paper gives none: ours
     low: float = Field(100, ge=0, le=255)
     high: float = Field(200, ge=0, le=255)
 
@@ -276,7 +279,10 @@ class SAFeatureLoss(Strict):
     alpha3: float = Field(1.0, ge=0)
     beta3: float = Field(1.0, ge=0)
     criterion: Criterion = "charbonnier"
-    weight: float = Field(1.0, ge=0)
+    weight: float = Field(1.0, ge=0)  # 1 in eq. 13 (alpha3, beta3 are the weights)
+    # replace: poster eq. 13, the SA feature term IS the perceptual term (no plain VGG term;
+    # perceptual gives the layer only). add: the plain VGG term stays, this one is added.
+    mode: Literal["replace", "add"] = "replace"
 
 
 class DPLoss(Strict):
@@ -321,12 +327,19 @@ class LossConfig(Strict):
                 raise ValueError(f"{name}: needs a perceptual section (it uses the VGG layer and weight)")
         if self.sa_feature is not None and self.pixel.sa is None:
             raise ValueError("sa_feature: needs pixel.sa (it weights features by VGG(W(hr)))")
+        if self.sa_feature is not None and self.sa_feature.mode == "replace" and self.dp is not None:
+            raise ValueError("sa_feature.mode: replace drops the plain VGG term; with dp use mode: add")
         return self
 
 
 # -------------------------------------------------------------------------- training
 class TrainConfig(Strict):
     pretrain_steps: int = Field(1000, ge=0)
+    # PSNR pretraining (stage 1): its own lr, milestones (stage-1 steps, lr *= lr_gamma) and
+    # pixel criterion; None: train.lr / loss.pixel.criterion (ESRGAN: 2e-4 halved every 200k).
+    pretrain_lr: Optional[float] = Field(None, gt=0)
+    pretrain_milestones: list[int] = Field(default_factory=list)
+    pretrain_criterion: Optional[Criterion] = None
     steps: int = Field(5000, ge=1)
     lr: float = Field(1e-4, gt=0)
     milestones: list[int] = Field(default_factory=list)  # GAN-stage steps where lr *= gamma

@@ -115,19 +115,32 @@ def dual_perceptual(
     return l_vgg + zeta * l_res / mu, zeta
 
 
-def resnet_loss(
-    feats_sr: Sequence[torch.Tensor], feats_hr: Sequence[torch.Tensor], variant: str
-) -> torch.Tensor:
-    """DP's ResNet term from ResNet50 stage outputs 1..m (``feats_*[s - 1]`` is stage s).
+def _stage_list(feats: torch.Tensor | Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Stage outputs as a list: :class:`~trainables.backbones.ResNetFeatures` returns one
+    (B, C, H, W) tensor for stage m alone (``all_stages=False``), a list for stages 1..m.
+    Indexing a tensor with [-1] would pick the last *image*, not the last stage."""
+    return [feats] if isinstance(feats, torch.Tensor) else list(feats)
 
-    paper (DP eq. 5): mean L1 of stage m's output alone;
+
+def resnet_loss(
+    feats_sr: torch.Tensor | Sequence[torch.Tensor],
+    feats_hr: torch.Tensor | Sequence[torch.Tensor],
+    variant: str,
+) -> torch.Tensor:
+    """DP's ResNet term from ResNet50 stage outputs: a list of stages 1..m (``feats_*[s - 1]``
+    is stage s) or stage m's (B, C, H, W) tensor alone.
+
+    paper (DP eq. 5): mean L1 of stage m's output alone, over every image of the batch;
     released (the authors' ESRGAN-DP code, behind the paper's tables): the sum over stages
-    1..m of each stage's mean L1. Which input the ResNet saw (normalised or raw) is the
-    backbone's business (:class:`~trainables.backbones.ResNetFeatures`)."""
+    1..m of each stage's mean L1, so it needs the list. Which input the ResNet saw
+    (normalised or raw) is the backbone's business (:class:`~trainables.backbones.ResNetFeatures`)."""
+    sr, hr = _stage_list(feats_sr), _stage_list(feats_hr)
     if variant == "paper":
-        return perceptual(feats_sr[-1], feats_hr[-1], "l1")
+        return perceptual(sr[-1], hr[-1], "l1")
     if variant == "released":
-        return torch.stack([perceptual(a, b, "l1") for a, b in zip(feats_sr, feats_hr)]).sum()
+        if isinstance(feats_sr, torch.Tensor):
+            raise TypeError("released ResNet term: needs the list of stages 1..m (all_stages=True)")
+        return torch.stack([perceptual(a, b, "l1") for a, b in zip(sr, hr)]).sum()
     raise ValueError(f"unknown ResNet variant {variant!r}; use paper or released")
 
 

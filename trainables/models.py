@@ -1,10 +1,12 @@
 """Generators and discriminators for GAN super-resolution.
 
-Generators (images in [0, 1] in and out, no clamping, no bicubic/bilinear base added):
+Generators (images in [0, 1] in and out, no clamping, no bicubic/bilinear base added but MSRResNet's):
   * SRResNet - SRGAN generator as used by the feature-matching paper: no batch norm,
     LeakyReLU(0.2), sub-pixel (PixelShuffle) upsampling, MSRA init scaled by 0.1.
   * RRDBNet  - ESRGAN generator: residual-in-residual dense blocks, nearest-neighbour
     upsampling + conv.
+  * MSRResNet - BasicSR's SRResNet (``srresnet`` with ``variant: msrresnet``, the DP code's
+    SRGAN generator): 3x3 convs, ReLU blocks, and it adds a bilinear base itself.
 
 Discriminators return ``(logit, features)``:
   * ``logit``: shape (B,), raw score (losses apply BCE-with-logits / RaGAN themselves);
@@ -242,6 +244,38 @@ class SRGANDiscriminator(_ConvDiscriminator):
         super().__init__(layout, 1024, patch_size)
 
 
+class MSRResNet(nn.Module):
+    """BasicSR's MSRResNet, the generator of the DP authors' train_SRGAN_DP.yml (DP paper 4.2):
+    conv3x3 + LeakyReLU(0.1) head, num_blocks conv3x3-ReLU-conv3x3 residual blocks (no long
+    skip), per stage conv3x3 + PixelShuffle + LeakyReLU(0.1), conv3x3 + LeakyReLU(0.1),
+    conv3x3 out, plus the bilinear upsampling of the input; MSRA init x 0.1."""
+
+    bicubic_skip = True  # adds its own (bilinear) base: build_generator does not wrap it
+
+    def __init__(self, num_feat: int = 64, num_blocks: int = 16, scale: int = 4):
+        super().__init__()
+        self.scale = scale
+        self.head = nn.Sequential(nn.Conv2d(3, num_feat, 3, 1, 1), nn.LeakyReLU(0.1))
+        self.body = nn.Sequential(*[_ReLUBlock(num_feat) for _ in range(num_blocks)])
+        up = []
+        for r in _up_factors(scale):
+            up += [nn.Conv2d(num_feat, num_feat * r * r, 3, 1, 1), nn.PixelShuffle(r), nn.LeakyReLU(0.1)]
+        up += [nn.Conv2d(num_feat, num_feat, 3, 1, 1), nn.LeakyReLU(0.1), nn.Conv2d(num_feat, 3, 3, 1, 1)]
+        self.tail = nn.Sequential(*up)
+        _scaled_kaiming(self.modules(), 0.1)
+
+    def forward(self, x):
+        base = F.interpolate(x, scale_factor=self.scale, mode="bilinear", align_corners=False)
+        return self.tail(self.body(self.head(x))) + base
+
+
+class _ReLUBlock(ResBlock):
+    """conv3x3 - ReLU - conv3x3 + identity (BasicSR's ResidualBlockNoBN)."""
+
+    def forward(self, x):
+        return x + self.conv2(F.relu(self.conv1(x)))
+
+
 class BicubicSkip(nn.Module):
     """``net(x) + bicubic(x)``: global residual learning (as in VDSR). Not in the paper
     presets; tiny CPU runs use it so a few hundred steps already beat bicubic."""
@@ -279,7 +313,8 @@ def register_discriminator(arch: str):
 
 @register_generator("srresnet")
 def _srresnet(cfg: SRResNetConfig, scale: int) -> nn.Module:
-    return SRResNet(num_feat=cfg.num_feat, num_blocks=cfg.num_blocks, scale=scale)
+    net = MSRResNet if cfg.variant == "msrresnet" else SRResNet
+    return net(num_feat=cfg.num_feat, num_blocks=cfg.num_blocks, scale=scale)
 
 
 @register_generator("rrdbnet")

@@ -30,7 +30,7 @@ NetworkBuilder = Callable[[ExperimentConfig], nn.Module]
 
 def _vgg(cfg: ExperimentConfig) -> nn.Module:
     bb = cfg.backbones
-    return VGGFeatures([cfg.loss.perceptual.layer], bb.weights, bb.weights_dir, seed=cfg.seed)
+    return VGGFeatures([cfg.loss.perceptual.layer], bb.weights, bb.weights_dir, seed=bb.seed)
 
 
 def _resnet(cfg: ExperimentConfig) -> nn.Module:
@@ -40,7 +40,7 @@ def _resnet(cfg: ExperimentConfig) -> nn.Module:
         dp.resnet_stage,
         bb.weights,
         bb.weights_dir,
-        seed=cfg.seed,
+        seed=bb.seed,
         all_stages=released,
         normalize=not released,
     )

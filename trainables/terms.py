@@ -257,7 +257,9 @@ class DPTerm(VGGTerm):
 
 
 class SAFeatureTerm(Term):
-    """rho_w(VGG(hr), VGG(sr), alpha3 + beta3 * relu(VGG(W(hr)))) at the perceptual layer."""
+    """rho_w(VGG(hr), VGG(sr), alpha3 + beta3 * relu(VGG(W(hr)))) at the perceptual layer.
+    ``mode: replace`` (default): it is eq. 13's perceptual term and no plain VGG term is built
+    (the plain distance is not counted twice); ``add``: summed with the VGG / DP term."""
 
     name = "sa_feature"
 
@@ -324,7 +326,17 @@ class AdvTerm(Term):
 
 
 register_term(PixelTerm)
-register_term(lambda c: None if c.loss.perceptual is None else (DPTerm if c.loss.dp else VGGTerm)(c))
+
+
+@register_term
+def _perceptual_term(c: ExperimentConfig) -> Optional[Term]:
+    """DP, or the plain VGG term unless the SA feature term replaces it (VSR poster eq. 13)."""
+    sf = c.loss.sa_feature
+    if c.loss.perceptual is None or (sf is not None and sf.mode == "replace" and not c.loss.dp):
+        return None
+    return (DPTerm if c.loss.dp else VGGTerm)(c)
+
+
 register_term(lambda c: None if c.loss.sa_feature is None else SAFeatureTerm(c))
 register_term(lambda c: None if c.loss.fm is None else FMTerm(c))
 register_term(AdvTerm)

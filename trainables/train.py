@@ -161,11 +161,11 @@ class Trainer:
         accel.layout(cfg.train, self.G, self.D, self.objective)  # GPU path options, off by default
         accel.backbone_layout(self.device, self.objective)
         self.g_fwd, self.d_fwd = accel.compiled(cfg.train, self.G), accel.compiled(cfg.train, self.D)
-        self.lpips = LPIPSMetric(cfg.backbones.weights, cfg.backbones.weights_dir, seed=cfg.seed).to(
-            self.device
-        )
+        bb = cfg.backbones  # backbones.seed, not the training seed: one metric for every run
+        self.lpips = LPIPSMetric(bb.weights, bb.weights_dir, seed=bb.seed).to(self.device)
         t = cfg.train
-        self.opt_pre = torch.optim.Adam(self.G.parameters(), lr=t.lr, betas=t.betas)
+        self.opt_pre = torch.optim.Adam(self.G.parameters(), lr=t.pretrain_lr or t.lr, betas=t.betas)
+        self.sched_pre = torch.optim.lr_scheduler.MultiStepLR(self.opt_pre, t.pretrain_milestones, t.lr_gamma)
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=t.lr, betas=t.betas)
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=t.lr, betas=t.betas)
         self.sched_g = torch.optim.lr_scheduler.MultiStepLR(self.opt_g, t.milestones, t.lr_gamma)
@@ -219,14 +219,15 @@ class Trainer:
 
     # ----------------------------------------------------------------- steps
     def pretrain_step(self, batch: dict) -> dict[str, float]:
-        px = self.cfg.loss.pixel
+        px, criterion = self.cfg.loss.pixel, self.cfg.train.pretrain_criterion
         with accel.autocast(self.cfg.train, self.device):
             sr = self.g_fwd(batch["lr"])
-            loss = weighted_distance(sr, batch["hr"], None, px.criterion, px.huber_delta)
+            loss = weighted_distance(sr, batch["hr"], None, criterion or px.criterion, px.huber_delta)
         self._check_finite(loss, {"pretrain_pixel": loss})
         self.opt_pre.zero_grad(set_to_none=True)
         loss.backward()
         self.opt_pre.step()
+        self.sched_pre.step()
         return {"loss_pretrain_pixel": loss.detach()}
 
     def gan_step(self, batch: dict) -> dict[str, float]:
@@ -318,6 +319,7 @@ class Trainer:
             "opt_pre": self.opt_pre.state_dict(),
             "opt_g": self.opt_g.state_dict(),
             "opt_d": self.opt_d.state_dict(),
+            "sched_pre": self.sched_pre.state_dict(),
             "sched_g": self.sched_g.state_dict(),
             "sched_d": self.sched_d.state_dict(),
             "rng": rng_state(),
@@ -332,8 +334,9 @@ class Trainer:
             raise ConfigError("checkpoint was written by a different config; refusing to resume it")
         self.step = state["step"]
         objective = {**self.objective.state_dict(), **state["objective"]}  # frozen backbones: as built
-        for name in ("G", "D", "opt_pre", "opt_g", "opt_d", "sched_g", "sched_d"):
-            getattr(self, name).load_state_dict(state[name])
+        for name in ("G", "D", "opt_pre", "opt_g", "opt_d", "sched_pre", "sched_g", "sched_d"):
+            if name != "sched_pre" or name in state:  # older checkpoints: no stage-1 schedule
+                getattr(self, name).load_state_dict(state[name])
         self.objective.load_state_dict(objective)
         set_rng_state(state["rng"])
 
