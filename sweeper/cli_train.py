@@ -110,5 +110,7 @@ def train(args: argparse.Namespace) -> int:
         print(f"srsweep: error: {exc}", file=sys.stderr)
         return 1
     tracker.end_run(run_id, "FINISHED")
-    print(f"done: {out} (MLflow run {run_id} in {tracker.uri})")
+    from sweeper.sqlite_uri import sqlite_path
+
+    print(f"done: {out} (MLflow run {run_id} in {sqlite_path(tracker.uri) or tracker.uri})")
     return 0

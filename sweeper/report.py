@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from sweeper import dashboard
+from sweeper import atomic, dashboard
+from sweeper.sqlite_uri import sqlite_path
 from sweeper.state import SweepState
 from sweeper.terminal import fmt_metric
 
@@ -47,7 +48,8 @@ def dashboard_lines(state: SweepState) -> list[str]:
     if state.tracking_uri.startswith(("http://", "https://")):
         url = dashboard.runs_url(state.tracking_uri, state.experiment_id, state.parent_run_id)
         return [f"dashboard: {url}"]
-    hint = "" if up else f"  (start it with: srsweep ui, in {Path(state.tracking_uri[10:]).parent})"
+    db = sqlite_path(state.tracking_uri)
+    hint = "" if up or db is None else f"  (start it with: srsweep ui, in {db.parent})"
     return [f"dashboard: {url}{hint}"]
 
 
@@ -148,7 +150,7 @@ def parent_outputs(tracker, state: SweepState, df: pd.DataFrame, sel) -> None:
     )
     ranked = sel.ranked if sel is not None else df
     md = state.dir / "ranked.md"
-    md.write_text(ranked_markdown(ranked, short_names(state)))
+    atomic.write_text(md, ranked_markdown(ranked, short_names(state)))
     tracker.log_artifact(state.parent_run_id, md)
 
 

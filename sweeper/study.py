@@ -11,12 +11,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
+from sweeper.sqlite_uri import sqlite_uri
+
 STUDY_FILE = "optuna.db"
 MIN_TRIALS = 3  # fANOVA on fewer completed trials says nothing
 
 
 def storage_url(sweep_dir: str | Path) -> str:
-    return f"sqlite:///{Path(sweep_dir).resolve() / STUDY_FILE}"
+    return sqlite_uri(Path(sweep_dir).resolve() / STUDY_FILE)
 
 
 def study_name(sweep_dir: str | Path) -> str:

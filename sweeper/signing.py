@@ -1,0 +1,191 @@
+"""Ray's restore pickles, signed: ``srsweep resume`` never unpickles a file it did not write.
+
+``Tuner.restore`` unpickles ``tuner.pkl``, the searcher state and values inside
+``experiment_state-*.json``; a sweep folder may sit on storage others can write. So the
+driver keeps a signed copy of exactly those files (``ray_state.signed.json``: their
+bytes and an HMAC-SHA256 over them), refreshed whenever Tune has saved its state
+(``SigningCallback.on_step_end`` runs right after Tune's periodic save, in the same loop).
+The key lives outside the folder: ``$SRSWEEP_KEY_FILE`` or ``~/.config/srsweep/hmac.key``
+(created 0600 on first use; copy it deliberately to resume on another machine).
+
+``resume`` checks the copy and writes those bytes back over Ray's files before the
+restore; any other Ray state file is renamed ``*.unverified`` so Ray cannot pick it. A
+driver killed between Tune's save and the signing resumes from the state one loop step
+older (trials continue from their checkpoints). A copy that fails the check is refused.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import os
+import secrets
+from pathlib import Path
+from typing import Optional
+
+from ray.tune import Callback
+
+from sweeper import atomic
+from trainables.config import SrsweepError
+
+SIGNED_FILE = "ray_state.signed.json"
+KEY_ENV = "SRSWEEP_KEY_FILE"
+TRUST_ENV = "SRSWEEP_TRUST_UNSIGNED"  # a sweep from before signing: the user vouches for it
+# The files Tuner.restore reads at the experiment's top level (the rest is plain JSON).
+PATTERNS = ("tuner.pkl", "experiment_state-*.json", "*-state-*.json", "*-state-*.pkl")
+
+
+class UnsignedState(SrsweepError):
+    """Ray's saved state is not the one this user's srsweep signed (one line)."""
+
+
+def key_file() -> Path:
+    env = os.environ.get(KEY_ENV)
+    if env:
+        return Path(env).expanduser()
+    config = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    return config / "srsweep" / "hmac.key"
+
+
+def _key() -> bytes:
+    path = key_file()
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:  # O_EXCL: two drivers starting at once agree on one key
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(32) + "\n")
+        except FileExistsError:
+            pass
+    try:
+        key = path.read_text().strip().encode()
+    except OSError as exc:
+        raise UnsignedState(f"{path}: cannot read the signing key ({exc.strerror})") from None
+    if len(key) < 32:
+        raise UnsignedState(f"{path}: signing key too short (want >= 32 characters)")
+    return key
+
+
+def ray_files(folder: Path) -> dict[str, Path]:
+    found = {p.name: p for pat in PATTERNS for p in folder.glob(pat) if p.is_file() and not p.is_symlink()}
+    return dict(sorted(found.items()))
+
+
+def _mac(files: dict[str, str]) -> str:
+    body = json.dumps(files, sort_keys=True).encode()
+    return hmac.new(_key(), body, hashlib.sha256).hexdigest()
+
+
+def sign(sweep_dir: Path, sources: dict[str, Path]) -> None:
+    """Store the signed copy of ``sources`` (name -> file) in the sweep folder."""
+    files = {name: base64.b64encode(p.read_bytes()).decode() for name, p in sources.items()}
+    atomic.write_text(sweep_dir / SIGNED_FILE, json.dumps({"files": files, "mac": _mac(files)}))
+
+
+def verified(sweep_dir: Path) -> Optional[dict[str, bytes]]:
+    """The signed files' bytes; None when the folder has no signed copy (raises when the
+    copy does not match this user's key)."""
+    path = sweep_dir / SIGNED_FILE
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+        files, mac = data["files"], data["mac"]
+        ok = isinstance(files, dict) and all(isinstance(v, str) for v in files.values())
+        ok = ok and isinstance(mac, str) and hmac.compare_digest(_mac(files), mac)
+    except (ValueError, KeyError, TypeError):
+        ok = False
+    if not ok:
+        raise UnsignedState(
+            f"{path}: Ray's saved state does not carry this user's signature (key {key_file()}); "
+            "it was changed, or signed with another key: not restored (no code from it is run)"
+        )
+    return {name: base64.b64decode(v) for name, v in files.items() if Path(name).name == name}
+
+
+def put_back(sweep_dir: Path) -> bool:
+    """Before ``Tuner.restore``: Ray's state files are exactly the signed ones again.
+    False when nothing was signed (the driver stopped before Tune's first save)."""
+    files = verified(sweep_dir)
+    if files is None:
+        return False
+    for name, path in ray_files(sweep_dir).items():
+        if name not in files:
+            os.replace(path, path.with_name(name + ".unverified"))
+    for name, data in files.items():
+        atomic.write_bytes(sweep_dir / name, data)
+    return True
+
+
+class SigningCallback(Callback):
+    """Signs Ray's state files after each save of Tune's state (cheap when unchanged)."""
+
+    def __init__(self, sweep_dir: str):
+        self.sweep_dir = Path(sweep_dir)
+        self._seen: Optional[tuple] = None
+
+    def _sources(self, trials) -> dict[str, Path]:
+        # Tune saves into the driver's staging folder, then copies that to the sweep folder
+        # in the background: the staging copy is the complete one at this point.
+        staging = Path(trials[0].storage.experiment_driver_staging_path) if trials else None
+        files = {k: v for k, v in ray_files(self.sweep_dir).items() if k == "tuner.pkl"}
+        if staging is not None and staging.is_dir():
+            files.update({k: v for k, v in ray_files(staging).items() if k != "tuner.pkl"})
+        return files
+
+    def on_step_end(self, iteration: int, trials: list, **info) -> None:
+        sources = self._sources(trials)
+        seen = tuple((k, p.stat().st_mtime_ns, p.stat().st_size) for k, p in sources.items())
+        if seen != self._seen and any(k.startswith("experiment_state-") for k in sources):
+            sign(self.sweep_dir, sources)
+            self._seen = seen
+
+    def on_experiment_end(self, trials: list, **info) -> None:
+        self.on_step_end(0, trials)
+
+
+def callbacks(state) -> list:
+    """The signing callback of a local sweep (an S3 sweep's state is not signed yet)."""
+    from sweeper.storage import is_remote
+
+    return [] if is_remote(state.sweep_dir) else [SigningCallback(state.sweep_dir)]
+
+
+def refuse_moved(state) -> None:
+    """Ray's pickled state names the folder (and its Optuna study) where the sweep was
+    created: resuming a copy or a moved folder would write into the original."""
+    if state.moved:
+        raise UnsignedState(
+            f"{state.sweep_dir}: this sweep was created in {state.origin}, and Ray's saved state "
+            "names that folder; resume it there (`srsweep best` works on a copy)"
+        )
+
+
+def _trials_ran(folder: Path) -> bool:
+    return any(p.is_dir() and (p / "params.json").is_file() for p in folder.iterdir())
+
+
+def restored_tuner(state, trainable, build):
+    """The Tuner a resume continues: Ray's restore from the signed state, ``build(state)``
+    when Tune never saved (stopped before the first trial)."""
+    from ray import tune
+
+    from sweeper.storage import is_remote, resolve_storage
+
+    exp_path, fs = resolve_storage(state.sweep_dir)
+    if not tune.Tuner.can_restore(exp_path, storage_filesystem=fs):
+        return build(state)
+    if not is_remote(state.sweep_dir) and not put_back(state.dir):
+        if not _trials_ran(state.dir):
+            return build(state)
+        if os.environ.get(TRUST_ENV) != "1":
+            raise UnsignedState(
+                f"{state.dir}: Ray's saved state is not signed (written by an srsweep before 0.9, "
+                f"or the signature was removed); if you trust every file in it, resume with {TRUST_ENV}=1"
+            )
+        sign(state.dir, ray_files(state.dir))  # the user vouched for these files
+    return tune.Tuner.restore(
+        exp_path, trainable, resume_unfinished=True, resume_errored=True, storage_filesystem=fs
+    )
