@@ -96,7 +96,9 @@ def train(args: argparse.Namespace) -> int:
             {**trainer.info, "config_file": str(config_path(args.config)), "out_dir": str(out)},
         )
         out.mkdir(parents=True, exist_ok=True)
-        run_file.write_text(run_id)
+        from sweeper import atomic
+
+        atomic.write_text(run_file, run_id)
         tracker.log_config(run_id, to_dict(cfg))
     if trainer.info["backbones"] == "random-init":
         print("note: backbones are random-init (weights: random): perceptual numbers are plumbing checks")

@@ -34,7 +34,7 @@ SIGNED_FILE = "ray_state.signed.json"
 KEY_ENV = "SRSWEEP_KEY_FILE"
 TRUST_ENV = "SRSWEEP_TRUST_UNSIGNED"  # a sweep from before signing: the user vouches for it
 # The files Tuner.restore reads at the experiment's top level (the rest is plain JSON).
-PATTERNS = ("tuner.pkl", "experiment_state-*.json", "*-state-*.json", "*-state-*.pkl")
+PATTERNS = ("tuner.pkl", "*state-*.json", "*state-*.pkl")
 
 
 class UnsignedState(SrsweepError):
@@ -153,13 +153,23 @@ def callbacks(state) -> list:
     return [] if is_remote(state.sweep_dir) else [SigningCallback(state.sweep_dir)]
 
 
-def refuse_moved(state) -> None:
-    """Ray's pickled state names the folder (and its Optuna study) where the sweep was
-    created: resuming a copy or a moved folder would write into the original."""
+def check_resumable(state) -> None:
+    """Before anything starts: refuse a copied or moved folder (Ray's pickled state names
+    the original, and its Optuna study), a signed copy that fails its check, and Ray state
+    no one signed (unless the user vouches for it)."""
+    from sweeper.storage import is_remote
+
     if state.moved:
         raise UnsignedState(
             f"{state.sweep_dir}: this sweep was created in {state.origin}, and Ray's saved state "
             "names that folder; resume it there (`srsweep best` works on a copy)"
+        )
+    if is_remote(state.sweep_dir) or verified(state.dir) is not None or os.environ.get(TRUST_ENV) == "1":
+        return
+    if (state.dir / "tuner.pkl").exists() and _trials_ran(state.dir):
+        raise UnsignedState(
+            f"{state.dir}: Ray's saved state is not signed (written by an srsweep before signing, "
+            f"or the signature was removed); if you trust every file in it, resume with {TRUST_ENV}=1"
         )
 
 
@@ -178,13 +188,9 @@ def restored_tuner(state, trainable, build):
     if not tune.Tuner.can_restore(exp_path, storage_filesystem=fs):
         return build(state)
     if not is_remote(state.sweep_dir) and not put_back(state.dir):
+        check_resumable(state)  # (checked at the start too; the folder may have changed since)
         if not _trials_ran(state.dir):
-            return build(state)
-        if os.environ.get(TRUST_ENV) != "1":
-            raise UnsignedState(
-                f"{state.dir}: Ray's saved state is not signed (written by an srsweep before 0.9, "
-                f"or the signature was removed); if you trust every file in it, resume with {TRUST_ENV}=1"
-            )
+            return build(state)  # Tune never saved: nothing of it to restore
         sign(state.dir, ray_files(state.dir))  # the user vouched for these files
     return tune.Tuner.restore(
         exp_path, trainable, resume_unfinished=True, resume_errored=True, storage_filesystem=fs

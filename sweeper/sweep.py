@@ -307,14 +307,14 @@ def resume_sweep(sweep_dir: str | Path, address: Optional[str] = None) -> Path:
     from sweeper.lock import hold
     from sweeper.report import configure_dashboard, dashboard_lines
     from sweeper.sharing import local_dir
-    from sweeper.signing import refuse_moved, restored_tuner
+    from sweeper.signing import check_resumable, restored_tuner
     from sweeper.storage import is_remote
     from sweeper.tracking import Tracker
 
     sweep_dir = str(sweep_dir) if is_remote(sweep_dir) else str(Path(sweep_dir).resolve())
     state = SweepState.load(sweep_dir)
     hold(sweep_dir)  # one driver per sweep: a second one is refused here, in one line
-    refuse_moved(state)
+    check_resumable(state)  # a copy, a moved folder, Ray state nobody signed: one line, nothing started
     if address:
         state = state.model_copy(update={"address": address})
     with Interrupts(sweep_dir) as guard, _interruptible(guard):
