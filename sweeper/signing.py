@@ -17,6 +17,8 @@ older (trials continue from their checkpoints). A copy that fails the check is r
 from __future__ import annotations
 
 import base64
+import contextlib
+import glob
 import hashlib
 import hmac
 import json
@@ -126,12 +128,24 @@ class SigningCallback(Callback):
         self.sweep_dir = Path(sweep_dir)
         self._seen: Optional[tuple] = None
 
+    def _staging(self, trials) -> Optional[Path]:
+        """Tune saves into the driver's staging folder, then copies it to the sweep folder
+        in the background: the staging copy is the complete one at this point. Restored
+        trials keep their first session's path, so the newest saved one is taken."""
+        dirs = {Path(t.storage.experiment_driver_staging_path) for t in trials[:1]}
+        with contextlib.suppress(Exception):  # a private Ray helper: the trial's path is the fallback
+            from ray.train._internal.storage import _get_ray_train_session_dir
+
+            pattern = f"*/{glob.escape(self.sweep_dir.name)}/driver_artifacts"
+            dirs.update(Path(_get_ray_train_session_dir()).glob(pattern))
+        saved = [(max(p.stat().st_mtime_ns for p in d.glob("experiment_state-*.json")), d) for d in dirs
+                 if d.is_dir() and any(d.glob("experiment_state-*.json"))]  # fmt: skip
+        return max(saved)[1] if saved else None
+
     def _sources(self, trials) -> dict[str, Path]:
-        # Tune saves into the driver's staging folder, then copies that to the sweep folder
-        # in the background: the staging copy is the complete one at this point.
-        staging = Path(trials[0].storage.experiment_driver_staging_path) if trials else None
         files = {k: v for k, v in ray_files(self.sweep_dir).items() if k == "tuner.pkl"}
-        if staging is not None and staging.is_dir():
+        staging = self._staging(trials)
+        if staging is not None:
             files.update({k: v for k, v in ray_files(staging).items() if k != "tuner.pkl"})
         return files
 

@@ -54,15 +54,12 @@ def _plant_cloudpickle(folder: Path, marker: Path) -> None:
     path.write_text(json.dumps(data))
 
 
-def test_one_driver_copies_moves_and_planted_pickles(tmp_path, tiny_data):
-    launch = tmp_path / ODD  # the store and the study must stay in this folder
-    launch.mkdir()
-    marker = tmp_path / "code-ran"
-    env = {**os.environ, "SRSWEEP_KEY_FILE": str(tmp_path / "keys" / "hmac.key")}  # outside the folder
+def _run_with_a_second_driver(tmp_path: Path, launch: Path, tiny_data: Path, env: dict) -> Path:
+    """The sweep, and ``srsweep resume`` of it while its first trial runs: refused."""
     sweep = write_sweep(launch, tiny_data, num_samples=2, concurrent=1, steps=8)
     proc = start_srsweep("run", sweep, cwd=launch, env=env)
     out = []
-    for line in proc.stdout:  # a second driver while the first one's trial runs
+    for line in proc.stdout:
         out.append(line)
         if "started:" in line:
             break
@@ -72,6 +69,15 @@ def test_one_driver_copies_moves_and_planted_pickles(tmp_path, tiny_data):
     out.append(proc.communicate(timeout=1200)[0])
     log = "".join(out)
     assert proc.returncode == 0 and "winner: trial" in log, log[-4000:]
+    return d
+
+
+def test_one_driver_copies_moves_and_planted_pickles(tmp_path, tiny_data):
+    launch = tmp_path / ODD  # the store and the study must stay in this folder
+    launch.mkdir()
+    marker = tmp_path / "code-ran"
+    env = {**os.environ, "SRSWEEP_KEY_FILE": str(tmp_path / "keys" / "hmac.key")}  # outside the folder
+    d = _run_with_a_second_driver(tmp_path, launch, tiny_data, env)
     assert (launch / "mlflow.db").is_file() and (d / "optuna.db").is_file() and (d / SIGNED_FILE).is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([ODD, "keys"])  # nothing at "sweep"
     assert (tmp_path / "keys" / "hmac.key").stat().st_mode & 0o777 == 0o600
