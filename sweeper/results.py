@@ -59,7 +59,9 @@ def ray_trials(folder: Path) -> list[dict]:
         state = _json(entry[0], str(path))
         meta = _json(entry[1], str(path)) if len(entry) > 1 else {}
         logdir = state.get("relative_logdir")
-        if not isinstance(logdir, str) or "/" in logdir or logdir in ("", ".", ".."):
+        # a plain folder of this sweep: no path, no symlink that leads out of it
+        plain = isinstance(logdir, str) and "/" not in logdir and logdir not in ("", ".", "..")
+        if not plain or (folder / logdir).is_symlink():
             raise ResultsError(f"{path}: trial {state.get('trial_id')!r} names no folder of this sweep")
         trials.append(
             {

@@ -40,7 +40,7 @@ def _tree(root: Path) -> dict[str, bytes]:
 
 def _one_error_line(res, *parts: str) -> None:
     lines = res.stderr.strip().splitlines()
-    assert res.returncode != 0 and len(lines) == 1, res.stdout[-2000:] + res.stderr[-3000:]
+    assert res.returncode == 2 and len(lines) == 1, res.stdout[-2000:] + res.stderr[-3000:]
     assert lines[0].startswith("srsweep: error: ") and all(p in lines[0] for p in parts), lines[0]
 
 
