@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import fnmatch
 import glob
 import hashlib
 import hmac
@@ -53,18 +54,17 @@ def key_file() -> Path:
 
 def _key() -> bytes:
     path = key_file()
-    if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        try:  # O_EXCL: two drivers starting at once agree on one key
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(secrets.token_hex(32) + "\n")
-        except FileExistsError:
-            pass
     try:
+        if not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            with contextlib.suppress(FileExistsError):  # O_EXCL: two drivers at once agree on one key
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "w") as f:
+                    f.write(secrets.token_hex(32) + "\n")
         key = path.read_text().strip().encode()
     except OSError as exc:
-        raise UnsignedState(f"{path}: cannot read the signing key ({exc.strerror})") from None
+        why = f"{exc.strerror}; set {KEY_ENV} to a file this user can write"
+        raise UnsignedState(f"{path}: cannot create or read the signing key ({why})") from None
     if len(key) < 32:
         raise UnsignedState(f"{path}: signing key too short (want >= 32 characters)")
     return key
@@ -104,7 +104,11 @@ def verified(sweep_dir: Path) -> Optional[dict[str, bytes]]:
             f"{path}: Ray's saved state does not carry this user's signature (key {key_file()}); "
             "it was changed, or signed with another key: not restored (no code from it is run)"
         )
-    return {name: base64.b64decode(v) for name, v in files.items() if Path(name).name == name}
+    return {name: base64.b64decode(v) for name, v in files.items() if _ray_name(name)}
+
+
+def _ray_name(name: str) -> bool:
+    return Path(name).name == name and any(fnmatch.fnmatchcase(name, pat) for pat in PATTERNS)
 
 
 def put_back(sweep_dir: Path) -> bool:
@@ -161,10 +165,14 @@ class SigningCallback(Callback):
 
 
 def callbacks(state) -> list:
-    """The signing callback of a local sweep (an S3 sweep's state is not signed yet)."""
+    """The signing callback of a local sweep (an S3 sweep's state is not signed yet). The
+    key is read now: a key that cannot be created or read stops the sweep before Tune."""
     from sweeper.storage import is_remote
 
-    return [] if is_remote(state.sweep_dir) else [SigningCallback(state.sweep_dir)]
+    if is_remote(state.sweep_dir):
+        return []
+    _key()
+    return [SigningCallback(state.sweep_dir)]
 
 
 def check_resumable(state) -> None:
