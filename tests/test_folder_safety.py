@@ -276,3 +276,33 @@ def test_store_study_and_train_stay_in_a_folder_named_with_uri_syntax(tmp_path, 
     study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=1)
     assert (launch / "optuna.db").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == [ODD]  # no stray "sweep" file or %3F folder
+
+
+# ----------------------------------------------------------------------------- 3. signed Ray state
+def test_ray_state_is_put_back_from_the_signed_copy_and_a_forged_copy_is_refused(tmp_path, monkeypatch):
+    from sweeper import signing
+
+    monkeypatch.setenv(signing.KEY_ENV, str(tmp_path / "config" / "hmac.key"))
+    d = tmp_path / "sweep"
+    d.mkdir()
+    (d / "tuner.pkl").write_bytes(b"good tuner")
+    (d / "experiment_state-1.json").write_text('{"trial_data": []}')
+    signing.sign(d, signing.ray_files(d))
+    (d / "tuner.pkl").write_bytes(b"planted pickle")
+    (d / "experiment_state-2.json").write_text("{}")  # newer, unsigned: Ray would pick it
+    assert signing.put_back(d)
+    assert (d / "tuner.pkl").read_bytes() == b"good tuner"
+    assert sorted(p.name for p in d.iterdir()) == sorted(
+        ["tuner.pkl", "experiment_state-1.json", "experiment_state-2.json.unverified", signing.SIGNED_FILE]
+    )
+    forged = json.loads((d / signing.SIGNED_FILE).read_text())
+    forged["files"]["tuner.pkl"] = "cGxhbnRlZA=="
+    (d / signing.SIGNED_FILE).write_text(json.dumps(forged))
+    with pytest.raises(signing.UnsignedState, match="does not carry this user's signature"):
+        signing.put_back(d)
+    monkeypatch.setenv(signing.KEY_ENV, str(tmp_path / "other.key"))  # another user's key
+    (d / signing.SIGNED_FILE).unlink()
+    signing.sign(d, signing.ray_files(d))
+    monkeypatch.setenv(signing.KEY_ENV, str(tmp_path / "config" / "hmac.key"))
+    with pytest.raises(signing.UnsignedState):
+        signing.verified(d)
