@@ -128,9 +128,12 @@ class BufferedTracker(Tracker):
 
 def flush(sweep_dir: str | Path, tracking_uri: str) -> tuple[bool, int]:
     """Send the sweep's buffered tracking writes; (all sent, records left)."""
+    from sweeper.lock import hold
+
     box = Outbox(Path(sweep_dir) / OUTBOX_FILE, tracking_uri)
     if box.pending() == 0:
         return True, 0
+    hold(sweep_dir)  # `srsweep sync` while a driver sends the same buffer: refused (the driver holds it)
     done = box.flush(force=True)
     return done, box.pending()
 

@@ -306,3 +306,25 @@ def test_ray_state_is_put_back_from_the_signed_copy_and_a_forged_copy_is_refused
     monkeypatch.setenv(signing.KEY_ENV, str(tmp_path / "config" / "hmac.key"))
     with pytest.raises(signing.UnsignedState):
         signing.verified(d)
+
+
+def test_sync_while_a_driver_holds_the_sweep_is_refused_in_one_line(tmp_path):
+    """The driver sends the same buffer: two senders would send records twice."""
+    state, _ = _sweep_with_store(tmp_path)
+    rec = {"op": "tags", "run_id": state.parent_run_id, "tags": {"a": "b"}}
+    (state.dir / OUTBOX_FILE).write_text(json.dumps(rec) + "\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(state.dir)], stdout=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        res = srsweep("sync", state.dir, cwd=tmp_path, timeout=300)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert res.returncode == 2 and res.stderr.strip().splitlines() == [
+        f"srsweep: error: {state.dir} is being run by PID {proc.pid} on {os.uname().nodename} since "
+        + res.stderr.split(" since ", 1)[1].strip()
+    ]
+    assert (state.dir / OUTBOX_FILE).read_text() == json.dumps(rec) + "\n"  # kept for the driver
