@@ -287,10 +287,10 @@ def test_ray_state_is_put_back_from_the_signed_copy_and_a_forged_copy_is_refused
     d.mkdir()
     (d / "tuner.pkl").write_bytes(b"good tuner")
     (d / "experiment_state-1.json").write_text('{"trial_data": []}')
-    signing.sign(d, signing.ray_files(d))
+    signing.sign(signing.Place(d), {n: p.read_bytes() for n, p in signing.ray_files(d).items()})
     (d / "tuner.pkl").write_bytes(b"planted pickle")
     (d / "experiment_state-2.json").write_text("{}")  # newer, unsigned: Ray would pick it
-    assert signing.put_back(d)
+    assert signing.put_back(signing.Place(d))
     assert (d / "tuner.pkl").read_bytes() == b"good tuner"
     assert sorted(p.name for p in d.iterdir()) == sorted(
         ["tuner.pkl", "experiment_state-1.json", "experiment_state-2.json.unverified", signing.SIGNED_FILE]
@@ -299,13 +299,13 @@ def test_ray_state_is_put_back_from_the_signed_copy_and_a_forged_copy_is_refused
     forged["files"]["tuner.pkl"] = "cGxhbnRlZA=="
     (d / signing.SIGNED_FILE).write_text(json.dumps(forged))
     with pytest.raises(signing.UnsignedState, match="does not carry this user's signature"):
-        signing.put_back(d)
+        signing.put_back(signing.Place(d))
     monkeypatch.setenv(signing.KEY_ENV, str(tmp_path / "other.key"))  # another user's key
     (d / signing.SIGNED_FILE).unlink()
-    signing.sign(d, signing.ray_files(d))
+    signing.sign(signing.Place(d), {n: p.read_bytes() for n, p in signing.ray_files(d).items()})
     monkeypatch.setenv(signing.KEY_ENV, str(tmp_path / "config" / "hmac.key"))
     with pytest.raises(signing.UnsignedState):
-        signing.verified(d)
+        signing.verified(signing.Place(d))
 
 
 def test_sync_while_a_driver_holds_the_sweep_is_refused_in_one_line(tmp_path):
