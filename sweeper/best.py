@@ -11,6 +11,8 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from sweeper import atomic
+from sweeper.sqlite_uri import sqlite_path
 from sweeper.state import STATE_FILE, SweepState, is_sweep_dir
 from trainables.config import ConfigError
 
@@ -26,7 +28,8 @@ def find_sweep(target: str, tracking_uri: str | None = None) -> SweepState:
     from sweeper.tracking import Tracker, default_tracking_uri
 
     tracker = Tracker(tracking_uri or default_tracking_uri())
-    missing_db = tracker.uri.startswith("sqlite:///") and not Path(tracker.uri[len("sqlite:///") :]).is_file()
+    db = sqlite_path(tracker.uri)
+    missing_db = db is not None and not db.is_file()
     # Reading a SQLite URI creates the file: a store that is not there holds no sweep.
     found = None if missing_db else tracker.latest_sweep_dir([target, f"srsweep-{target}"])
     if found is None:
@@ -111,7 +114,7 @@ def choose_winner(
         f"# Winner of sweep {sweep_dir.name}: trial {sel.winner['trial_id']} "
         f"(MLflow run {sel.winner['mlflow_run_id']}).\n# Rerun: srsweep train {out}\n"
     )
-    out.write_text(header + yaml.safe_dump(cfg, sort_keys=False))
+    atomic.write_text(out, header + yaml.safe_dump(cfg, sort_keys=False))
     tracker, parent = Tracker(state.tracking_uri), state.parent_run_id
     run_id = sel.winner["mlflow_run_id"]
     if isinstance(run_id, str) and run_id:

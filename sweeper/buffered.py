@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any, Optional
 
+from sweeper import atomic
 from sweeper.outbox import Outbox, is_outage, short_http
 from sweeper.tracking import MAX_PARAM_LEN, PARENT_TAG, Tracker, flatten
 from trainables.config import SrsweepError
@@ -56,9 +56,7 @@ class BufferedTracker(Tracker):
 
     def _remember(self, trial_id: str, run_id: str) -> None:
         runs = {**self._map(), trial_id: run_id}
-        tmp = self._map_file().with_suffix(".tmp")
-        tmp.write_text(json.dumps(runs))
-        os.replace(tmp, self._map_file())
+        atomic.write_text(self._map_file(), json.dumps(runs))
 
     def children(
         self, experiment_id: str, parent: str, trial_id: Optional[str] = None
@@ -132,9 +130,12 @@ class BufferedTracker(Tracker):
 
 def flush(sweep_dir: str | Path, tracking_uri: str) -> tuple[bool, int]:
     """Send the sweep's buffered tracking writes; (all sent, records left)."""
+    from sweeper.lock import hold
+
     box = Outbox(Path(sweep_dir) / OUTBOX_FILE, tracking_uri)
     if box.pending() == 0:
         return True, 0
+    hold(sweep_dir)  # `srsweep sync` while a driver sends the same buffer: refused (the driver holds it)
     done = box.flush(force=True)
     return done, box.pending()
 

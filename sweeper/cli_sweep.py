@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from sweeper.sqlite_uri import sqlite_path
 from trainables.config import SrsweepError
 
 
@@ -82,7 +83,8 @@ def ui(args: argparse.Namespace) -> int:
             print(" ".join(cmd))
             return 0
         base = server.base_url(args.host, args.port)
-        exists = Path(uri[10:]).is_file() or not uri.startswith("sqlite")  # never create a store here
+        db = sqlite_path(uri)
+        exists = db.is_file() if db is not None else not uri.startswith("sqlite")  # never create a store here
         newest = Tracker(uri).newest_sweep() if exists else None
         link = dashboard.runs_url(base, *newest) if newest else f"{base}/#/experiments"
         if args.background:

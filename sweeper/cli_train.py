@@ -105,7 +105,9 @@ def train(args: argparse.Namespace) -> int:
             {**trainer.info, "config_file": str(config_path(args.config)), "out_dir": str(out)},
         )
         out.mkdir(parents=True, exist_ok=True)
-        run_file.write_text(run_id)
+        from sweeper import atomic
+
+        atomic.write_text(run_file, run_id)
         tracker.log_config(run_id, to_dict(cfg))
     if trainer.info["backbones"] == "random-init":
         print("note: backbones are random-init (weights: random): perceptual numbers are plumbing checks")
@@ -119,5 +121,7 @@ def train(args: argparse.Namespace) -> int:
         print(f"srsweep: error: {exc}", file=sys.stderr)
         return 1
     tracker.end_run(run_id, "FINISHED")
-    print(f"done: {out} (MLflow run {run_id} in {tracker.uri})")
+    from sweeper.sqlite_uri import sqlite_path
+
+    print(f"done: {out} (MLflow run {run_id} in {sqlite_path(tracker.uri) or tracker.uri})")
     return 0

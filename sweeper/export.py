@@ -24,6 +24,7 @@ from matplotlib.collections import LineCollection
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
+from . import atomic
 from .select import (
     DEFAULT_OBJECTIVES,
     PARAM_PREFIX,
@@ -83,13 +84,7 @@ def write_parquet(df: pd.DataFrame, path: str | os.PathLike) -> Path:
     table = pa.Table.from_pandas(out, preserve_index=False)
     meta = dict(table.schema.metadata or {})
     meta[JSON_COLUMNS_KEY] = json.dumps(encoded).encode()
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        pq.write_table(table.replace_schema_metadata(meta), tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return atomic.write_with(path, lambda tmp: pq.write_table(table.replace_schema_metadata(meta), tmp))
 
 
 def read_parquet(path: str | os.PathLike) -> pd.DataFrame:
@@ -119,10 +114,7 @@ def _winner(df: pd.DataFrame) -> np.ndarray:
 
 
 def _save(fig: Figure, path: str | os.PathLike) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    FigureCanvasAgg(fig).print_png(str(path))
-    return path
+    return atomic.write_with(path, lambda tmp: FigureCanvasAgg(fig).print_png(str(tmp)))
 
 
 def plot_pareto(

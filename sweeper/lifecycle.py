@@ -22,12 +22,15 @@ PRETRAIN_DIR, PRETRAIN_FILE = "pretrain", "pretrain_g.pt"
 def store_lock(tracking_uri: str):
     """One process at a time creates a SQLite store's schema and experiments (two sweeps
     on a new store otherwise race: ``table params already exists``)."""
-    if not tracking_uri.startswith("sqlite:///"):
+    from sweeper.sqlite_uri import sqlite_path
+
+    db = sqlite_path(tracking_uri)
+    if db is None:
         yield
         return
     import fcntl
 
-    lock = Path(tracking_uri[len("sqlite:///") :]).with_suffix(".lock")
+    lock = db.with_suffix(".lock")
     with open(lock, "a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:

@@ -33,10 +33,18 @@ from mlflow.entities import Metric, Param, RunTag  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
 
 from mlflow import MlflowClient  # noqa: E402
+from sweeper import atomic  # noqa: E402
+from sweeper.tracking import patch_mlflow_mkdir  # noqa: E402
+
+patch_mlflow_mkdir()  # a SQLite store whose folder name holds "?" (idempotent)
 
 Point = tuple[str, float, int, int]  # (key, value, step, timestamp in ms)
 _TRANSIENT_CODES = {"TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED"}
 PLACEHOLDER = "pending-"
+
+
+class OutsideRecord(ValueError):
+    """A buffered record that names a file the outbox did not stage (never sent, never deleted)."""
 
 
 def is_outage(exc: BaseException) -> bool:
@@ -185,6 +193,7 @@ class Outbox:
             return False
         for i, rec in enumerate(records):
             try:
+                self._staged(rec)
                 self._send(rec)
             except Exception as exc:
                 if is_outage(exc):
@@ -193,8 +202,10 @@ class Outbox:
                     return False
                 # The store refuses this record for good: set it aside, keep the queue moving.
                 self.stats["rejected"] += 1
-                with open(self.rejected, "a") as f:
-                    f.write(json.dumps({**rec, "error": " ".join(str(exc).split())[:300]}) + "\n")
+                if isinstance(exc, OutsideRecord):
+                    print(f"srsweep: {exc}: skipped (kept in {self.rejected.name})", flush=True)
+                error = " ".join(str(exc).split())[:300]
+                atomic.append_line(self.rejected, json.dumps({**rec, "error": error}))
             else:
                 self.stats["flushed"] += 1
                 self._done_with(rec)
@@ -229,12 +240,10 @@ class Outbox:
             dst = self.files / uuid.uuid4().hex / src.name
             dst.parent.mkdir(parents=True)
             (shutil.copytree if src.is_dir() else shutil.copy2)(src, dst)
-            rec = {**rec, "local_path": str(dst), "owned": True}
+            # relative to the buffer's folder: a copied or moved sweep sends its own copy
+            rec = {**rec, "local_path": str(dst.relative_to(self.path.parent)), "owned": True}
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a") as f:
-            f.write(json.dumps(rec) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        atomic.append_line(self.path, json.dumps(rec))
         self.stats["buffered"] += 1
         self.stats["points_buffered"] += len(rec.get("points", ()))
 
@@ -251,9 +260,7 @@ class Outbox:
         if not records:
             self.path.unlink(missing_ok=True)
             return
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
-        os.replace(tmp, self.path)
+        atomic.write_text(self.path, "".join(json.dumps(r) + "\n" for r in records))
 
     def _ids(self) -> dict[str, str]:
         return json.loads(self.ids_file.read_text()) if self.ids_file.is_file() else {}
@@ -267,9 +274,33 @@ class Outbox:
             raise ConnectionError(f"run {run_id} is not created yet (tracking store unreachable)")
         return real
 
+    def _staged(self, rec: dict) -> None:
+        """A buffered artifact must be one of the outbox's own copies: the buffer file sits
+        in a folder others may write, and a record naming any other file is refused."""
+        if rec.get("op") == "artifact" and self._own_copy(rec) is None:
+            raise OutsideRecord(
+                f"{self.path}: artifact {rec.get('local_path')!r} is not a file this buffer staged"
+            )
+
+    def _own_copy(self, rec: dict) -> Optional[Path]:
+        """``<files>/<hex>/`` holding the record's file, when the outbox made it (symlinks
+        resolved, so a link cannot lead out of the staging folder); else None."""
+        if not isinstance(rec.get("local_path"), str):
+            return None
+        staging = self.files.resolve()
+        path = self._local(rec)
+        folder = path.parent
+        if folder.is_symlink() or path.is_symlink() or folder.resolve().parent != staging:
+            return None
+        return folder.resolve() if len(folder.name) == 32 and folder.name.isalnum() else None
+
+    def _local(self, rec: dict) -> Path:
+        return self.path.parent / rec["local_path"]  # an absolute path stays itself
+
     def _done_with(self, rec: dict) -> None:
-        if rec.get("owned"):
-            shutil.rmtree(Path(rec["local_path"]).parent, ignore_errors=True)
+        folder = self._own_copy(rec) if rec.get("owned") else None
+        if folder is not None:  # only the copy this outbox staged, inside its own folder
+            shutil.rmtree(folder, ignore_errors=True)
 
     def _known_steps(self, run_id: str, key: str) -> set[int]:
         k = (run_id, key)
@@ -288,9 +319,7 @@ class Outbox:
                         rec["experiment_id"], run_name=rec["run_name"], tags=rec["tags"]
                     )
                     ids[rec["placeholder"]] = run.info.run_id
-                    tmp = self.ids_file.with_suffix(".tmp")
-                    tmp.write_text(json.dumps(ids))
-                    os.replace(tmp, self.ids_file)
+                    atomic.write_text(self.ids_file, json.dumps(ids))
                 return
             run_id = self.resolve(rec["run_id"])
             if op == "metrics":
@@ -306,7 +335,7 @@ class Outbox:
             elif op == "dict":
                 self.client.log_dict(run_id, rec["obj"], rec["artifact_file"])
             elif op == "artifact":
-                self.client.log_artifact(run_id, rec["local_path"], rec["artifact_path"])
+                self.client.log_artifact(run_id, str(self._local(rec)), rec["artifact_path"])
             else:
                 raise ValueError(f"{self.path}: unknown outbox record {op!r}")
 

@@ -60,10 +60,12 @@ def _probe_write(folder: Path, what: str, path: Path) -> None:
 
 # ----------------------------------------------------------------------------- tracking
 def _sqlite_path(uri: str) -> Path:
-    rest = uri[len("sqlite://") :]
-    if not rest.startswith("/"):
+    from sweeper.sqlite_uri import sqlite_path
+
+    path = sqlite_path(uri)
+    if path is None:
         raise PreflightError(f"tracking URI {uri}: expected sqlite:///relative or sqlite:////absolute path")
-    return Path(rest[1:]).expanduser()
+    return path.expanduser()
 
 
 def check_tracking(uri: str, timeout_s: float = 5.0) -> None:

@@ -13,7 +13,8 @@ from typing import Optional
 
 import pandas as pd
 
-from sweeper import dashboard
+from sweeper import atomic, dashboard
+from sweeper.sqlite_uri import sqlite_path
 from sweeper.state import SweepState
 from sweeper.terminal import fmt_metric
 
@@ -42,10 +43,12 @@ def ui_base_url(state: SweepState) -> tuple[str, bool]:
 def dashboard_lines(state: SweepState, winner_run: Optional[str] = None) -> list[str]:
     """The printed link, and the winner's run page (its samples) when there is one."""
     base, up = ui_base_url(state)
-    hint = "" if up else f"  (start it with: srsweep ui, in {Path(state.tracking_uri[10:]).parent})"
+    url = dashboard.runs_url(base, state.experiment_id, state.parent_run_id)
+    db = sqlite_path(state.tracking_uri)
+    hint = "" if up or db is None else f"  (start it with: srsweep ui, in {db.parent})"
     if state.tracking_uri.startswith(("http://", "https://")):
         base, hint = state.tracking_uri, ""
-    url = dashboard.runs_url(base, state.experiment_id, state.parent_run_id)
+        url = dashboard.runs_url(base, state.experiment_id, state.parent_run_id)
     page = [f"winner's page: {base.rstrip('/')}/{dashboard.run_link(state.experiment_id, winner_run)}"]
     return [f"dashboard: {url}{hint}"] + (page if winner_run else [])
 
@@ -166,7 +169,7 @@ def parent_outputs(tracker, state: SweepState, df: pd.DataFrame, sel) -> None:
     )
     ranked = sel.ranked if sel is not None else df
     md = state.dir / "ranked.md"
-    md.write_text(ranked_markdown(ranked, short_names(state)))
+    atomic.write_text(md, ranked_markdown(ranked, short_names(state)))
     tracker.log_artifact(state.parent_run_id, md)
     # the parent's Overview page: who won, the plots and the top of the ranking
     top = ranked_markdown(ranked.head(dashboard.NOTE_ROWS), short_names(state))

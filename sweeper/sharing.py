@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Optional
 
 from sweeper import storage
+from sweeper.lock import hold
 from sweeper.state import SweepState
 
 PRETRAIN_FILE = "pretrain_g.pt"
@@ -39,12 +40,14 @@ def new_sweep_dir(storage_arg: str | Path, name: str) -> str:
             storage.join(path, f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"), fs
         )
         if storage.is_remote(uri):
+            hold(uri)  # one driver per sweep, from the moment the folder exists
             return uri
         try:
             Path(uri).mkdir(parents=True, exist_ok=False)
-            return uri
         except FileExistsError:
             continue
+        hold(uri)
+        return uri
     raise FileExistsError(f"{storage_arg}: could not create a new sweep folder for {name}")
 
 
@@ -89,14 +92,6 @@ def publish(view: SweepState, sweep_dir: str) -> list[str]:
             storage.upload_file(src, storage.join(path, name), fs)
             done.append(f"{sweep_dir}/{name}")
     return done
-
-
-def checkpoint_dir(state: SweepState, path: str) -> str:
-    """A trial checkpoint as a folder of ``state.dir``: Ray 2.60's ExperimentAnalysis of a
-    mirrored experiment prefixes the recorded path with the mirror's (``mirror//mirror/...``)."""
-    p = Path(path)
-    here = state.dir / p.parent.name / p.name
-    return str(here) if here.is_dir() else path
 
 
 def remote_checkpoints(df, view: SweepState, sweep_dir: str):

@@ -12,6 +12,8 @@ import os
 from pathlib import Path
 from typing import Optional
 
+from sweeper.sqlite_uri import sqlite_uri
+
 STUDY_FILE = "optuna.db"
 # fANOVA on a handful of trials ranks knobs by noise (3-5 trials ranked `layer`, `blocks`,
 # `mu` first in three runs of one sweep): below this many full-budget trials, no bars.
@@ -20,7 +22,7 @@ BOOTSTRAP = 10  # resamples of the trials for the spread printed next to each im
 
 
 def storage_url(sweep_dir: str | Path) -> str:
-    return f"sqlite:///{Path(sweep_dir).resolve() / STUDY_FILE}"
+    return sqlite_uri(Path(sweep_dir).resolve() / STUDY_FILE)
 
 
 def study_name(sweep_dir: str | Path) -> str:

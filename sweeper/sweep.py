@@ -161,6 +161,7 @@ def build_tuner(state: SweepState):
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import ConcurrencyLimiter
 
+    from sweeper import signing
     from sweeper.callbacks import MLflowCallback
     from sweeper.constraints import BandConstraint, ConstrainedOptunaSearch, run_ref
     from sweeper.report import short_names
@@ -223,6 +224,7 @@ def build_tuner(state: SweepState):
         ),
         failure_config=tune.FailureConfig(max_failures=sweep.failure.max_failures),
         callbacks=[
+            *signing.callbacks(state),  # Ray's restore pickles, signed after each save
             MLflowCallback(state),
             ProgressCallback(metrics[0], modes[0], sweep.planned_trials, total, short_names(state)),
         ],
@@ -292,19 +294,21 @@ def resume_sweep(sweep_dir: str | Path, address: Optional[str] = None) -> Path:
     """Continue an interrupted sweep: finished trials stay, unfinished ones resume from
     their checkpoints, errored ones are retried, the Optuna study continues. ``sweep_dir``:
     a folder or s3://...; ``address``: the cluster now (default: the one it started on)."""
-    from ray import tune
-
     from sweeper.buffered import flush
     from sweeper.driver import connect_ray
     from sweeper.interrupts import Interrupts
     from sweeper.lifecycle import ensure_pretrained, reopen
+    from sweeper.lock import hold
     from sweeper.report import configure_dashboard, dashboard_lines
     from sweeper.sharing import local_dir
-    from sweeper.storage import is_remote, resolve_storage
+    from sweeper.signing import check_resumable, restored_tuner
+    from sweeper.storage import is_remote
     from sweeper.tracking import Tracker
 
     sweep_dir = str(sweep_dir) if is_remote(sweep_dir) else str(Path(sweep_dir).resolve())
     state = SweepState.load(sweep_dir)
+    hold(sweep_dir)  # one driver per sweep: a second one is refused here, in one line
+    check_resumable(state)  # a copy, a moved folder, Ray state nobody signed: one line, nothing started
     if address:
         state = state.model_copy(update={"address": address})
     with Interrupts(sweep_dir) as guard, _interruptible(guard):
@@ -315,17 +319,7 @@ def resume_sweep(sweep_dir: str | Path, address: Optional[str] = None) -> Path:
         configure_dashboard(Tracker(state.tracking_uri), state)
         print("\n".join(dashboard_lines(state)), flush=True)
         ensure_pretrained(state, guard)  # stopped while pretraining: redo or continue it
-        exp_path, fs = resolve_storage(sweep_dir)
-        if tune.Tuner.can_restore(exp_path, storage_filesystem=fs):
-            tuner = tune.Tuner.restore(
-                exp_path,
-                _trainable(state),
-                resume_unfinished=True,
-                resume_errored=True,
-                storage_filesystem=fs,
-            )
-        else:  # stopped before the first trial: nothing of Tune's to restore
-            tuner = build_tuner(state)
+        tuner = restored_tuner(state, _trainable(state), build_tuner)  # only from Ray state we signed
         _fit(state, tuner, guard)
     return finish(state)
 

@@ -24,21 +24,43 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 from mlflow.entities import Metric, Param, RunTag  # noqa: E402
 
 from mlflow import MlflowClient  # noqa: E402
+from sweeper.sqlite_uri import sqlite_path, sqlite_uri  # noqa: E402
 
 MAX_PARAM_LEN = 6000  # MLflow's limit on a param value
 PARENT_TAG = "mlflow.parentRunId"  # what the MLflow UI nests child runs by
 STORE_FILE = "mlflow.db"
 
 
+def patch_mlflow_mkdir() -> None:
+    """MLflow creates the store's parent folder from the URI text without decoding it: a
+    ``%3F`` folder would appear beside the real one. Give it the decoded path instead."""
+    from mlflow.store.db import utils
+
+    original = getattr(utils, "_make_parent_dirs_if_sqlite", None)
+    if original is None or getattr(original, "_srsweep", False):
+        return
+
+    def make_parent_dirs(db_uri: str) -> None:
+        path = sqlite_path(db_uri)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+
+    make_parent_dirs._srsweep = True
+    utils._make_parent_dirs_if_sqlite = make_parent_dirs
+
+
+patch_mlflow_mkdir()
+
+
 def default_tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd().resolve() / STORE_FILE}"
+    return os.environ.get("MLFLOW_TRACKING_URI") or sqlite_uri(Path.cwd().resolve() / STORE_FILE)
 
 
-def _artifact_root(uri: str) -> Optional[str]:
-    """Artifacts beside a SQLite file; a server or database URI decides for itself."""
-    if uri.startswith("sqlite:///"):
-        return str(Path(uri[len("sqlite:///") :]).resolve().parent / "mlartifacts")
-    return None
+def _artifact_root(uri: str) -> Optional[Path]:
+    """Artifacts beside a SQLite file; a server or database URI decides for itself.
+    Handed to MLflow as a file:// URI: MLflow percent-decodes a plain path (``%41`` -> ``A``)."""
+    db = sqlite_path(uri)
+    return db.resolve().parent / "mlartifacts" if db is not None else None
 
 
 def server_command(tracking_uri: str, host: str = "127.0.0.1", port: int = 5000) -> tuple[list[str], dict]:
@@ -58,7 +80,7 @@ def server_command(tracking_uri: str, host: str = "127.0.0.1", port: int = 5000)
     cmd = [exe, "server", "--backend-store-uri", tracking_uri, "--host", host, "--port", str(port)]
     root = _artifact_root(tracking_uri)
     if root:
-        cmd += ["--artifacts-destination", root]
+        cmd += ["--artifacts-destination", root.as_uri()]
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
     return cmd, env
 
@@ -104,7 +126,7 @@ class Tracker:
         if exp is not None:
             return exp.experiment_id
         root = _artifact_root(self.uri)
-        return self.client.create_experiment(name, artifact_location=f"{root}/{name}" if root else None)
+        return self.client.create_experiment(name, artifact_location=(root / name).as_uri() if root else None)
 
     def latest_sweep_dir(self, names: list[str]) -> Optional[str]:
         """The sweep folder of the newest sweep parent run in the first named experiment

@@ -18,6 +18,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from sweeper import atomic
 from sweeper.state import SweepState
 
 CKPT_FILE, SCORES_FILE, IMAGES_DIR = "last.pt", "scores.json", "images"
@@ -63,8 +64,8 @@ class RayReporter:
                     cv2.imwrite(str(d / IMAGES_DIR / f"{name}.png"), image[:, :, ::-1])
             from sweeper.tracking import per_image
 
-            (d / SCORES_FILE).write_text(json.dumps(per_image(scores)))
-            (d / CURVES_FILE).write_text(json.dumps(self.curves))
+            atomic.write_text(d / SCORES_FILE, json.dumps(per_image(scores)))
+            atomic.write_text(d / CURVES_FILE, json.dumps(self.curves))
             self.curves = []
             tune.report(
                 {**self.latest, **metrics, "step": step, **self.where},

@@ -31,9 +31,10 @@ class UIError(RuntimeError):
 
 def state_dir(tracking_uri: str) -> Path:
     """Where the pid and log files live: the SQLite store's folder, else the cwd."""
-    if tracking_uri.startswith("sqlite:///"):
-        return Path(tracking_uri[len("sqlite:///") :]).resolve().parent
-    return Path.cwd()
+    from sweeper.sqlite_uri import sqlite_path
+
+    db = sqlite_path(tracking_uri)
+    return db.resolve().parent if db is not None else Path.cwd()
 
 
 def security_args(host: str, port: int) -> list[str]:

@@ -136,7 +136,14 @@ def test_sweep_on_s3_killed_and_resumed(s3, tmp_path, tiny_data):  # noqa: F811
     assert len(df) == 4 and df["trial_id"].is_unique and set(df["status"]) <= {"TERMINATED", "STOPPED"}
     assert df["checkpoint"].str.startswith(sweep_uri).all()
     state = json.loads(fs.open_input_stream(f"{path}/sweep.json").read())
-    assert state["experiment"]["train"]["pretrained_g"] == f"{sweep_uri}/pretrain/pretrain_g.pt"
+    # stored relative to the sweep folder, placed where the folder is when loaded
+    assert state["experiment"]["train"]["pretrained_g"] == "pretrain/pretrain_g.pt"
+    from sweeper.state import SweepState
+
+    assert (
+        SweepState.load(sweep_uri).experiment["train"]["pretrained_g"]
+        == f"{sweep_uri}/pretrain/pretrain_g.pt"
+    )
     client, children = _children(f"sqlite:///{tmp_path / 'mlflow.db'}", state["parent_run_id"])
     assert len(children) == 4 and all(closed_as_ended(r) for r in children)  # none duplicated
     assert {r.data.tags["ray_trial_id"] for r in children} == set(df["trial_id"])
