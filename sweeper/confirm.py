@@ -262,10 +262,9 @@ def report_confirmation(state: SweepState, sel, df: pd.DataFrame) -> None:
 
 def _publish(state: SweepState, sel, conf) -> None:
     """winner.yaml now holds the confirmed winner (first confirmation seed); MLflow tags."""
-    import os
-
     import yaml
 
+    from sweeper import atomic
     from sweeper import confirm_report as cr
     from sweeper.best import WINNER_FILE
     from sweeper.select import winner_config
@@ -275,15 +274,13 @@ def _publish(state: SweepState, sel, conf) -> None:
     cfg = {**winner_config(row), "seed": int(conf.table.iloc[0]["seeds"][0])}
     out = state.dir / WINNER_FILE
     header = cr.winner_header(state, conf, str(sel.winner["trial_id"]))
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(header + f"# Rerun: srsweep train {out}\n" + yaml.safe_dump(cfg, sort_keys=False))
-    os.replace(tmp, out)
+    atomic.write_text(out, header + f"# Rerun: srsweep train {out}\n" + yaml.safe_dump(cfg, sort_keys=False))
     tracker, parent = Tracker(state.tracking_uri), state.parent_run_id
     old, new = sel.winner.get("mlflow_run_id"), row.get("mlflow_run_id")
     if isinstance(old, str) and old and old != new:
-        tracker.set_tags(old, {"winner": "search-only"})
+        tracker.unmark_winner(old, "search-only")
     if isinstance(new, str) and new:
-        tracker.set_tags(new, {"winner": "true"})
+        tracker.mark_winner(new)
         tracker.set_tags(parent, {"winner_run_id": new})
     tracker.set_tags(parent, {"winner_trial_id": conf.winner, "confirm_seeds": json.dumps(conf.seeds)})
     for path in (out, state.dir / CONFIRM_FILE):

@@ -261,6 +261,15 @@ class Tracker:
         if not name.startswith(dashboard.WINNER_MARK):
             self.client.update_run(run_id, name=dashboard.WINNER_MARK + name)
 
+    def unmark_winner(self, run_id: str, why: str) -> None:
+        """A search winner the confirmation overturned: tagged ``why``, its star removed."""
+        from sweeper import dashboard
+
+        self.set_tags(run_id, {dashboard.WINNER_TAG: why})
+        name = self.client.get_run(run_id).info.run_name or ""
+        if name.startswith(dashboard.WINNER_MARK):
+            self.client.update_run(run_id, name=name[len(dashboard.WINNER_MARK) :])
+
     def log_artifact(self, run_id: str, path: str | Path, folder: Optional[str] = None) -> None:
         self.client.log_artifact(run_id, str(path), folder)
 
