@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 
 import yaml
 
@@ -123,6 +124,29 @@ def _cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """Bad options are one line too (no usage block: ``srsweep COMMAND --help`` has it)."""
+
+    def error(self, message: str):
+        command = self.prog.removeprefix("srsweep").strip()
+        self.exit(2, f"srsweep: error: {command + ': ' if command else ''}{message}\n")
+
+
+def _bounded(low: int, high: int):
+    """An argparse type: an int in [low, high] (argparse prints the one-line error, exit 2)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text[:80]!r} is not an integer") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is not in [{low}, {high}]")
+        return value
+
+    return parse
+
+
 def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", help="experiment YAML, or a preset name (esrgan, sa_esrgan_lv, fm_pcsva, ...)")
     p.add_argument(
@@ -160,7 +184,7 @@ def _sweep_args(p: argparse.ArgumentParser, resume: bool = False) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="srsweep",
         description="Hyperparameter sweeps for GAN super-resolution "
         "losses (SA pixel, dual perceptual, feature matching). See README.md.",
@@ -234,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--tracking-uri", help="MLflow URI (when TARGET is an experiment name)")
     be.add_argument(
         "--resamples",
-        type=int,
+        type=_bounded(0, 10**7),
         default=9999,
         help="random sign patterns of the paired test beyond 16 images (exact below)",
     )
@@ -246,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     u.add_argument("--tracking-uri", help="default $MLFLOW_TRACKING_URI or a SQLite store in this folder")
     u.add_argument("--host", default="127.0.0.1", help="bind address (keep 127.0.0.1 unless behind auth)")
-    u.add_argument("--port", type=int, default=5000)
+    u.add_argument("--port", type=_bounded(1, 65535), default=5000)
     u.add_argument(
         "--background",
         action="store_true",
@@ -273,8 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def user_errors() -> tuple[type[Exception], ...]:
-    """The project's own errors: input a user can fix, reported in one line. Anything
-    else (a plain ValueError included) is a bug and keeps its traceback."""
+    """The project's own errors: input a user can fix, reported in one line. Anything else
+    is an environmental failure (``sweeper.errors.describe``: one line) or a bug (traceback)."""
     # The last three predate SrsweepError; listed until they derive from it.
     from sweeper.interrupts import SweepInterrupted
     from sweeper.preflight import PreflightError
@@ -296,6 +320,8 @@ def user_errors() -> tuple[type[Exception], ...]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from sweeper.errors import BUG_LINE, describe
+
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
@@ -303,6 +329,17 @@ def main(argv: list[str] | None = None) -> int:
         for line in str(exc).splitlines():
             print(f"srsweep: error: {line}", file=sys.stderr)
         return 130 if type(exc).__name__ == "SweepInterrupted" else 2
+    except KeyboardInterrupt:
+        print("srsweep: error: interrupted by SIGINT", file=sys.stderr)
+        return 130
+    except Exception as exc:  # the environment's refusal in one line; anything else is our bug
+        line = describe(exc)
+        if line is None:
+            traceback.print_exc()
+            print(BUG_LINE, file=sys.stderr)
+            return 1
+        print(f"srsweep: error: {line}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,95 @@
+"""One error policy: what the environment refused is one line; a traceback means a bug in srsweep.
+
+``describe`` turns an exception from the environment (a full disk, a permission, a read-only
+or missing folder, a locked or corrupt SQLite file, an allocation the user's sizes asked
+for) into one line naming what and where, or returns None for anything else. The CLI prints
+that line; every other exception keeps its traceback followed by ``BUG_LINE``.
+"""
+
+from __future__ import annotations
+
+import errno
+from typing import Optional
+
+from trainables.config import SrsweepError
+from trainables.safe_yaml import clip
+
+BUG_LINE = "srsweep: this is a bug in srsweep; please report it with the traceback above"
+
+_DISK = {errno.ENOSPC, errno.EDQUOT}
+_FILES = {
+    errno.EACCES,
+    errno.EPERM,
+    errno.EROFS,
+    errno.ENOENT,
+    errno.ENOTDIR,
+    errno.EISDIR,
+    errno.EEXIST,
+    errno.ENAMETOOLONG,
+    errno.ELOOP,
+    errno.EMFILE,
+    errno.EIO,
+    errno.EBUSY,
+    errno.ETXTBSY,
+}
+
+
+class EnvironmentProblem(SrsweepError):
+    """The machine, a file or a service refused: one line naming it (not a bug)."""
+
+
+def _first(exc: BaseException) -> str:
+    return clip((str(exc).strip().splitlines() or [type(exc).__name__])[0], 200)
+
+
+def _os_line(exc: OSError) -> Optional[str]:
+    where = " -> ".join(str(f) for f in (exc.filename, exc.filename2) if f) or "a file"
+    what = exc.strerror or _first(exc)
+    if exc.errno in _DISK:
+        return f"{where}: {what}: the disk is full; free space there"
+    if exc.errno in _FILES:
+        return f"{where}: {what}"
+    return None
+
+
+def _allocation(exc: BaseException) -> bool:
+    text = str(exc)
+    return isinstance(exc, MemoryError) or (
+        isinstance(exc, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text.lower())
+    )
+
+
+def _database(exc: BaseException) -> Optional[str]:
+    import sqlite3
+
+    names = {c.__module__.split(".")[0] for c in type(exc).__mro__}
+    if isinstance(exc, sqlite3.DatabaseError) or (
+        "sqlalchemy" in names and type(exc).__name__ in ("OperationalError", "DatabaseError")
+    ):
+        msg = _first(getattr(exc, "orig", None) or exc)
+        hint = "another process holds it; retry when it is done" if "locked" in msg else "is it a copy?"
+        return f"SQLite store: {msg} ({hint})"
+    return None
+
+
+def _chain(exc: BaseException):
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def describe(exc: BaseException) -> Optional[str]:
+    """One line for an environmental failure anywhere in ``exc``'s chain, else None (a bug)."""
+    for e in _chain(exc):
+        if isinstance(e, OSError) and (line := _os_line(e)):
+            return line
+        if _allocation(e):
+            return (
+                f"cannot allocate memory ({_first(e)}): lower data.batch_size, data.patch_size "
+                "or the model size"
+            )
+        if line := _database(e):
+            return line
+    return None
