@@ -208,12 +208,37 @@ def work(tmp_path, tiny_data) -> Path:
     return w
 
 
+def _one_line(res) -> bool:
+    lines = res.stderr.strip().splitlines()
+    return (
+        res.returncode not in (0, 1)  # 1: the bug exit (a traceback and a report line)
+        and len(lines) == 1
+        and lines[0].startswith("srsweep: error:")
+        and len(lines[0]) < 600  # values quoted in errors are truncated
+        and "Traceback" not in res.stderr + res.stdout
+        and "sweep folder" not in res.stdout
+    )
+
+
+def _check(all_cases, results) -> tuple[list[str], list[str]]:
+    bad, report = [], []
+    for (what, _), res in zip(all_cases, results):
+        ok = _one_line(res)
+        report.append(f"{'ok ' if ok else 'BAD'} {what}: rc {res.returncode}: {res.stderr.strip()[:300]}")
+        if not ok:
+            bad.append(what)
+    return bad, report
+
+
+ENV = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true"}
+ENV.pop("MLFLOW_TRACKING_URI", None)
+
+
 def test_bad_inputs_fail_in_one_line_and_leave_nothing(work, tiny_data):
     all_cases = cases(work, tiny_data)
     assert len(all_cases) >= 30
     before = _snapshot(work)
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true"}
-    env.pop("MLFLOW_TRACKING_URI", None)
+    env = ENV
 
     def one(case):
         _, args = case
@@ -223,22 +248,44 @@ def test_bad_inputs_fail_in_one_line_and_leave_nothing(work, tiny_data):
 
     with ThreadPoolExecutor(2) as pool:
         results = list(pool.map(one, all_cases))
-    bad, report = [], []
-    for (what, _), res in zip(all_cases, results):
-        lines = res.stderr.strip().splitlines()
-        ok = (
-            res.returncode != 0
-            and len(lines) == 1
-            and lines[0].startswith("srsweep: error:")
-            and "Traceback" not in res.stderr + res.stdout
-            and "sweep folder" not in res.stdout
-        )
-        report.append(f"{'ok ' if ok else 'BAD'} {what}: rc {res.returncode}: {res.stderr.strip()[:300]}")
-        if not ok:
-            bad.append(what)
+    bad, report = _check(all_cases, results)
     print("\n".join(report))
     assert not bad, "\n".join(report)
     assert _snapshot(work) == before  # no folder, run, store or lock file; earlier results byte-identical
     assert not (work / "PWNED").exists()
     ones = sum(r.startswith("ok ") for r in report)
     print(f"bad inputs: {len(all_cases)}, one-line refusals: {ones}/{len(all_cases)}")
+
+
+def test_more_bad_inputs_in_one_process(work, tiny_data):
+    """Issue 17's classes, run through the real CLI in one process (tests/cli_batch.py): the same
+    checks, plus the alias bombs refused in under 2 s and quoted values truncated."""
+    import json
+    from types import SimpleNamespace
+
+    from bad_input_cases import more_cases
+
+    all_cases = more_cases(
+        work, tiny_data, _tiny_cfg(work, tiny_data), lambda **kw: _sweep(work, tiny_data, **kw)
+    )
+    assert len(all_cases) >= 40
+    before = _snapshot(work)
+    listing = work.parent / "cases.json"
+    listing.write_text(json.dumps([[str(a) for a in argv] for _, argv in all_cases]))
+    batch = Path(__file__).with_name("cli_batch.py")
+    env = {**ENV, "PYTHONPATH": os.pathsep.join([str(batch.parents[1]), ENV.get("PYTHONPATH", "")])}
+    proc = subprocess.run(
+        [sys.executable, batch, listing], cwd=work, capture_output=True, text=True, timeout=600, env=env
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    raw = json.loads(proc.stdout)
+    results = [SimpleNamespace(returncode=r["rc"], stderr=r["stderr"], stdout=r["stdout"]) for r in raw]
+    bad, report = _check(all_cases, results)
+    print("\n".join(report))
+    assert not bad, "\n".join(report)
+    for (what, _), r in zip(all_cases, raw):
+        if "alias bomb" in what:
+            assert r["seconds"] < 2, (what, r["seconds"])
+    listing.unlink()
+    assert _snapshot(work) == before
+    print(f"bad inputs: {len(all_cases)} more in one process, one-line refusals: {len(all_cases)}")
