@@ -89,10 +89,10 @@ def _cmd_resume(args: argparse.Namespace) -> int:
 
 def _cmd_sync(args: argparse.Namespace) -> int:
     from sweeper.buffered import flush
+    from sweeper.errors import read_state
     from sweeper.sharing import local_dir
-    from sweeper.state import SweepState
 
-    state = SweepState.load(args.sweep_dir)
+    state = read_state(args.sweep_dir)
     sent, left = flush(local_dir(state.sweep_dir), state.tracking_uri)
     print(f"{state.sweep_dir}: tracking buffer {'sent' if sent else f'not sent ({left} records left)'}")
     return 0 if sent else 1
@@ -102,8 +102,16 @@ def _cmd_best(args: argparse.Namespace) -> int:
     from sweeper.best import choose_winner, find_sweep
     from sweeper.cli_sweep import after_best
     from sweeper.sharing import local_view, publish
+    from sweeper.statecheck import check_sweep
 
-    state = find_sweep(args.target, args.tracking_uri)
+    try:
+        state = find_sweep(args.target, args.tracking_uri)
+    except UnicodeDecodeError:  # a damaged sweep.json: said in one line naming it
+        from sweeper.errors import read_state
+
+        read_state(args.target)
+        raise
+    check_sweep(state, "best")  # damaged, missing or locked state files: one line each
     view = local_view(state)  # a sweep on S3: a local mirror, winner.yaml uploaded back
     after_best(view, choose_winner(view, n_resamples=args.resamples, verbose=args.verbose))
     publish(view, state.sweep_dir)

@@ -67,8 +67,11 @@ def _database(exc: BaseException) -> Optional[str]:
         "sqlalchemy" in names and type(exc).__name__ in ("OperationalError", "DatabaseError")
     ):
         msg = _first(getattr(exc, "orig", None) or exc)
-        hint = "another process holds it; retry when it is done" if "locked" in msg else "is it a copy?"
-        return f"SQLite store: {msg} ({hint})"
+        if "disk is full" in msg:
+            return f"an SQLite file: {msg}: the disk is full; free space there"
+        if "locked" in msg:
+            return f"an SQLite file: {msg}: another process holds it; retry when it is done"
+        return f"an SQLite file: {msg} (damaged, or not a database?)"
     return None
 
 
@@ -93,3 +96,22 @@ def describe(exc: BaseException) -> Optional[str]:
         if line := _database(e):
             return line
     return None
+
+
+def read_state(sweep_dir):
+    """``SweepState.load`` with what a damaged or unreadable ``sweep.json`` raises as one line."""
+    from pathlib import Path
+
+    from sweeper.state import STATE_FILE, SweepState
+
+    try:
+        return SweepState.load(sweep_dir)
+    except UnicodeDecodeError as exc:
+        raise EnvironmentProblem(
+            f"{Path(sweep_dir) / STATE_FILE}: not UTF-8 JSON (byte {exc.start}): damaged; "
+            "restore it from a copy of the sweep folder"
+        ) from None
+    except OSError as exc:
+        raise EnvironmentProblem(
+            f"{Path(sweep_dir) / STATE_FILE}: cannot read ({exc.strerror or exc})"
+        ) from None

@@ -46,6 +46,7 @@ class SweepInterrupted(Exception):
 class Interrupts:
     def __init__(self, sweep_dir: Optional[str | Path] = None):
         self.sweep_dir = sweep_dir  # may be set later, once the folder exists
+        self.parent: Optional[tuple[str, str]] = None  # (tracking URI, run id) once it exists
         self.received: Optional[int] = None
         self._raising = False
         self._previous: dict[int, object] = {}

@@ -62,6 +62,10 @@ class _Loader(yaml.SafeLoader):
         return super().construct_yaml_bool(node)
 
     def _number(self, node, build):
+        if len(node.value) > 64:  # Python refuses int() of > 4300 digits; no config needs 64
+            raise YAMLLimitError(
+                f"{short(node.value)}: a number of {len(node.value)} characters", node.start_mark
+            )
         if _SEXAGESIMAL.match(node.value) or _LEADING_ZERO.match(node.value):
             raise YAMLLimitError(
                 f"{short(node.value)} reads as a base-60 or octal number in YAML 1.1: quote it or "
