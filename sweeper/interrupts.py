@@ -86,8 +86,14 @@ class Interrupts:
             signal.signal(sig, old)
         self._previous.clear()
 
+    def reclaim(self) -> None:
+        """``ray.init`` sets its own SIGTERM handler (exit, then Ray's C++ handler aborts): ours back."""
+        if self._previous and signal.getsignal(signal.SIGTERM) != self._on_term:
+            signal.signal(signal.SIGTERM, self._on_term)
+
     def check(self) -> None:
         """Raise :class:`SweepInterrupted` if a signal came since entering."""
+        self.reclaim()
         if self.received is not None:
             raise self._error()
 

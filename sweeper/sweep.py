@@ -88,6 +88,7 @@ def prepare(
     sweep_dir = new_sweep_dir(storage, sweep.name)  # a new folder, or s3://bucket/prefix/NAME-TIME-xxxx
     if guard is not None:
         guard.sweep_dir = sweep_dir
+        guard.reclaim()  # ray.init took SIGTERM over
     if cfg.train.pretrain_steps and not cfg.train.pretrained_g:
         raw = lifecycle.planned_pretrain(raw, sweep_dir)  # run below, once sweep.json exists
     bicubic_psnr = _bicubic_psnr(cfg)
@@ -309,6 +310,7 @@ def resume_sweep(sweep_dir: str | Path, address: Optional[str] = None) -> Path:
         state = state.model_copy(update={"address": address})
     with Interrupts(sweep_dir) as guard, closing(guard):
         connect_ray(state.address, state.base_config, state.sweep.resources)
+        guard.reclaim()  # ray.init took SIGTERM over
         print(f"resuming {sweep_dir}", flush=True)
         reopen(state)  # interrupted, or FAILED by a lost cluster: running again
         flush(local_dir(sweep_dir), state.tracking_uri)
