@@ -289,3 +289,26 @@ def test_more_bad_inputs_in_one_process(work, tiny_data):
     listing.unlink()
     assert _snapshot(work) == before
     print(f"bad inputs: {len(all_cases)} more in one process, one-line refusals: {len(all_cases)}")
+
+
+def test_train_from_a_read_only_folder_is_one_line(tmp_path, tiny_data):
+    """Default run folder and store in the current folder, which cannot be written. Root ignores
+    mode bits, so as root the folder is /sys (a read-only sysfs), elsewhere a chmod 0555 folder."""
+    import time
+
+    (tmp_path / "cases").mkdir()
+    cfg = _tiny_cfg(tmp_path, tiny_data)
+    here = Path("/sys") if os.geteuid() == 0 else tmp_path / "ro"
+    if os.geteuid() != 0:
+        here.mkdir()
+        here.chmod(0o555)
+    before = sorted(p.name for p in here.iterdir())
+    start = time.monotonic()
+    res = subprocess.run(
+        [SRSWEEP, "train", str(cfg)], cwd=here, capture_output=True, text=True, timeout=300, env=ENV
+    )
+    took = time.monotonic() - start
+    assert _one_line(res), res.stderr[-3000:]
+    assert str(here) in res.stderr and "cannot write" in res.stderr
+    assert sorted(p.name for p in here.iterdir()) == before
+    print(f"train from a read-only folder: one line in {took:.1f} s")

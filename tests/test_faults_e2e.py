@@ -210,3 +210,35 @@ def test_disk_full_mid_sweep_is_one_line_with_the_resume_hint(tmp_path, tiny_dat
         assert _parent(d).info.status == "FAILED" and _parent(d).data.tags.get("failure")
     finally:
         subprocess.run(["umount", "-l", disk])
+
+
+def test_default_ray_is_private_beside_another_cluster(tmp_path, tiny_data):
+    """RAY_ADDRESS names a real running cluster (ours, in its own temp dir): without --address the
+    sweep still runs on a private local Ray; RAY_ADDRESS=127.0.0.1:1 (nothing there) works too."""
+    import re
+    import sys
+
+    from test_cluster import TwoNodeCluster, _wait_port, free_port
+
+    other = TwoNodeCluster()  # only its head: one node, 1 CPU, stopped by its own PIDs
+    head = other._start(
+        "--head", f"--port={other.port}", "--include-dashboard=false", f"--dashboard-port={free_port()}"
+    )
+    try:
+        _wait_port(other.port, head)
+        sweep = write_sweep(tmp_path, tiny_data, num_samples=1, concurrent=1, steps=2)
+        res = srsweep("run", sweep, cwd=tmp_path, env={**os.environ, "RAY_ADDRESS": other.address})
+        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+        first = res.stdout.splitlines()[0]
+        m = re.fullmatch(r"local Ray \(private\) [\d.]+:(\d+): 1 node, \d+ CPUs, 0 GPUs", first)
+        assert m and int(m[1]) != other.port, first
+        probe = subprocess.run(
+            [sys.executable, "-m", "sweeper.cluster", "--cpu", "1"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**os.environ, "RAY_ADDRESS": "127.0.0.1:1"},
+        )
+        assert probe.returncode == 0 and probe.stdout.startswith("local Ray (private) "), probe.stderr[-2000:]
+    finally:
+        other.stop()
