@@ -1,7 +1,9 @@
 """Bad input through the real CLI: one stderr line, no traceback, nothing left behind.
 
-Each case runs ``srsweep`` in a subprocess from a work folder that already holds an
-earlier sweep folder and an MLflow store with one run. After every case the whole work
+Every case runs through the real CLI (``sweeper.cli.main``), all of them in one fresh process
+(tests/cli_batch.py: one torch import, not 101), the first few also as the installed ``srsweep``
+script, from a work folder that already holds an earlier sweep folder and an MLflow store
+with one run. After every case the whole work
 folder (the earlier results and the store included) must hash exactly as before: no new
 sweep folder, run folder, ``mlflow.db`` or lock file, and no byte changed. The cases fail
 in preflight or config validation, before Ray starts.
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 import os
 import pickle
 import socket
@@ -18,6 +21,7 @@ import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -25,7 +29,7 @@ import yaml
 
 SRSWEEP = str(Path(sys.executable).with_name("srsweep"))
 _COUNT = itertools.count()
-pytestmark = pytest.mark.slow  # ~35 CLI start-ups (torch import each)
+pytestmark = pytest.mark.slow  # 101 cases: 6 CLI start-ups (torch import each)
 
 
 class _Evil:
@@ -234,61 +238,55 @@ ENV = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY":
 ENV.pop("MLFLOW_TRACKING_URI", None)
 
 
-def test_bad_inputs_fail_in_one_line_and_leave_nothing(work, tiny_data):
-    all_cases = cases(work, tiny_data)
-    assert len(all_cases) >= 30
-    before = _snapshot(work)
-    env = ENV
-
-    def one(case):
-        _, args = case
-        return subprocess.run(
-            [SRSWEEP, *map(str, args)], cwd=work, capture_output=True, text=True, timeout=300, env=env
-        )
-
-    with ThreadPoolExecutor(2) as pool:
-        results = list(pool.map(one, all_cases))
-    bad, report = _check(all_cases, results)
-    print("\n".join(report))
-    assert not bad, "\n".join(report)
-    assert _snapshot(work) == before  # no folder, run, store or lock file; earlier results byte-identical
-    assert not (work / "PWNED").exists()
-    ones = sum(r.startswith("ok ") for r in report)
-    print(f"bad inputs: {len(all_cases)}, one-line refusals: {ones}/{len(all_cases)}")
-
-
-def test_more_bad_inputs_in_one_process(work, tiny_data):
-    """Issue 17's classes, run through the real CLI in one process (tests/cli_batch.py): the same
-    checks, plus the alias bombs refused in under 2 s and quoted values truncated."""
-    import json
-    from types import SimpleNamespace
-
-    from bad_input_cases import more_cases
-
-    all_cases = more_cases(
-        work, tiny_data, _tiny_cfg(work, tiny_data), lambda **kw: _sweep(work, tiny_data, **kw)
-    )
-    assert len(all_cases) >= 40
-    before = _snapshot(work)
+def _batch(work: Path, all_cases) -> list[SimpleNamespace]:
+    """Every case through ``sweeper.cli.main`` in one fresh process (tests/cli_batch.py): one
+    torch/MLflow import instead of one per case; each case's seconds are its own work."""
     listing = work.parent / "cases.json"
     listing.write_text(json.dumps([[str(a) for a in argv] for _, argv in all_cases]))
     batch = Path(__file__).with_name("cli_batch.py")
     env = {**ENV, "PYTHONPATH": os.pathsep.join([str(batch.parents[1]), ENV.get("PYTHONPATH", "")])}
-    proc = subprocess.run(
-        [sys.executable, batch, listing], cwd=work, capture_output=True, text=True, timeout=600, env=env
-    )
+    try:
+        proc = subprocess.run(
+            [sys.executable, batch, listing], cwd=work, capture_output=True, text=True, timeout=900, env=env
+        )
+    finally:
+        listing.unlink()
     assert proc.returncode == 0, proc.stderr[-3000:]
-    raw = json.loads(proc.stdout)
-    results = [SimpleNamespace(returncode=r["rc"], stderr=r["stderr"], stdout=r["stdout"]) for r in raw]
-    bad, report = _check(all_cases, results)
+    return [
+        SimpleNamespace(returncode=r["rc"], stderr=r["stderr"], stdout=r["stdout"], seconds=r["seconds"])
+        for r in json.loads(proc.stdout)
+    ]
+
+
+SMOKE = 4  # of the cases, also run as the installed console script, one process each
+
+
+def test_bad_inputs_fail_in_one_line_and_leave_nothing(work, tiny_data):
+    from bad_input_cases import more_cases
+
+    all_cases = cases(work, tiny_data) + more_cases(
+        work, tiny_data, _tiny_cfg(work, tiny_data), lambda **kw: _sweep(work, tiny_data, **kw)
+    )
+    assert len(all_cases) >= 80
+    before = _snapshot(work)
+
+    def one(case):
+        return subprocess.run(
+            [SRSWEEP, *map(str, case[1])], cwd=work, capture_output=True, text=True, timeout=300, env=ENV
+        )
+
+    with ThreadPoolExecutor(2) as pool:
+        smoke = list(pool.map(one, all_cases[:SMOKE]))
+    results = _batch(work, all_cases)
+    bad, report = _check(all_cases[:SMOKE] + all_cases, smoke + results)
     print("\n".join(report))
     assert not bad, "\n".join(report)
-    for (what, _), r in zip(all_cases, raw):
+    for (what, _), res in zip(all_cases, results):
         if "alias bomb" in what:
-            assert r["seconds"] < 2, (what, r["seconds"])
-    listing.unlink()
-    assert _snapshot(work) == before
-    print(f"bad inputs: {len(all_cases)} more in one process, one-line refusals: {len(all_cases)}")
+            assert res.seconds < 2, (what, res.seconds)
+    assert _snapshot(work) == before  # no folder, run, store or lock file; earlier results byte-identical
+    assert not (work / "PWNED").exists()
+    print(f"bad inputs: {len(all_cases)}, one-line refusals: {len(all_cases) - len(bad)}/{len(all_cases)}")
 
 
 def test_train_from_a_read_only_folder_is_one_line(tmp_path, tiny_data):
