@@ -22,7 +22,7 @@ import torch
 import torchvision
 from torch import nn
 
-from trainables.config import SrsweepError
+from trainables.config import WeightsFileError
 
 ENV_VAR = "SRSWEEP_WEIGHTS_DIR"
 WEIGHT_MODES = ("pretrained", "random")
@@ -56,10 +56,6 @@ SPECS: dict[str, WeightSpec] = {
 
 class WeightsNotFoundError(FileNotFoundError):
     """A pretrained checkpoint is absent; the message is one line with the fix."""
-
-
-class WeightsFileError(SrsweepError, ValueError):
-    """A weight file is there but unusable (corrupt, truncated, another network's): one line."""
 
 
 def default_weights_dir() -> Path:

@@ -25,6 +25,10 @@ class ConfigError(SrsweepError, ValueError):
     """A configuration problem, one line per offending key."""
 
 
+class WeightsFileError(SrsweepError, ValueError):  # raised by trainables.backbones
+    """A weight file is there but unusable (corrupt, truncated, another network's): one line."""
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
