@@ -34,6 +34,9 @@ _FILES = {
 }
 
 
+_SERVICES = {errno.ECONNREFUSED, errno.ETIMEDOUT, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ECONNRESET}
+
+
 class EnvironmentProblem(SrsweepError):
     """The machine, a file or a service refused: one line naming it (not a bug)."""
 
@@ -49,6 +52,8 @@ def _os_line(exc: OSError) -> Optional[str]:
         return f"{where}: {what}: the disk is full; free space there"
     if exc.errno in _FILES:
         return f"{where}: {what}"
+    if exc.errno in _SERVICES or type(exc).__module__.split(".")[0] in ("requests", "urllib3"):
+        return f"a service did not answer ({_first(exc)}): is it running and reachable from here?"
     return None
 
 
