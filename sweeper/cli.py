@@ -1,7 +1,9 @@
 """``srsweep`` command line: thin argument parsing over the library functions.
 
-Errors the user can fix (bad config, missing data, missing weights) print one line
-prefixed ``srsweep: error:`` and exit 2, with no traceback.
+Errors the user can fix (bad config, missing data, missing weights) and what the
+environment refuses (a full disk, a permission, a locked or damaged file: sweeper/errors.py)
+print one line prefixed ``srsweep: error:`` and exit 2, with no traceback; bad options too.
+Anything else is a bug: its traceback, then a line asking to report it (exit 1).
 """
 
 from __future__ import annotations
