@@ -227,6 +227,7 @@ def test_disk_full_mid_sweep_is_one_line_with_the_resume_hint(tmp_path, tiny_dat
         assert _parent(d).info.status == "FAILED" and _parent(d).data.tags.get("failure")
     finally:
         subprocess.run(["umount", "-l", disk])
+        disk.rmdir()  # the empty mount point
 
 
 def test_default_ray_is_private_beside_another_cluster(tmp_path, tiny_data):
