@@ -207,6 +207,7 @@ def test_disk_full_mid_sweep_is_one_line_with_the_resume_hint(tmp_path, tiny_dat
     if subprocess.run(
         ["mount", "-t", "tmpfs", "-o", "size=100m", "tmpfs", disk], capture_output=True
     ).returncode:
+        disk.rmdir()
         pytest.skip("cannot mount a tmpfs here")
     try:
         sweep = write_sweep(tmp_path, tiny_data, num_samples=2, concurrent=1, steps=6)
