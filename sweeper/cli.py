@@ -1,13 +1,16 @@
 """``srsweep`` command line: thin argument parsing over the library functions.
 
-Errors the user can fix (bad config, missing data, missing weights) print one line
-prefixed ``srsweep: error:`` and exit 2, with no traceback.
+Errors the user can fix (bad config, missing data, missing weights) and what the
+environment refuses (a full disk, a permission, a locked or damaged file: sweeper/errors.py)
+print one line prefixed ``srsweep: error:`` and exit 2, with no traceback; bad options too.
+Anything else is a bug: its traceback, then a line asking to report it (exit 1).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 
 import yaml
 
@@ -88,10 +91,10 @@ def _cmd_resume(args: argparse.Namespace) -> int:
 
 def _cmd_sync(args: argparse.Namespace) -> int:
     from sweeper.buffered import flush
+    from sweeper.errors import read_state
     from sweeper.sharing import local_dir
-    from sweeper.state import SweepState
 
-    state = SweepState.load(args.sweep_dir)
+    state = read_state(args.sweep_dir)
     sent, left = flush(local_dir(state.sweep_dir), state.tracking_uri)
     print(f"{state.sweep_dir}: tracking buffer {'sent' if sent else f'not sent ({left} records left)'}")
     return 0 if sent else 1
@@ -101,8 +104,16 @@ def _cmd_best(args: argparse.Namespace) -> int:
     from sweeper.best import choose_winner, find_sweep
     from sweeper.cli_sweep import after_best
     from sweeper.sharing import local_view, publish
+    from sweeper.statecheck import check_sweep
 
-    state = find_sweep(args.target, args.tracking_uri)
+    try:
+        state = find_sweep(args.target, args.tracking_uri)
+    except UnicodeDecodeError:  # a damaged sweep.json: said in one line naming it
+        from sweeper.errors import read_state
+
+        read_state(args.target)
+        raise
+    check_sweep(state, "best")  # damaged, missing or locked state files: one line each
     view = local_view(state)  # a sweep on S3: a local mirror, winner.yaml uploaded back
     after_best(view, choose_winner(view, n_resamples=args.resamples, verbose=args.verbose))
     publish(view, state.sweep_dir)
@@ -121,6 +132,29 @@ def _cmd_config(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.set, ["tiny_cpu"] if args.tiny else None)
     print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
     return 0
+
+
+class _Parser(argparse.ArgumentParser):
+    """Bad options are one line too (no usage block: ``srsweep COMMAND --help`` has it)."""
+
+    def error(self, message: str):
+        command = self.prog.removeprefix("srsweep").strip()
+        self.exit(2, f"srsweep: error: {command + ': ' if command else ''}{message}\n")
+
+
+def _bounded(low: int, high: int):
+    """An argparse type: an int in [low, high] (argparse prints the one-line error, exit 2)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text[:80]!r} is not an integer") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is not in [{low}, {high}]")
+        return value
+
+    return parse
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
@@ -160,7 +194,7 @@ def _sweep_args(p: argparse.ArgumentParser, resume: bool = False) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="srsweep",
         description="Hyperparameter sweeps for GAN super-resolution "
         "losses (SA pixel, dual perceptual, feature matching). See README.md.",
@@ -240,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--tracking-uri", help="MLflow URI (when TARGET is an experiment name)")
     be.add_argument(
         "--resamples",
-        type=int,
+        type=_bounded(0, 10**7),
         default=9999,
         help="random sign patterns of the paired test beyond 16 images (exact below)",
     )
@@ -252,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     u.add_argument("--tracking-uri", help="default $MLFLOW_TRACKING_URI or a SQLite store in this folder")
     u.add_argument("--host", default="127.0.0.1", help="bind address (keep 127.0.0.1 unless behind auth)")
-    u.add_argument("--port", type=int, default=5000)
+    u.add_argument("--port", type=_bounded(1, 65535), default=5000)
     u.add_argument(
         "--background",
         action="store_true",
@@ -279,8 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def user_errors() -> tuple[type[Exception], ...]:
-    """The project's own errors: input a user can fix, reported in one line. Anything
-    else (a plain ValueError included) is a bug and keeps its traceback."""
+    """The project's own errors: input a user can fix, reported in one line. Anything else
+    is an environmental failure (``sweeper.errors.describe``: one line) or a bug (traceback)."""
     # The last three predate SrsweepError; listed until they derive from it.
     from sweeper.interrupts import SweepInterrupted
     from sweeper.preflight import PreflightError
@@ -302,6 +336,8 @@ def user_errors() -> tuple[type[Exception], ...]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from sweeper.errors import BUG_LINE, describe
+
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
@@ -309,6 +345,17 @@ def main(argv: list[str] | None = None) -> int:
         for line in str(exc).splitlines():
             print(f"srsweep: error: {line}", file=sys.stderr)
         return 130 if type(exc).__name__ == "SweepInterrupted" else 2
+    except KeyboardInterrupt:
+        print("srsweep: error: interrupted by SIGINT", file=sys.stderr)
+        return 130
+    except Exception as exc:  # the environment's refusal in one line; anything else is our bug
+        line = describe(exc)
+        if line is None:
+            traceback.print_exc()
+            print(BUG_LINE, file=sys.stderr)
+            return 1
+        print(f"srsweep: error: {line}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -27,13 +27,13 @@ def dry_run(args: argparse.Namespace) -> int:
 
 def check_resume_flags(args: argparse.Namespace) -> bool:
     """Refuse flags that would change a recorded sweep; True when ``--dry-run`` printed the plan."""
+    from sweeper.errors import read_state
     from sweeper.overrides import check_resume
     from sweeper.plan import plan_lines
-    from sweeper.state import SweepState
     from sweeper.storage import is_remote
 
     where = args.sweep_dir if is_remote(args.sweep_dir) else Path(args.sweep_dir).resolve()
-    state = SweepState.load(where)
+    state = read_state(where)
     check_resume(state, tuple(args.set), args.tiny)
     if not args.dry_run:
         return False

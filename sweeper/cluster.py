@@ -42,14 +42,16 @@ class ClusterInfo:
     nodes: int
     cpus: float
     gpus: float
+    private: bool = False  # the driver's own local Ray (no --address)
 
     def tags(self) -> dict[str, str]:
         """For the sweep's parent MLflow run."""
-        return {f"ray_{k}": str(v) for k, v in asdict(self).items()}
+        return {f"ray_{k}": str(v) for k, v in asdict(self).items() if k != "private"}
 
     def line(self) -> str:
         return (
-            f"Ray cluster {self.address}: {self.nodes} node{'s' * (self.nodes != 1)}, "
+            f"{'local Ray (private)' if self.private else 'Ray cluster'} {self.address}: "
+            f"{self.nodes} node{'s' * (self.nodes != 1)}, "
             f"{self.cpus:g} CPUs, {self.gpus:g} GPUs"
         )
 
@@ -209,8 +211,11 @@ def connect(address: Optional[str], need: dict) -> ClusterInfo:
                     f"Ray cluster {target}: {msg[:300]}"
                     + (f" ({AUTH_HELP})" if "auth" in msg.lower() else "")
                 ) from None
-        else:  # embedded local Ray sized for one machine (STACK-NOTES)
+        else:  # a private local Ray sized for one machine (STACK-NOTES): "local" starts a new
+            # one whatever /tmp/ray says; RAY_ADDRESS would reach trials and Ray's own clients
+            os.environ.pop("RAY_ADDRESS", None)
             ray.init(
+                address="local",
                 object_store_memory=2 * 2**30,
                 include_dashboard=False,
                 log_to_driver=False,
@@ -220,7 +225,9 @@ def connect(address: Optional[str], need: dict) -> ClusterInfo:
     total = ray.cluster_resources()
     gcs = ray.get_runtime_context().gcs_address
     resolved = address if address and address.startswith("ray://") else gcs
-    info = ClusterInfo(resolved, len(nodes), float(total.get("CPU", 0)), float(total.get("GPU", 0)))
+    info = ClusterInfo(
+        resolved, len(nodes), float(total.get("CPU", 0)), float(total.get("GPU", 0)), private=not address
+    )
     if not _fits(need, nodes):
         biggest = max(nodes, key=lambda n: (n["Resources"].get("GPU", 0), n["Resources"].get("CPU", 0)))
         msg = (

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Optional
 
 from sweeper.cluster import ClusterError, ClusterInfo, ClusterWatch, check_paths_on_workers, connect
+from sweeper.errors import describe
 from sweeper.state import SweepState
 from sweeper.storage import is_remote
 from sweeper.tracking import Tracker
@@ -56,7 +57,8 @@ def fit_guarded(state: SweepState, tuner) -> None:
             tuner.fit()
     except Exception as exc:
         if not (watch and watch.lost):
-            tracker.set_tags(parent, {"failure": f"{type(exc).__name__}: {str(exc)[:300]}"})
+            why = describe(exc) or f"{type(exc).__name__}: {str(exc)[:300]}"  # the root cause, said once
+            tracker.set_tags(parent, {"failure": why})
             tracker.end_run(parent, "FAILED")
         if watch and watch.lost:
             raise ClusterError(

@@ -46,6 +46,7 @@ class SweepInterrupted(Exception):
 class Interrupts:
     def __init__(self, sweep_dir: Optional[str | Path] = None):
         self.sweep_dir = sweep_dir  # may be set later, once the folder exists
+        self.parent: Optional[tuple[str, str]] = None  # (tracking URI, run id) once it exists
         self.received: Optional[int] = None
         self._raising = False
         self._previous: dict[int, object] = {}
@@ -85,8 +86,14 @@ class Interrupts:
             signal.signal(sig, old)
         self._previous.clear()
 
+    def reclaim(self) -> None:
+        """``ray.init`` sets its own SIGTERM handler (exit, then Ray's C++ handler aborts): ours back."""
+        if self._previous and signal.getsignal(signal.SIGTERM) != self._on_term:
+            signal.signal(signal.SIGTERM, self._on_term)
+
     def check(self) -> None:
         """Raise :class:`SweepInterrupted` if a signal came since entering."""
+        self.reclaim()
         if self.received is not None:
             raise self._error()
 

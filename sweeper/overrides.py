@@ -19,8 +19,10 @@ from typing import Any, Callable, Optional
 
 import yaml
 
+from trainables import safe_yaml
 from trainables.config import ConfigError
 from trainables.config_files import PRESETS_DIR, TINY_VIDEO, deep_merge, nested, read_yaml, resolve_bases
+from trainables.safe_yaml import short
 
 TINY = "tiny_cpu"
 
@@ -39,12 +41,13 @@ def parse(items: tuple[str, ...] | list[str]) -> tuple[dict[str, Any], dict[str,
         key = key.strip()
         if not sep or not key or "" in key.split("."):
             raise ConfigError(
-                f"--set {item!r}: expected KEY.PATH=VALUE (e.g. budget.num_samples=2, train.steps=20)"
+                f"--set {short(item)}: expected KEY.PATH=VALUE (e.g. budget.num_samples=2, train.steps=20)"
             )
         try:
-            value = yaml.safe_load(raw)
+            value = safe_yaml.load(raw)
         except yaml.YAMLError as exc:
-            raise ConfigError(f"--set {item!r}: the value is not YAML ({str(exc).splitlines()[0]})") from None
+            problem = str(exc).splitlines()[0]
+            raise ConfigError(f"--set {short(item)}: the value is not YAML ({problem})") from None
         first = key.split(".")[0]
         if first == "set":
             to_exp[key[len("set.") :]] = value
@@ -129,7 +132,7 @@ def check_resume(state, overrides, tiny: bool) -> None:
         if recorded is _MISSING or not _same(recorded, value):
             shown = "unset" if recorded is _MISSING else repr(recorded)
             raise ConfigError(
-                f"resume: {where} key {key} was {shown} at launch, not {value!r}; resume "
+                f"resume: {where} key {key} was {shown} at launch, not {short(value)}; resume "
                 "continues the recorded sweep (start a new one with srsweep run ... --set)"
             )
 

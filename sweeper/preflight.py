@@ -58,6 +58,13 @@ def _probe_write(folder: Path, what: str, path: Path) -> None:
         raise PreflightError(f"{what} {path}: cannot write in {folder} ({exc.strerror})") from None
 
 
+def check_run_folder(out: Path) -> None:
+    """``srsweep train --out``: a folder (new, or one to resume) this process can write in."""
+    if out.exists() and not out.is_dir():
+        raise PreflightError(f"--out {out}: is a file, not a folder")
+    _probe_write(_existing_ancestor(out, "--out"), "--out", out)
+
+
 # ----------------------------------------------------------------------------- tracking
 def _sqlite_path(uri: str) -> Path:
     from sweeper.sqlite_uri import sqlite_path

@@ -21,6 +21,7 @@ from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from trainables.config import ConfigError, ExperimentConfig, Strict, validate
 from trainables.config_errors import unwrap_model
+from trainables.safe_yaml import short
 
 # The PSNR pretraining is run once per sweep and shared by every trial, so whatever it
 # depends on is fixed for the sweep: only loss and GAN-stage training knobs may vary.
@@ -112,7 +113,7 @@ class Param(Strict):
             if not values:
                 raise ValueError("must list at least one value")
             if bad := [v for v in values if not _scalar(v)]:
-                raise ValueError(f"{bad[0]!r} is not a number, string, boolean or null")
+                raise ValueError(f"{short(bad[0])} is not a number, string, boolean or null")
             if len({json.dumps(v) for v in values}) < len(values):
                 raise ValueError(f"{values} lists a value twice")
         return values
@@ -162,7 +163,7 @@ class Param(Strict):
             raise ValueError("subset: string items must not look like integers or contain '#' or '/'")
         for v in self.choices or self.grid or []:
             if leaf == "literal" and not any(v == c and type(v) is type(c) for c in literal):
-                raise ValueError(f"{kind}: {v!r} is not one of {', '.join(map(repr, literal))}")
+                raise ValueError(f"{kind}: {short(v)} is not one of {', '.join(map(repr, literal))}")
         for key in self.when or {}:
             if not any(key == c and type(key) is type(c) for c in self.choices):
                 raise ValueError(

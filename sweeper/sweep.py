@@ -13,7 +13,6 @@ callbacks read it, never the sweep YAML again.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import subprocess
 from pathlib import Path
@@ -90,6 +89,7 @@ def prepare(
     sweep_dir = new_sweep_dir(storage, sweep.name)  # a new folder, or s3://bucket/prefix/NAME-TIME-xxxx
     if guard is not None:
         guard.sweep_dir = sweep_dir
+        guard.reclaim()  # ray.init took SIGTERM over
     if cfg.train.pretrain_steps and not cfg.train.pretrained_g:
         raw = lifecycle.planned_pretrain(raw, sweep_dir)  # run below, once sweep.json exists
     bicubic_psnr = _bicubic_psnr(cfg)
@@ -110,6 +110,8 @@ def prepare(
             "role": "sweep",
         },
     )
+    if guard is not None:
+        guard.parent = (tracking_uri, parent)  # closed FAILED if anything below fails
     tracker.log_params(
         parent,
         {
@@ -249,22 +251,23 @@ def run_sweep(
     overrides: tuple[str, ...] = (),
     tiny: bool = False,
 ) -> Path:
+    from sweeper.closing import closing
     from sweeper.interrupts import Interrupts
     from sweeper.tracking import default_tracking_uri
 
-    with Interrupts() as guard:
-        with _interruptible(guard):
-            state = prepare(
-                Path(sweep_path).resolve(),
-                storage,
-                tracking_uri or default_tracking_uri(),
-                address,
-                overrides,
-                tiny,
-                guard,
-            )
-            _fit(state, build_tuner(state), guard)
-    return finish(state)
+    with Interrupts() as guard, closing(guard):  # the parent never left RUNNING, one line
+        state = prepare(
+            Path(sweep_path).resolve(),
+            storage,
+            tracking_uri or default_tracking_uri(),
+            address,
+            overrides,
+            tiny,
+            guard,
+        )
+        _fit(state, build_tuner(state), guard)
+        with guard.raising():  # a signal stops finish at once; resume redoes it
+            return finish(state)
 
 
 def _fit(state: SweepState, tuner, guard) -> None:
@@ -275,44 +278,37 @@ def _fit(state: SweepState, tuner, guard) -> None:
     guard.after_tune()  # Tune returns normally on SIGINT: no winner from a partial sweep
 
 
-@contextlib.contextmanager
-def _interruptible(guard):
-    """A signal: the sweep's MLflow runs are marked interrupted, then the resume hint."""
-    from sweeper.interrupts import SweepInterrupted
-    from sweeper.lifecycle import load_state, mark_interrupted
-
-    try:
-        yield
-    except (SweepInterrupted, KeyboardInterrupt) as exc:
-        state = load_state(guard.sweep_dir)
-        if state is not None:
-            mark_interrupted(state, guard.signame or "SIGINT")
-        raise SweepInterrupted(guard.signame or "SIGINT", guard.sweep_dir if state else None) from exc
-
-
 def resume_sweep(sweep_dir: str | Path, address: Optional[str] = None) -> Path:
     """Continue an interrupted sweep: finished trials stay, unfinished ones resume from
     their checkpoints, errored ones are retried, the Optuna study continues. ``sweep_dir``:
     a folder or s3://...; ``address``: the cluster now (default: the one it started on)."""
     from sweeper.buffered import flush
+    from sweeper.closing import closing, finished
     from sweeper.driver import connect_ray
+    from sweeper.errors import read_state
     from sweeper.interrupts import Interrupts
     from sweeper.lifecycle import ensure_pretrained, reopen
     from sweeper.lock import hold
     from sweeper.report import configure_dashboard, dashboard_lines
     from sweeper.sharing import local_dir
     from sweeper.signing import check_resumable, restored_tuner
+    from sweeper.statecheck import check_sweep
     from sweeper.storage import is_remote
     from sweeper.tracking import Tracker
 
     sweep_dir = str(sweep_dir) if is_remote(sweep_dir) else str(Path(sweep_dir).resolve())
-    state = SweepState.load(sweep_dir)
+    state = read_state(sweep_dir)
+    check_sweep(state, "resume")  # damaged, missing or locked state files: one line each
+    if finished(state):  # nothing re-logged, no Ray, no new state files
+        print(f"{sweep_dir}: already finished (MLflow parent run {state.parent_run_id}); nothing to resume")
+        return state.dir
     hold(sweep_dir)  # one driver per sweep: a second one is refused here, in one line
     check_resumable(state)  # a copy, a moved folder, Ray state nobody signed: one line, nothing started
     if address:
         state = state.model_copy(update={"address": address})
-    with Interrupts(sweep_dir) as guard, _interruptible(guard):
+    with Interrupts(sweep_dir) as guard, closing(guard):
         connect_ray(state.address, state.base_config, state.sweep.resources)
+        guard.reclaim()  # ray.init took SIGTERM over
         print(f"resuming {sweep_dir}", flush=True)
         reopen(state)  # interrupted, or FAILED by a lost cluster: running again
         flush(local_dir(sweep_dir), state.tracking_uri)
@@ -321,7 +317,8 @@ def resume_sweep(sweep_dir: str | Path, address: Optional[str] = None) -> Path:
         ensure_pretrained(state, guard)  # stopped while pretraining: redo or continue it
         tuner = restored_tuner(state, _trainable(state), build_tuner)  # only from Ray state we signed
         _fit(state, tuner, guard)
-    return finish(state)
+        with guard.raising():
+            return finish(state)
 
 
 def finish(state: SweepState) -> Path:

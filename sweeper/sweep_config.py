@@ -17,8 +17,10 @@ from pydantic import ConfigDict, Field, field_validator, model_validator
 from sweeper.families import check_one_family
 from sweeper.space import Param, check_unique, decode, grid_points, label, suggest_all
 from trainables.config import ConfigError, ExperimentConfig, Strict, validate
+from trainables.config_bounds import SEED_MAX
 from trainables.config_errors import unwrap_model
 from trainables.config_files import deep_merge, nested, read_yaml, resolve_bases
+from trainables.safe_yaml import short
 
 
 class Metric(Strict):
@@ -41,27 +43,27 @@ class Objective(Strict):
 
 class Search(Strict):
     algorithm: Optional[Literal["tpe", "nsga2", "grid", "random"]] = None  # None: tpe / nsga2 by metrics
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=SEED_MAX)
     # Configurations to try first, as config assignments {dotted path: value} (mu: .inf,
     # blocks: [0, 1]); stored encoded as Optuna params, ready for OptunaSearch.
-    points_to_evaluate: list[dict[str, Any]] = Field(default_factory=list)
+    points_to_evaluate: list[dict[str, Any]] = Field(default_factory=list, max_length=10_000)
 
 
 class Budget(Strict):
-    num_samples: int = Field(8, ge=1)  # trials (grid: repeats of the whole grid, Ray's meaning)
-    max_concurrent: int = Field(2, ge=1)
-    time_budget_s: Optional[float] = Field(None, gt=0)
+    num_samples: int = Field(8, ge=1, le=10**9)  # trials (grid: repeats of the whole grid, Ray's meaning)
+    max_concurrent: int = Field(2, ge=1, le=10_000)
+    time_budget_s: Optional[float] = Field(None, gt=0, le=10**9)
 
 
 class Scheduler(Strict):
     type: Literal["asha", "none"] = "asha"
-    grace_period: int = Field(2, ge=1)  # in validation rounds (one report per train.val_every)
-    reduction_factor: float = Field(2, gt=1)
+    grace_period: int = Field(2, ge=1, le=10**6)  # in validation rounds (one report per train.val_every)
+    reduction_factor: float = Field(2, gt=1, le=1000)
 
 
 class Resources(Strict):
-    cpu: float = Field(1, gt=0)
-    gpu: float = Field(0, ge=0)  # per trial; below 1 packs several trials on one GPU
+    cpu: float = Field(1, gt=0, le=10_000)
+    gpu: float = Field(0, ge=0, le=1024)  # per trial; below 1 packs several trials on one GPU
 
     @model_validator(mode="after")
     def _whole_or_fraction(self):
@@ -71,7 +73,7 @@ class Resources(Strict):
 
 
 class Failure(Strict):
-    max_failures: int = Field(1, ge=0)  # retries of a crashed trial, from its last checkpoint
+    max_failures: int = Field(1, ge=0, le=1000)  # retries of a crashed trial, from its last checkpoint
 
 
 class Selection(Strict):
@@ -204,14 +206,14 @@ def encode(space: list[Param], point: dict) -> dict:
                     or (kind == "int" and (not isinstance(v, int) or (v - lo) % step))
                 ):
                     raise ValueError(
-                        f"{p.path}: {v!r} is not a {kind} in [{lo:g}, {hi:g}]"
+                        f"{p.path}: {short(v)} is not a {kind} in [{lo:g}, {hi:g}]"
                         + (f" on steps of {step:g}" if step else "")
                     )
                 out[p.path] = float(v) if kind == "float" else v
             elif kind in ("choices", "grid"):
                 values = p.choices or p.grid
                 if not any(v == c and type(v) is type(c) for c in values):
-                    raise ValueError(f"{p.path}: {v!r} is not one of {', '.join(map(repr, values))}")
+                    raise ValueError(f"{p.path}: {short(v)} is not one of {', '.join(map(repr, values))}")
                 out[p.path] = v
                 enc(p.branch(v))
             elif kind == "first_k":
@@ -220,11 +222,11 @@ def encode(space: list[Param], point: dict) -> dict:
                 if k is None and isinstance(v, list) and v == list(range(len(v))):
                     k = len(v)
                 if k is None or not lo <= k <= hi:
-                    raise ValueError(f"{p.path}: {v!r} is not list(range(k)) with k in [{lo}, {hi}]")
+                    raise ValueError(f"{p.path}: {short(v)} is not list(range(k)) with k in [{lo}, {hi}]")
                 out[p.path] = k
             else:
                 if not isinstance(v, list) or not v or any(i not in p.subset for i in v):
-                    raise ValueError(f"{p.path}: {v!r} is not a non-empty subset of {p.subset}")
+                    raise ValueError(f"{p.path}: {short(v)} is not a non-empty subset of {p.subset}")
                 out.update({f"{p.path}#{i}": i in v for i in p.subset})
 
     enc(space)

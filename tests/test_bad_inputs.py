@@ -1,7 +1,9 @@
 """Bad input through the real CLI: one stderr line, no traceback, nothing left behind.
 
-Each case runs ``srsweep`` in a subprocess from a work folder that already holds an
-earlier sweep folder and an MLflow store with one run. After every case the whole work
+Every case runs through the real CLI (``sweeper.cli.main``), all of them in one fresh process
+(tests/cli_batch.py: one torch import, not 101), the first few also as the installed ``srsweep``
+script, from a work folder that already holds an earlier sweep folder and an MLflow store
+with one run. After every case the whole work
 folder (the earlier results and the store included) must hash exactly as before: no new
 sweep folder, run folder, ``mlflow.db`` or lock file, and no byte changed. The cases fail
 in preflight or config validation, before Ray starts.
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 import os
 import pickle
 import socket
@@ -18,6 +21,7 @@ import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -25,7 +29,7 @@ import yaml
 
 SRSWEEP = str(Path(sys.executable).with_name("srsweep"))
 _COUNT = itertools.count()
-pytestmark = pytest.mark.slow  # ~35 CLI start-ups (torch import each)
+pytestmark = pytest.mark.slow  # 101 cases: 6 CLI start-ups (torch import each)
 
 
 class _Evil:
@@ -208,37 +212,101 @@ def work(tmp_path, tiny_data) -> Path:
     return w
 
 
-def test_bad_inputs_fail_in_one_line_and_leave_nothing(work, tiny_data):
-    all_cases = cases(work, tiny_data)
-    assert len(all_cases) >= 30
-    before = _snapshot(work)
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true"}
-    env.pop("MLFLOW_TRACKING_URI", None)
+def _one_line(res) -> bool:
+    lines = res.stderr.strip().splitlines()
+    return (
+        res.returncode not in (0, 1)  # 1: the bug exit (a traceback and a report line)
+        and len(lines) == 1
+        and lines[0].startswith("srsweep: error:")
+        and len(lines[0]) < 600  # values quoted in errors are truncated
+        and "Traceback" not in res.stderr + res.stdout
+        and "sweep folder" not in res.stdout
+    )
 
-    def one(case):
-        _, args = case
-        return subprocess.run(
-            [SRSWEEP, *map(str, args)], cwd=work, capture_output=True, text=True, timeout=300, env=env
-        )
 
-    with ThreadPoolExecutor(2) as pool:
-        results = list(pool.map(one, all_cases))
+def _check(all_cases, results) -> tuple[list[str], list[str]]:
     bad, report = [], []
     for (what, _), res in zip(all_cases, results):
-        lines = res.stderr.strip().splitlines()
-        ok = (
-            res.returncode != 0
-            and len(lines) == 1
-            and lines[0].startswith("srsweep: error:")
-            and "Traceback" not in res.stderr + res.stdout
-            and "sweep folder" not in res.stdout
-        )
+        ok = _one_line(res)
         report.append(f"{'ok ' if ok else 'BAD'} {what}: rc {res.returncode}: {res.stderr.strip()[:300]}")
         if not ok:
             bad.append(what)
+    return bad, report
+
+
+ENV = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true"}
+ENV.pop("MLFLOW_TRACKING_URI", None)
+
+
+def _batch(work: Path, all_cases) -> list[SimpleNamespace]:
+    """Every case through ``sweeper.cli.main`` in one fresh process (tests/cli_batch.py): one
+    torch/MLflow import instead of one per case; each case's seconds are its own work."""
+    listing = work.parent / "cases.json"
+    listing.write_text(json.dumps([[str(a) for a in argv] for _, argv in all_cases]))
+    batch = Path(__file__).with_name("cli_batch.py")
+    env = {**ENV, "PYTHONPATH": os.pathsep.join([str(batch.parents[1]), ENV.get("PYTHONPATH", "")])}
+    try:
+        proc = subprocess.run(
+            [sys.executable, batch, listing], cwd=work, capture_output=True, text=True, timeout=900, env=env
+        )
+    finally:
+        listing.unlink()
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return [
+        SimpleNamespace(returncode=r["rc"], stderr=r["stderr"], stdout=r["stdout"], seconds=r["seconds"])
+        for r in json.loads(proc.stdout)
+    ]
+
+
+SMOKE = 4  # of the cases, also run as the installed console script, one process each
+
+
+def test_bad_inputs_fail_in_one_line_and_leave_nothing(work, tiny_data):
+    from bad_input_cases import more_cases
+
+    all_cases = cases(work, tiny_data) + more_cases(
+        work, tiny_data, _tiny_cfg(work, tiny_data), lambda **kw: _sweep(work, tiny_data, **kw)
+    )
+    assert len(all_cases) >= 80
+    before = _snapshot(work)
+
+    def one(case):
+        return subprocess.run(
+            [SRSWEEP, *map(str, case[1])], cwd=work, capture_output=True, text=True, timeout=300, env=ENV
+        )
+
+    with ThreadPoolExecutor(2) as pool:
+        smoke = list(pool.map(one, all_cases[:SMOKE]))
+    results = _batch(work, all_cases)
+    bad, report = _check(all_cases[:SMOKE] + all_cases, smoke + results)
     print("\n".join(report))
     assert not bad, "\n".join(report)
+    for (what, _), res in zip(all_cases, results):
+        if "alias bomb" in what:
+            assert res.seconds < 2, (what, res.seconds)
     assert _snapshot(work) == before  # no folder, run, store or lock file; earlier results byte-identical
     assert not (work / "PWNED").exists()
-    ones = sum(r.startswith("ok ") for r in report)
-    print(f"bad inputs: {len(all_cases)}, one-line refusals: {ones}/{len(all_cases)}")
+    print(f"bad inputs: {len(all_cases)}, one-line refusals: {len(all_cases) - len(bad)}/{len(all_cases)}")
+
+
+def test_train_from_a_read_only_folder_is_one_line(tmp_path, tiny_data):
+    """Default run folder and store in the current folder, which cannot be written. Root ignores
+    mode bits, so as root the folder is /sys (a read-only sysfs), elsewhere a chmod 0555 folder."""
+    import time
+
+    (tmp_path / "cases").mkdir()
+    cfg = _tiny_cfg(tmp_path, tiny_data)
+    here = Path("/sys") if os.geteuid() == 0 else tmp_path / "ro"
+    if os.geteuid() != 0:
+        here.mkdir()
+        here.chmod(0o555)
+    before = sorted(p.name for p in here.iterdir())
+    start = time.monotonic()
+    res = subprocess.run(
+        [SRSWEEP, "train", str(cfg)], cwd=here, capture_output=True, text=True, timeout=300, env=ENV
+    )
+    took = time.monotonic() - start
+    assert _one_line(res), res.stderr[-3000:]
+    assert str(here) in res.stderr and "cannot write" in res.stderr
+    assert sorted(p.name for p in here.iterdir()) == before
+    print(f"train from a read-only folder: one line in {took:.1f} s")

@@ -302,7 +302,7 @@ def test_embedded_local_ray():
     )
     assert ok.returncode == 0, ok.stderr
     (line,) = ok.stdout.splitlines()
-    m = re.fullmatch(r"Ray cluster [\d.]+:\d+: 1 node, (\d+) CPUs, (\d+) GPUs", line)
+    m = re.fullmatch(r"local Ray \(private\) [\d.]+:\d+: 1 node, (\d+) CPUs, (\d+) GPUs", line)
     from ray._private.utils import get_num_cpus  # what Ray counts here (cgroup limits included)
 
     assert m and int(m[1]) == get_num_cpus(), line

@@ -22,6 +22,8 @@ import torch
 import torchvision
 from torch import nn
 
+from trainables.config import WeightsFileError
+
 ENV_VAR = "SRSWEEP_WEIGHTS_DIR"
 WEIGHT_MODES = ("pretrained", "random")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -104,12 +106,12 @@ def load_state_dict(key: str, weights_dir: str | Path | None = None) -> dict:
         # weights_only: checkpoints copied from elsewhere must not run pickled code.
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt/truncated copy: one line naming the file
-        raise ValueError(
+        raise WeightsFileError(
             f"{path}: cannot load {spec.name} weights ({_first_line(exc)}); "
             "re-copy it and check with 'srsweep weights verify DIR'"
         ) from None
     if not isinstance(state, Mapping):
-        raise ValueError(f"{path}: not a state_dict ({type(state).__name__})")
+        raise WeightsFileError(f"{path}: not a state_dict ({type(state).__name__})")
     return dict(state)
 
 
@@ -202,7 +204,7 @@ def _load_strict(module: nn.Module, state: Mapping, prefix: str, key: str, weigh
     except RuntimeError as exc:  # shape mismatch; torch's first line is only a header
         bad = [line.strip() for line in str(exc).strip().splitlines()[1:2]] or [str(exc)]
     if bad:  # wrong file under the right name: say which file and what is off
-        raise ValueError(
+        raise WeightsFileError(
             f"{weights_path(key, weights_dir)}: does not match torchvision's "
             f"{SPECS[key].name} ({bad[0].rstrip('.')})"
         )

@@ -12,6 +12,7 @@ from typing import Annotated, Any, ClassVar, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from trainables.config_bounds import SEED_MAX, STEPS_MAX, check_scalars
 from trainables.config_errors import arch_tag, format_error
 
 
@@ -24,8 +25,17 @@ class ConfigError(SrsweepError, ValueError):
     """A configuration problem, one line per offending key."""
 
 
+class WeightsFileError(SrsweepError, ValueError):  # raised by trainables.backbones
+    """A weight file is there but unusable (corrupt, truncated, another network's): one line."""
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _plain_scalars(cls, data: Any) -> Any:  # no bool-as-number, no .inf where it means nothing
+        return check_scalars(cls, data)
 
 
 # ----------------------------------------------------------------------------- data
@@ -40,9 +50,9 @@ class VideoDataConfig(Strict):
     ``data.kind`` is video, refused otherwise). trainables.video_data re-exports it."""
 
     num_frames: int = Field(5, ge=1, le=15, description="2k+1 frames per clip")
-    synth_frames: int = Field(7, ge=1, description="frames per embedded synthetic sequence")
-    synth_size: int = Field(192, ge=16, description="HR side of embedded synthetic frames")
-    max_speed: float = Field(1.0, ge=0, description="embedded motion: HR px per frame")
+    synth_frames: int = Field(7, ge=1, le=1000, description="frames per embedded synthetic sequence")
+    synth_size: int = Field(192, ge=16, le=4096, description="HR side of embedded synthetic frames")
+    max_speed: float = Field(1.0, ge=0, le=1000, description="embedded motion: HR px per frame")
 
     @model_validator(mode="after")
     def _odd(self):
@@ -66,8 +76,8 @@ class DataConfig(VideoDataConfig):
     # train loader skips them: validation from the training distribution.
     holdout: int = Field(0, ge=0)
     patch_size: int = Field(128, ge=8, le=1024, description="HR patch side")
-    batch_size: int = Field(16, ge=1)
-    num_workers: int = Field(2, ge=0)
+    batch_size: int = Field(16, ge=1, le=1024)
+    num_workers: int = Field(2, ge=0, le=64)
     augment: Augment = Augment()
     cache: bool = True  # keep decoded HR/LR images in memory (small data sets)
 
@@ -90,31 +100,31 @@ class DataConfig(VideoDataConfig):
 
 # ---------------------------------------------------------------------------- models
 class _GeneratorBase(Strict):
-    num_feat: int = Field(64, ge=1)
-    num_blocks: int = Field(23, ge=1)
+    num_feat: int = Field(64, ge=1, le=1024)
+    num_blocks: int = Field(23, ge=1, le=256)
     bicubic_skip: bool = False  # add bicubic(lr) to the output (global residual; not in papers)
 
 
 class RRDBNetConfig(_GeneratorBase):
     arch: Literal["rrdbnet"] = "rrdbnet"
-    grow_ch: int = Field(32, ge=1)  # dense-block growth channels
+    grow_ch: int = Field(32, ge=1, le=1024)  # dense-block growth channels
 
 
 class SRResNetConfig(_GeneratorBase):
     arch: Literal["srresnet"] = "srresnet"
-    num_blocks: int = Field(16, ge=1)
+    num_blocks: int = Field(16, ge=1, le=256)
     variant: Literal["srgan", "msrresnet"] = "srgan"  # msrresnet: BasicSR's, the DP authors' SRGAN G
 
 
 class VGGDiscConfig(Strict):
     arch: Literal["vgg"] = "vgg"  # ESRGAN's VGG-style D, 10 conv blocks
-    num_feat: int = Field(64, ge=1)
+    num_feat: int = Field(64, ge=1, le=1024)
     feature_blocks: ClassVar[int] = 10  # what loss.fm.blocks may index (models.py layout)
 
 
 class SRGANDiscConfig(Strict):
     arch: Literal["srgan"] = "srgan"  # SRGAN / feature-matching paper D, 8 conv blocks
-    num_feat: int = Field(64, ge=1)
+    num_feat: int = Field(64, ge=1, le=1024)
     feature_blocks: ClassVar[int] = 8
 
 
@@ -122,9 +132,9 @@ class VSRResFeatGenConfig(Strict):
     """VSRResFeatGAN generator (trainables.vsr_models): clips of num_frames in, centre frame out."""
 
     arch: Literal["vsrresfeat"] = "vsrresfeat"
-    num_frames: int = Field(5, ge=1)
-    num_feat: int = Field(64, ge=1)
-    num_blocks: int = Field(15, ge=0)
+    num_frames: int = Field(5, ge=1, le=15)
+    num_feat: int = Field(64, ge=1, le=1024)
+    num_blocks: int = Field(15, ge=0, le=256)
     bicubic_skip: bool = False  # add the bicubic centre frame (global residual; not in the paper)
 
     @model_validator(mode="after")
@@ -136,7 +146,7 @@ class VSRResFeatGenConfig(Strict):
 
 class VSRDiscConfig(Strict):
     arch: Literal["vsrresfeat"] = "vsrresfeat"
-    num_feat: int = Field(64, ge=1)
+    num_feat: int = Field(64, ge=1, le=1024)
     num_blocks: int = Field(3, ge=1, le=6)  # stride-2 conv blocks: channels num_feat * 2^i
 
 
@@ -219,10 +229,10 @@ class SAConfig(Strict):
     # reached is reported as `sa_share` (this step) and `sa_share_mean` (GAN stage).
     beta2: Optional[float] = Field(None, ge=0)
     sa_share_target: Optional[float] = Field(None, gt=0, lt=1)
-    calibration_batches: int = Field(4, ge=1)  # batches that solve beta2 for sa_share_target
+    calibration_batches: int = Field(4, ge=1, le=10_000)  # batches that solve beta2 for sa_share_target
     # Tracking: every N GAN steps re-solve beta2 from the means of the last N steps, so the
     # reached share follows the target as the other terms change. 0: solve once, then frozen.
-    track_every: int = Field(0, ge=0)
+    track_every: int = Field(0, ge=0, le=STEPS_MAX)
 
     @model_validator(mode="before")
     @classmethod
@@ -333,25 +343,28 @@ class LossConfig(Strict):
 
 
 # -------------------------------------------------------------------------- training
+Step = Annotated[int, Field(ge=0, le=STEPS_MAX)]
+
+
 class TrainConfig(Strict):
-    pretrain_steps: int = Field(1000, ge=0)
+    pretrain_steps: int = Field(1000, ge=0, le=STEPS_MAX)
     # PSNR pretraining (stage 1): its own lr, milestones (stage-1 steps, lr *= lr_gamma) and
     # pixel criterion; None: train.lr / loss.pixel.criterion (ESRGAN: 2e-4 halved every 200k).
     pretrain_lr: Optional[float] = Field(None, gt=0)
-    pretrain_milestones: list[int] = Field(default_factory=list)
+    pretrain_milestones: list[Step] = Field(default_factory=list, max_length=1000)
     pretrain_criterion: Optional[Criterion] = None
-    steps: int = Field(5000, ge=1)
+    steps: int = Field(5000, ge=1, le=STEPS_MAX)
     lr: float = Field(1e-4, gt=0)
-    milestones: list[int] = Field(default_factory=list)  # GAN-stage steps where lr *= gamma
+    milestones: list[Step] = Field(default_factory=list, max_length=1000)  # GAN steps where lr *= gamma
     lr_gamma: float = Field(0.5, gt=0, le=1)
     betas: tuple[float, float] = (0.9, 0.99)
     # A stage-1 generator checkpoint to start from (sweeps share one pretraining run).
     pretrained_g: Optional[str] = None
-    val_every: int = Field(500, ge=1)
-    val_images: int = Field(0, ge=0)  # 0: every validation image
-    val_crop: int = Field(0, ge=0)  # >0: centre HR crop of this side (fast CPU checks)
-    log_every: int = Field(10, ge=1)
-    checkpoint_every: int = Field(500, ge=1)
+    val_every: int = Field(500, ge=1, le=STEPS_MAX)
+    val_images: int = Field(0, ge=0, le=1_000_000)  # 0: every validation image
+    val_crop: int = Field(0, ge=0, le=16_384)  # >0: centre HR crop of this side (fast CPU checks)
+    log_every: int = Field(10, ge=1, le=STEPS_MAX)
+    checkpoint_every: int = Field(500, ge=1, le=STEPS_MAX)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # GPU path (trainables/accel.py, docs/PERFORMANCE.md): off = the fp32 NCHW eager reference.
     amp: Literal["none", "bf16"] = "none"
@@ -360,8 +373,8 @@ class TrainConfig(Strict):
 
 
 class ExperimentConfig(Strict):
-    name: str = "srsweep"
-    seed: int = 0
+    name: str = Field("srsweep", max_length=120, pattern=r"^[^\x00-\x1f\x7f]+$")  # a folder name part
+    seed: int = Field(0, ge=0, le=SEED_MAX)  # numpy seeds every run
     scale: Literal[2, 3, 4] = 4
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()

@@ -13,6 +13,8 @@ from typing import Annotated, Any, Union
 
 from pydantic import BaseModel
 
+from trainables.safe_yaml import short
+
 
 def _members(tp: Any) -> list[type[BaseModel]]:
     """The BaseModel classes of an annotation: X, Optional[X], Annotated[Union[X, Y], ...]."""
@@ -82,7 +84,7 @@ def format_error(root: type[BaseModel], err: dict) -> str:
         )
     if kind == "literal_error":
         expected = str(ctx.get("expected", "")).replace(" or ", ", ")
-        return f"{path}: {value!r} is not one of {expected}"
+        return f"{path}: {short(value)} is not one of {expected}"
     if kind == "missing":
         return f"{path}: required key is missing"
     if kind == "value_error":  # our validators; "field: ..." names a key inside loc
@@ -91,4 +93,4 @@ def format_error(root: type[BaseModel], err: dict) -> str:
         if sep and " " not in head:
             return f"{loc_str((*loc, head))}: {rest}"
         return f"{path}: {msg}"
-    return f"{path}: {err['msg'][0].lower() + err['msg'][1:]} (got {value!r})"
+    return f"{path}: {err['msg'][0].lower() + err['msg'][1:]} (got {short(value)})"

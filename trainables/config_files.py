@@ -12,7 +12,9 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
+from trainables import safe_yaml
 from trainables.config import ConfigError, ExperimentConfig, validate
+from trainables.safe_yaml import clip, short
 
 
 def read_yaml(path: str | Path) -> dict:
@@ -20,7 +22,11 @@ def read_yaml(path: str | Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"{path}: no such config file")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = safe_yaml.load(path.read_bytes().decode("utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -83,12 +89,12 @@ def parse_overrides(items: list[str]) -> dict:
     for item in items:
         key, sep, raw = item.partition("=")
         if not sep or not key:
-            raise ConfigError(f"--set {item!r}: expected KEY.PATH=VALUE")
+            raise ConfigError(f"--set {short(item)}: expected KEY.PATH=VALUE")
         try:
-            flat[key] = yaml.safe_load(raw)
+            flat[key] = safe_yaml.load(raw)
         except yaml.YAMLError as exc:
             problem = getattr(exc, "problem", exc)
-            raise ConfigError(f"--set {item!r}: value is not valid YAML ({problem})") from None
+            raise ConfigError(f"--set {short(item)}: value is not valid YAML ({problem})") from None
     return nested(flat, "--set")
 
 
@@ -120,7 +126,7 @@ def load_config(
             return validate(
                 deep_merge(data, parse_overrides(overrides)),
                 ExperimentConfig,
-                source=f"--set {' '.join(overrides)}",
+                source=f"--set {clip(' '.join(overrides))}",
             )
         data = deep_merge(data, parse_overrides(overrides))
     return validate(data, ExperimentConfig, source=str(path))
