@@ -19,7 +19,7 @@ from typing import Any, Optional
 from sweeper import atomic
 from sweeper.outbox import Outbox, is_outage, short_http
 from sweeper.tracking import MAX_PARAM_LEN, PARENT_TAG, Tracker, flatten
-from trainables.config import SrsweepError
+from trainables.errors import SrsweepError
 
 OUTBOX_FILE, RUNS_FILE = "tracking_outbox.jsonl", "tracking_runs.json"
 

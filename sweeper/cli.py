@@ -14,7 +14,7 @@ import traceback
 
 import yaml
 
-from trainables.config import SrsweepError
+from trainables.errors import SrsweepError
 
 
 def _cmd_weights_fetch(args: argparse.Namespace) -> int:

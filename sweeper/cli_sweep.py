@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 
 from sweeper.sqlite_uri import sqlite_path
-from trainables.config import SrsweepError
+from trainables.errors import SrsweepError
 
 
 def dry_run(args: argparse.Namespace) -> int:

@@ -14,7 +14,7 @@ import contextlib
 from typing import Optional
 
 from sweeper.errors import EnvironmentProblem, describe
-from trainables.config import SrsweepError
+from trainables.errors import SrsweepError
 
 
 def _state(guard):

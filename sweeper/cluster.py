@@ -16,7 +16,7 @@ import sys
 from dataclasses import asdict, dataclass
 from typing import Optional
 
-from trainables.config import SrsweepError
+from trainables.errors import SrsweepError
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import errno
 from typing import Optional
 
-from trainables.config import SrsweepError
+from trainables.errors import SrsweepError
 from trainables.safe_yaml import clip
 
 BUG_LINE = "srsweep: this is a bug in srsweep; please report it with the traceback above"

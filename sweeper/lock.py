@@ -23,7 +23,7 @@ import socket
 import time
 from pathlib import Path
 
-from trainables.config import SrsweepError
+from trainables.errors import SrsweepError
 
 LOCK_FILE = "driver.lock"
 _held: dict[str, int] = {}  # folder -> locked fd, kept open for the life of the process

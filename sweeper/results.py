@@ -24,7 +24,7 @@ from sweeper.state import SweepState
 from sweeper.sweep_config import searched
 from sweeper.tracking import Tracker
 from sweeper.trial import read_checkpoint_files
-from trainables.config import SrsweepError
+from trainables.errors import SrsweepError
 
 
 class ResultsError(SrsweepError):

@@ -32,7 +32,7 @@ from typing import Optional
 from ray.tune import Callback
 
 from sweeper import atomic
-from trainables.config import SrsweepError
+from trainables.errors import SrsweepError
 
 SIGNED_FILE = "ray_state.signed.json"
 KEY_ENV = "SRSWEEP_KEY_FILE"

@@ -17,7 +17,7 @@ from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
 
-from trainables.config import SrsweepError
+from trainables.errors import SrsweepError
 
 CACHE_ENV = "SRSWEEP_CACHE"  # where the driver mirrors a sweep kept on S3 (default ~/.cache/srsweep)
 

@@ -22,7 +22,7 @@ import torch
 import torchvision
 from torch import nn
 
-from trainables.config import WeightsFileError
+from trainables.errors import WeightsFileError
 
 ENV_VAR = "SRSWEEP_WEIGHTS_DIR"
 WEIGHT_MODES = ("pretrained", "random")

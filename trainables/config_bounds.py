@@ -13,6 +13,8 @@ import types
 import typing
 from typing import Any, Union
 
+from pydantic import BaseModel, ConfigDict, model_validator
+
 from trainables.safe_yaml import short
 
 INF_OK = frozenset({"mu"})  # loss.dp.mu: .inf switches the ResNet term off
@@ -57,3 +59,12 @@ def check_scalars(model: type, data: Any) -> Any:
             if kinds:
                 _check(key, data[key], kinds)
     return data
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _plain_scalars(cls, data: Any) -> Any:  # no bool-as-number, no .inf where it means nothing
+        return check_scalars(cls, data)
