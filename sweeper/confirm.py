@@ -143,7 +143,12 @@ def run_confirmation(state: SweepState, sel) -> Optional[pd.DataFrame]:
         print("confirmation: off (confirm: false)", flush=True)
         return None
     if not state.base_config.data.test:
-        print("confirmation skipped: the experiment has no data.test (held-out images)", flush=True)
+        print(
+            "confirmation skipped: the experiment has no data.test (held-out images); the winner above "
+            "is the search winner on its own validation images, one seed, not confirmed "
+            "(set data.test to confirm it, or confirm: false to say so in the sweep file)",
+            flush=True,
+        )
         return None
     fin, seeds = finalists(state, sel.ranked), confirm_seeds(state)
     done = _existing(state)
