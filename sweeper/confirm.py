@@ -291,3 +291,7 @@ def _publish(state: SweepState, sel, conf) -> None:
     tracker.set_tags(parent, {"winner_trial_id": conf.winner, "confirm_seeds": json.dumps(conf.seeds)})
     for path in (out, state.dir / CONFIRM_FILE):
         tracker.log_artifact(parent, path)
+    if conf.winner != sel.winner["trial_id"]:  # the dashboard's description and summary name it too
+        from sweeper import report
+
+        report.parent_outputs(tracker, state, sel.ranked, sel, conf.winner)

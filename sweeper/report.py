@@ -160,9 +160,12 @@ def _v(x) -> str:
     return f"{x:.4g}" if isinstance(x, float) else json.dumps(x) if isinstance(x, (list, dict)) else str(x)
 
 
-def parent_outputs(tracker, state: SweepState, df: pd.DataFrame, sel) -> None:
-    """Parent summary metrics and the ranked table (markdown) as an artifact."""
-    winner_id = sel.winner["trial_id"] if sel is not None else None
+def parent_outputs(
+    tracker, state: SweepState, df: pd.DataFrame, sel, winner_id: Optional[str] = None
+) -> None:
+    """Parent summary metrics and the ranked table (markdown) as an artifact. ``winner_id``:
+    the confirmed winner, when the confirmation overturned the search's (``sel.winner``)."""
+    winner_id = winner_id or (sel.winner["trial_id"] if sel is not None else None)
     describe_sweep(tracker, state, winner_id)
     tracker.log_metrics(
         state.parent_run_id, state.total_steps, dashboard.parent_summary(df, winner_id, state.bicubic_psnr)

@@ -1,7 +1,7 @@
 """A sweep folder's own files checked before ``resume`` / ``best`` use them: one line each.
 
 Optuna, MLflow and pyarrow meet a damaged file with a traceback deep inside (and SQLAlchemy
-silently *creates* a missing SQLite file: a truncated or lost ``mlflow.db`` would come back
+silently *creates* a missing SQLite file: a truncated or lost store file would come back
 as an empty store). Here each file is opened read-only first and refused, named, with what
 to do: the study, the SQLite tracking store, ``results.parquet``, ``tracking_runs.json``, a
 store another process holds locked, and a folder this process cannot write in.
@@ -14,6 +14,7 @@ import sqlite3
 from pathlib import Path
 
 from sweeper.errors import EnvironmentProblem
+from sweeper.sqlite_uri import sqlite_path
 
 RESTORE = "restore it from a copy of the sweep folder"
 
@@ -57,9 +58,9 @@ def _unlocked(path: Path, what: str) -> None:
 
 def check_tracking_store(uri: str) -> None:
     """A SQLite store a sweep recorded must still be there and whole: never recreated empty."""
-    if not uri.startswith("sqlite:///"):
+    db = sqlite_path(uri)  # percent-decoded: a folder named `sweep?v2 #1` is its own
+    if db is None:
         return
-    db = Path(uri[len("sqlite:///") :].split("?", 1)[0])
     if not db.is_file():
         raise EnvironmentProblem(
             f"{db}: the sweep's MLflow store is missing (it would be recreated empty); {RESTORE}, "

@@ -84,7 +84,11 @@ def test_tiny_sweep_opens_in_the_browser_with_metrics_and_winner(tmp_path):
         assert noise not in out + res.stderr, noise
     sweep_dir = next((tmp_path / "ray_results").glob("demo-*"))
     df = pd.read_parquet(sweep_dir / "results.parquet")
-    winner = re.search(r"^winner: trial (\w+) ", out, re.M).group(1)
+    # the confirmed winner when the demo's confirmation ran, else the search winner
+    found = re.search(r"^winner \(confirmed\): trial (\w+),", out, re.M) or re.search(
+        r"^winner: trial (\w+) ", out, re.M
+    )
+    winner = found.group(1)
     assert len(df) == 2 and winner in set(df["trial_id"])
     assert (sweep_dir / "optuna.db").is_file()
 
@@ -119,6 +123,11 @@ def _check_table(df: pd.DataFrame, winner: str, text: str, rows: list[dict], tmp
     assert f"winner \u2605 trial-{winner}. Summary, importances and plots" in text  # the parent's link
     key = ["metrics.`final_val_lpips`", "tags.`status`", "tags.`steps`", "tags.`winner`"]
     assert all(in_view(tmp_path, "dashboard", key).values()), in_view(tmp_path, "dashboard", key)
+    # the confirmation's runs (confirm-<trial>-seed<N>) have no final_* value: they sort last
+    confirm = [i for i, r in enumerate(rows) if "confirm-" in " ".join(r.values())]
+    rows = [r for r in rows if "confirm-" not in " ".join(r.values())]
+    n_done = int((df["status"] == "TERMINATED").sum())
+    assert not confirm or min(confirm) >= n_done, confirm  # after the finished trials
     by_trial = {re.search(r"trial-(\w+)", " ".join(r.values())).group(1): r for r in rows}
     assert set(by_trial) == set(df["trial_id"]), rows
     order = [re.search(r"trial-(\w+)", " ".join(r.values())).group(1) for r in rows]

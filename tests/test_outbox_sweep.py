@@ -30,6 +30,7 @@ from test_sweep import _sweep_dir, start_srsweep, write_sweep
 
 from sweeper.buffered import OUTBOX_FILE, flush_at_end
 from sweeper.callbacks import _SKIP
+from sweeper.dashboard import FINAL, final_metrics
 from sweeper.outbox import Outbox
 from sweeper.trial import CURVES_FILE
 
@@ -148,6 +149,12 @@ def test_server_killed_and_restarted_mid_sweep_loses_and_doubles_nothing(tmp_pat
             stored = {(k, s): v for k, s, v in history}
             logged += len(history)
             duplicates += len(history) - len(stored)
+            # the driver's rounded final_* columns of a full-budget trial: its last report's values
+            finals = {p: v for p, v in stored.items() if p[0].startswith(FINAL)}
+            stored = {p: v for p, v in stored.items() if p not in finals}
+            last = max(s for _, s in reported)
+            want = final_metrics({k: v for (k, s), v in values.items() if s == last})
+            wrong += finals != {(k, last): v for k, v in want.items()}
             missing += len(reported - set(stored))
             extra += len(set(stored) - reported)
             wrong += sum(stored.get(p) != pytest.approx(v, rel=1e-6) for p, v in values.items())

@@ -238,16 +238,18 @@ def test_confirmation_end_to_end_and_resume(tmp_path, tiny_data, shared_data):
     assert yaml.safe_load(head)["seed"] == 10000  # the rerun trains with a confirmation seed
     state = json.loads((d / "sweep.json").read_text())
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    _, children = _children(uri, state["parent_run_id"])
+    client, children = _children(uri, state["parent_run_id"])
     confirm = [r for r in children if r.data.tags.get("stage") == "confirm"]
     assert len(confirm) == 4 and all(r.info.status == "FINISHED" for r in confirm)
     assert {(r.data.tags["confirm_of"], r.data.params["seed"]) for r in confirm} == {
         (t, str(s)) for t, s in zip(conf["trial_id"], conf["seed"])
     }
-    # A confirmation run lost to an interruption: resume trains that one only.
+    # A driver SIGKILLed mid-confirmation: one run lost, the parent left RUNNING (a finished
+    # sweep is not resumed at all); resume trains that one run only.
     from sweeper.export import write_parquet
 
     write_parquet(conf.iloc[1:], d / "confirm.parquet")
+    client.update_run(state["parent_run_id"], status="RUNNING")
     res = srsweep("resume", d, cwd=tmp_path)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "1 runs to train, 3 kept" in res.stdout
