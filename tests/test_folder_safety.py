@@ -190,6 +190,11 @@ def test_paths_inside_the_folder_are_relative_so_a_copy_uses_its_own(tmp_path):
     old = SweepState.load(tmp_path / "b")
     assert old.experiment["train"]["pretrained_g"] == str(tmp_path / "b" / "pretrain" / "pretrain_g.pt")
     assert old.base_config.train.pretrained_g == str(tmp_path / "b" / "pretrain" / "pretrain_g.pt")
+    # an unfinished copy is not resumed: Ray's pickled state names the original folder
+    from sweeper.signing import UnsignedState, check_resumable
+
+    with pytest.raises(UnsignedState, match=f"created in {tmp_path / 'a'}"):
+        check_resumable(copy)
 
 
 # ----------------------------------------------------------------------------- 2. one driver

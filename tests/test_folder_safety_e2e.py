@@ -94,7 +94,11 @@ def test_one_driver_copies_moves_and_planted_pickles(tmp_path, tiny_data):
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
     assert (moved / "winner.yaml").read_text().splitlines()[0].endswith(winner)
     assert _tree(d) == original
-    _one_error_line(srsweep("resume", moved, cwd=tmp_path, env=env, timeout=300), f"created in {d}")
+    # the copy is finished: resume changes nothing there (an unfinished copy is refused in one
+    # line naming the original, tests/test_folder_safety.py), and nothing in the original
+    res = srsweep("resume", moved, cwd=tmp_path, env=env, timeout=300)
+    assert res.returncode == 0 and "already finished" in res.stdout, res.stdout + res.stderr[-2000:]
+    assert _tree(d) == original
 
     # no results.parquet (an interrupted finish) and a planted pickle: plain JSON only
     (moved / "results.parquet").unlink()
@@ -113,6 +117,12 @@ def test_one_driver_copies_moves_and_planted_pickles(tmp_path, tiny_data):
     assert lock == {}  # the first driver ended cleanly
     dead = {"host": os.uname().nodename, "pid": 2**22 + 7, "since": 0}
     (d / "driver.lock").write_text(json.dumps(dead))
+    # as a SIGKILLed driver leaves it: the parent RUNNING (a finished sweep is not resumed)
+    from mlflow import MlflowClient
+    from sweeper.sqlite_uri import sqlite_uri
+
+    parent = json.loads((d / "sweep.json").read_text())["parent_run_id"]
+    MlflowClient(sqlite_uri(launch / "mlflow.db")).update_run(parent, status="RUNNING")
     res = srsweep("resume", d, cwd=launch, env=env, timeout=900)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "took over the lock of PID" in res.stdout and not marker.exists()
@@ -122,5 +132,6 @@ def test_one_driver_copies_moves_and_planted_pickles(tmp_path, tiny_data):
     signed = json.loads((d / SIGNED_FILE).read_text())
     signed["files"]["tuner.pkl"] = base64.b64encode(pickle.dumps(_Touch(marker))).decode()
     (d / SIGNED_FILE).write_text(json.dumps(signed))
+    MlflowClient(sqlite_uri(launch / "mlflow.db")).update_run(parent, status="RUNNING")
     _one_error_line(srsweep("resume", d, cwd=launch, env=env, timeout=300), "signature", SIGNED_FILE)
     assert not marker.exists()
