@@ -221,7 +221,9 @@ def _record(state: SweepState, tracker, ref, key: tuple, rows: list) -> None:
     if "per_image_json" in out:
         tracker.log_dict(run_id, json.loads(out["per_image_json"]), "test_scores.json")
     tracker.end_run(run_id, "FINISHED" if status == "FINISHED" else "FAILED")
-    shown = "  ".join(f"{k} {fmt_metric(k[5:], v)}" for k, v in metrics.items() if k.startswith("test_"))
+    shown = "  ".join(
+        f"{k} {fmt_metric('val_' + k[5:], v)}" for k, v in metrics.items() if k.startswith("test_")
+    )
     print(f"confirm {tid} seed {seed}: {status.lower()}  {shown}", flush=True)
 
 
