@@ -109,15 +109,20 @@ def test_killed_worker_resumes_its_trial_from_the_checkpoint(cluster, tmp_path, 
     before = [r for r in rows if r["pid"] == pid]
     after = [r for r in rows if r["pid"] != pid]
     steps = [r["step"] for r in rows]
-    restored_from = before[-1]["step"]
-    # Each validation step reported exactly once, in order: no step redone after the kill.
+    reported = before[-1]["step"]  # the last validation the killed worker reported
+    restored_from = after[0]["step"] - VAL_EVERY if after else None  # the checkpoint the new worker took
+    # Every validation step reported, in order on each worker. A kill that lands after a report
+    # but before Tune registered its checkpoint makes Ray restore the one before and redo that
+    # step (at-least-once): at most one step is redone, and MLflow still logs each step once.
     assert after, f"trial {trial_id} finished before the kill landed: {steps}"
-    assert steps == list(range(VAL_EVERY, STEPS + 1, VAL_EVERY)), steps
-    assert restored_from < STEPS, steps
-    # The new worker restored the checkpoint: its first report is the next validation after
-    # it, Ray's iteration count continues, and the per-restore counter starts again.
-    assert after[0]["step"] == restored_from + VAL_EVERY
-    assert after[0]["training_iteration"] == before[-1]["training_iteration"] + 1
+    assert sorted(set(steps)) == list(range(VAL_EVERY, STEPS + 1, VAL_EVERY)), steps
+    assert [r["step"] for r in before] == list(range(VAL_EVERY, reported + 1, VAL_EVERY)), steps
+    assert [r["step"] for r in after] == list(range(restored_from + VAL_EVERY, STEPS + 1, VAL_EVERY)), steps
+    assert reported - VAL_EVERY <= restored_from <= reported < STEPS, steps
+    # The new worker restored that checkpoint: Ray's iteration count continues from it, and the
+    # per-restore counter starts again.
+    (at_ckpt,) = [r for r in before if r["step"] == restored_from]
+    assert after[0]["training_iteration"] == at_ckpt["training_iteration"] + 1
     assert after[0]["iterations_since_restore"] == 1 and len({r["pid"] for r in after}) == 1
     # Ray recorded the failure it recovered from: our kill, the only one, in either trial.
     error = (trial_dir / "error.txt").read_text()
@@ -146,13 +151,13 @@ def test_killed_worker_resumes_its_trial_from_the_checkpoint(cluster, tmp_path, 
         hist = [m.step for m in client.get_metric_history(killed.info.run_id, key)]
         assert len(hist) == len(set(hist)), (key, sorted(hist))  # no (key, step) twice
         logged[key] = hist
-    assert sorted(logged["val_lpips"]) == steps
+    assert sorted(logged["val_lpips"]) == sorted(set(steps))
 
     assert len(_failures(d)) == TRIALS
     lost = TRIALS - len(df)
     dup = len(df) - df["trial_id"].nunique()
     print(
-        f"\nworker pid {pid} of trial {trial_id} killed after step {restored_from}/{STEPS}; "
+        f"\nworker pid {pid} of trial {trial_id} killed after step {reported}/{STEPS}; "
         f"restored from step {restored_from} on pid {after[0]['pid']} (node {before[-1]['node_id'][:8]} -> "
         f"{after[0]['node_id'][:8]}); trials {len(df)} completed, "
         f"lost {lost}, duplicated {dup}; MLflow runs {len(children)}; "
