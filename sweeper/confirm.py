@@ -228,19 +228,9 @@ def _record(state: SweepState, tracker, ref, key: tuple, rows: list) -> None:
 
 
 def confirm_stage(state: SweepState, sel) -> None:
-    """The confirmation after the search's winner: train, table, confirmed winner, claim."""
-    from sweeper.interrupts import SweepInterrupted
-    from sweeper.tracking import Tracker
-
-    try:
-        df = run_confirmation(state, sel)
-    except SweepInterrupted:
-        raise
-    except Exception as exc:  # the parent never stays RUNNING
-        tracker = Tracker(state.tracking_uri)
-        tracker.set_tags(state.parent_run_id, {"failure": f"confirmation: {type(exc).__name__}: {exc}"[:500]})
-        tracker.end_run(state.parent_run_id, "FAILED")
-        raise
+    """The confirmation after the search's winner: train, table, confirmed winner, claim.
+    A failure here closes the parent FAILED through the driver's guard (sweeper/closing.py)."""
+    df = run_confirmation(state, sel)
     if df is not None:
         report_confirmation(state, sel, df)
 

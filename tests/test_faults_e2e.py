@@ -156,17 +156,23 @@ def _when(proc, ready, act) -> list[str]:
     return lines
 
 
+def _sigterm_once(tmp_path: Path, sweep: Path, pattern: str):
+    """``srsweep run SWEEP``, SIGTERM as soon as a file matching ``pattern`` appears in the
+    sweep folder; (the process, its output). Only the driver this test started is killed."""
+    proc = start_srsweep("run", sweep, cwd=tmp_path)
+    try:
+        ready = lambda: any((tmp_path / "ray_results").glob(pattern))  # noqa: E731
+        return proc, "".join(_when(proc, ready, lambda: proc.send_signal(signal.SIGTERM)))
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
 def test_sigterm_in_pretraining_is_like_sigint(tmp_path, tiny_data):
     """ray.init installs its own SIGTERM handler (exit, then an abort): the driver takes it back."""
     sweep = write_sweep(tmp_path, tiny_data, num_samples=1, concurrent=1, steps=2)
     sweep.write_text(sweep.read_text().replace("pretrain_steps: 4", "pretrain_steps: 200"))
-    proc = start_srsweep("run", sweep, cwd=tmp_path)
-    try:
-        started = lambda: any((tmp_path / "ray_results").glob("*/pretrain_progress.jsonl"))  # noqa: E731
-        out = "".join(_when(proc, started, lambda: proc.send_signal(signal.SIGTERM)))
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+    proc, out = _sigterm_once(tmp_path, sweep, "*/pretrain_progress.jsonl")
     d = _sweep_dir(tmp_path)
     assert proc.returncode == 130, out[-3000:]
     assert _errors(out) == [f"srsweep: error: interrupted by SIGTERM; resume with: srsweep resume {d}"]
@@ -175,13 +181,7 @@ def test_sigterm_in_pretraining_is_like_sigint(tmp_path, tiny_data):
 
 def test_sigterm_in_the_finish_phase_then_resume(tmp_path, tiny_data):
     sweep = write_sweep(tmp_path, tiny_data, num_samples=2, concurrent=1, steps=2)
-    proc = start_srsweep("run", sweep, cwd=tmp_path)
-    try:
-        tables = lambda: list((tmp_path / "ray_results").glob("*/results.parquet"))  # noqa: E731
-        out = "".join(_when(proc, tables, lambda: proc.send_signal(signal.SIGTERM)))  # finish's first file
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+    proc, out = _sigterm_once(tmp_path, sweep, "*/results.parquet")  # finish's first file
     d = _sweep_dir(tmp_path)
     assert proc.returncode == 130, out[-3000:]
     assert _errors(out) == [f"srsweep: error: interrupted by SIGTERM; resume with: srsweep resume {d}"]
