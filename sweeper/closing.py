@@ -31,10 +31,10 @@ def _fail_parent(uri: str, parent: str, reason: str) -> bool:
 
     with contextlib.suppress(Exception):  # a dead store: the line below still tells the user
         tracker = Tracker(uri)
-        if tracker.client.get_run(parent).info.status == "RUNNING":
+        if tracker.run_status(parent) == "RUNNING":
             tracker.set_tags(parent, {"failure": reason[:500]})
             tracker.end_run(parent, "FAILED")
-        return tracker.client.get_run(parent).info.status == "FAILED"
+        return tracker.run_status(parent) == "FAILED"
     return False
 
 
@@ -72,5 +72,5 @@ def finished(state) -> bool:
     from sweeper.tracking import Tracker
 
     with contextlib.suppress(Exception):
-        return Tracker(state.tracking_uri).client.get_run(state.parent_run_id).info.status == "FINISHED"
+        return Tracker(state.tracking_uri).run_status(state.parent_run_id) == "FINISHED"
     return False

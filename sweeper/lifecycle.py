@@ -136,7 +136,7 @@ def mark_interrupted(state: SweepState, signame: str) -> None:
     tracker = Tracker(state.tracking_uri)
     with contextlib.suppress(Exception):  # a dead store must not hide the resume hint
         for _, run_id in tracker.children(state.experiment_id, state.parent_run_id):
-            if tracker.client.get_run(run_id).info.status == "RUNNING":
+            if tracker.run_status(run_id) == "RUNNING":
                 tracker.set_tags(run_id, {"ray_status": "INTERRUPTED"})
                 tracker.end_run(run_id, "KILLED")
     with contextlib.suppress(Exception):

@@ -252,6 +252,10 @@ class Tracker:
     def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
         self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
+    def run_status(self, run_id: str) -> str:
+        """RUNNING / FINISHED / FAILED / KILLED of a run."""
+        return self.client.get_run(run_id).info.status
+
     def mark_winner(self, run_id: str) -> None:
         """Tag the winning run and star its name: the runs table marks it at a glance."""
         from sweeper import dashboard
